@@ -1,0 +1,189 @@
+"""Every exception pyprocsync raises on purpose.
+
+All of them derive from :class:`ProcSyncError`, which derives from :class:`Exception`
+(0.1.0 derived it from :class:`BaseException`, so ``except Exception`` did not catch it).
+Where a standard exception means the same thing it is a second parent, so code written
+against the standard library keeps working: :class:`TimeOutError` is a
+:class:`TimeoutError`, :class:`BrokenBarrierError` is a :class:`threading.BrokenBarrierError`,
+:class:`InvalidArgumentError` and :class:`ParameterMismatchError` are :class:`ValueError`.
+
+Each exception carries what it is about as attributes (``event``, ``run_id``,
+``generation``, and more per class), so a handler never has to parse the message.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+__all__ = [
+    "ArgumentTypeError",
+    "BrokenBarrierError",
+    "InvalidArgumentError",
+    "ParameterMismatchError",
+    "ProcSyncError",
+    "ProtocolError",
+    "TimeOutError",
+    "TooLateError",
+]
+
+
+class ProcSyncError(Exception):
+    """Root of every pyprocsync exception.
+
+    :ivar event: the synchronization point the error is about, or ``None``.
+    :ivar run_id: the run the event belongs to, or ``None``.
+    :ivar generation: the round of the event, or ``None`` when not known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        event: str | None = None,
+        run_id: str | None = None,
+        generation: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.event = event
+        self.run_id = run_id
+        self.generation = generation
+
+
+class InvalidArgumentError(ProcSyncError, ValueError):
+    """An argument has a value pyprocsync cannot accept; nothing was sent to Redis.
+
+    .. versionadded:: 1.0
+    """
+
+
+class ArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument has the wrong type; nothing was sent to Redis.
+
+    It is a :class:`TypeError`, and also a :class:`ValueError` because 0.1.0 raised
+    :class:`ValueError` for every invalid argument.
+
+    .. versionadded:: 1.0
+    """
+
+
+class TimeOutError(ProcSyncError, TimeoutError):
+    """This participant's timeout expired before every participant arrived.
+
+    The round is broken for every other participant too (they raise
+    :class:`BrokenBarrierError`), and for later arrivals until the event is reset.
+
+    :ivar timeout: the timeout that expired, in seconds.
+    :ivar arrived: how many participants had arrived, or ``None`` when not known.
+    :ivar expected: how many were expected, or ``None`` when not known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        timeout: float,
+        arrived: int | None = None,
+        expected: int | None = None,
+        event: str | None = None,
+        run_id: str | None = None,
+        generation: int | None = None,
+    ) -> None:
+        super().__init__(message, event=event, run_id=run_id, generation=generation)
+        self.timeout = timeout
+        self.arrived = arrived
+        self.expected = expected
+
+
+class TooLateError(ProcSyncError):
+    """The agreed release instant had already passed when this participant learned it.
+
+    Raised only when the instant had passed by more than the ``late_tolerance`` of the
+    :class:`~pyprocsync.ProcSync`; with ``on_late="proceed"`` the call returns instead.
+    Causes: a lead time (``delay``) shorter than the latency of the network or of the
+    scheduler, or clocks that disagree by more than the lead time.
+
+    :ivar late_by: seconds between the release instant and the moment this participant
+        learned it (by this participant's clock).
+    :ivar release_at: the agreed instant, epoch seconds.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        late_by: float,
+        release_at: float,
+        event: str | None = None,
+        run_id: str | None = None,
+        generation: int | None = None,
+    ) -> None:
+        super().__init__(message, event=event, run_id=run_id, generation=generation)
+        self.late_by = late_by
+        self.release_at = release_at
+
+
+class BrokenBarrierError(ProcSyncError, threading.BrokenBarrierError):
+    """The round this participant waits for, or tries to join, is broken.
+
+    A round breaks when a participant times out, when participants disagree on the
+    number of nodes, when a waiting participant stops renewing its lease (it crashed or
+    lost its connection), or when the event is reset. It stays broken for later
+    arrivals until :meth:`~pyprocsync.ProcSync.reset` is called.
+
+    :ivar reason: why the round broke: ``"timeout"``, ``"mismatch"``, ``"lost"``,
+        ``"reset"`` or ``"state-lost"`` (the event's state vanished from Redis, e.g. a
+        server restart or flush).
+    :ivar missing: node ids of participants known to be absent (may be empty).
+    :ivar arrived: how many participants had arrived when it broke, if known.
+    :ivar expected: how many were expected, if known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        missing: Sequence[str] = (),
+        arrived: int | None = None,
+        expected: int | None = None,
+        event: str | None = None,
+        run_id: str | None = None,
+        generation: int | None = None,
+    ) -> None:
+        super().__init__(message, event=event, run_id=run_id, generation=generation)
+        self.reason = reason
+        self.missing = tuple(missing)
+        self.arrived = arrived
+        self.expected = expected
+
+
+class ParameterMismatchError(ProcSyncError, ValueError):
+    """This participant's ``nodes`` differs from what the round's first arrival said.
+
+    The round breaks: the other participants raise :class:`BrokenBarrierError`.
+
+    :ivar expected: the number of nodes the round was started with.
+    :ivar given: the number this participant passed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected: int,
+        given: int,
+        event: str | None = None,
+        run_id: str | None = None,
+        generation: int | None = None,
+    ) -> None:
+        super().__init__(message, event=event, run_id=run_id, generation=generation)
+        self.expected = expected
+        self.given = given
+
+
+class ProtocolError(ProcSyncError):
+    """Data found in Redis is not what pyprocsync writes: corrupt, foreign or hostile.
+
+    Nothing read from Redis is ever evaluated; a value that does not parse raises this.
+    """

@@ -1,0 +1,48 @@
+"""Names of the Redis keys and channels of one synchronization point.
+
+Every (prefix, run id, event name) triple maps to its own names, and no two triples share
+one: the run id and the event name are percent-encoded (everything but ASCII letters,
+digits and ``_.-~`` becomes ``%XX`` of its UTF-8 bytes) before they are joined with ``:``,
+so ``run_id="a", event="b:c"`` and ``run_id="a:b", event="c"`` stay apart (0.1.0 mixed
+them up). The encoded form holds no glob characters, so it can also stand in a
+``SCAN MATCH`` pattern as it is.
+
+All names of one event carry the same Redis Cluster hash tag (the part between ``{`` and
+``}``), so they live in one slot, while different events of one run spread over slots::
+
+    <prefix>:{<run id>:<event>}           hash: round counter, arrivals, outcomes
+    <prefix>:{<run id>:<event>}:leases    sorted set: waiting participants' leases
+    <prefix>:{<run id>:<event>}           pub/sub channel: outcome announcements
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+__all__ = ["EventKeys", "encode"]
+
+
+def encode(text: str) -> str:
+    """Percent-encode ``text`` so that it holds no ``:``, ``{``, ``}`` nor glob characters."""
+    return quote(text, safe="")
+
+
+@dataclass(frozen=True, slots=True)
+class EventKeys:
+    """The Redis names of one synchronization point."""
+
+    state: str
+    leases: str
+    channel: str
+
+    @classmethod
+    def of(cls, prefix: str, run_id: str, event: str) -> EventKeys:
+        """Build the names of ``event`` in ``run_id`` under ``prefix``."""
+        base = f"{prefix}:{{{encode(run_id)}:{encode(event)}}}"
+        return cls(state=base, leases=f"{base}:leases", channel=base)
+
+    @property
+    def all(self) -> tuple[str, str]:
+        """The keys, in the order every script takes them as ``KEYS``."""
+        return (self.state, self.leases)

@@ -1,0 +1,159 @@
+"""Validation of every public argument, and the settings of one ProcSync.
+
+Each check runs before anything is sent to Redis. A value of the wrong type raises
+:class:`~pyprocsync.exceptions.ArgumentTypeError` (a :class:`TypeError` and a
+:class:`ValueError`); a value out of range raises
+:class:`~pyprocsync.exceptions.InvalidArgumentError` (a :class:`ValueError`).
+Numbers of any type that implements the numeric protocols are accepted (``numpy.int64``,
+``numpy.float32``, ``fractions.Fraction``); ``bool`` is refused wherever a number is due.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Literal
+
+from .exceptions import ArgumentTypeError, InvalidArgumentError
+
+__all__ = ["OnLate", "Settings", "default_node_id"]
+
+OnLate = Literal["raise", "proceed"]
+
+
+def text(name: str, value: object, *, empty: bool = True) -> str:
+    """Check that ``value`` is a ``str`` Redis can store (UTF-8 encodable)."""
+    if not isinstance(value, str):
+        raise ArgumentTypeError(f"{name} must be a str, not {type(value).__name__}")
+    if not empty and not value:
+        raise InvalidArgumentError(f"{name} must not be empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgumentError(f"{name} is not valid Unicode text: {exc.reason}") from None
+    return value
+
+
+def count(name: str, value: object) -> int:
+    """Check that ``value`` is a whole number >= 1 (``operator.index`` must accept it)."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        raise ArgumentTypeError(f"{name} must be an int, not bool")
+    try:
+        result = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ArgumentTypeError(f"{name} must be an int, not {type(value).__name__}") from None
+    if result < 1:
+        raise InvalidArgumentError(f"{name} must be at least 1, got {result}")
+    return result
+
+
+def seconds(name: str, value: object) -> float:
+    """Check that ``value`` is a real number (not bool) and not NaN; return it as float."""
+    if (
+        isinstance(value, bool)
+        or type(value).__name__ == "bool_"
+        or not isinstance(value, numbers.Real)
+    ):
+        raise ArgumentTypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    result = float(value)
+    if math.isnan(result):
+        raise InvalidArgumentError(f"{name} must be a number, got NaN")
+    return result
+
+
+def lead(name: str, value: object) -> float:
+    """Check a lead time or duration: finite and >= 0."""
+    result = seconds(name, value)
+    if not 0.0 <= result < math.inf:
+        raise InvalidArgumentError(f"{name} must be finite and >= 0, got {result!r}")
+    return result
+
+
+def positive(name: str, value: object) -> float:
+    """Check a duration that must be finite and > 0."""
+    result = seconds(name, value)
+    if not 0.0 < result < math.inf:
+        raise InvalidArgumentError(f"{name} must be finite and > 0, got {result!r}")
+    return result
+
+
+def timeout(value: object) -> float | None:
+    """Check a timeout: ``None`` or ``inf`` (wait forever), else a number > 0."""
+    if value is None:
+        return None
+    result = seconds("timeout", value)
+    if result <= 0.0:
+        raise InvalidArgumentError(f"timeout must be > 0 (or None to wait forever), got {result!r}")
+    return None if math.isinf(result) else result
+
+
+def default_node_id() -> str:
+    """Return ``host:pid:thread``, the node id used when none is configured."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything one :class:`~pyprocsync.ProcSync` was configured with, validated.
+
+    Durations are kept in the units the protocol uses: microseconds for what crosses
+    Redis, nanoseconds for local waiting, milliseconds for key lifetimes.
+    """
+
+    run_id: str
+    delay_us: int
+    liveness_ms: int
+    retention_ms: int
+    late_tolerance_ns: int
+    on_late: OnLate
+    spin_ns: int
+    node_id: str | None
+    prefix: str
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        run_id: object,
+        delay: object,
+        liveness: object,
+        retention: object,
+        late_tolerance: object,
+        on_late: object,
+        spin: object,
+        node_id: object,
+        prefix: object,
+    ) -> Settings:
+        """Validate the constructor arguments of a ProcSync and build its settings."""
+        if on_late not in ("raise", "proceed"):
+            raise InvalidArgumentError(f"on_late must be 'raise' or 'proceed', got {on_late!r}")
+        prefix = text("prefix", prefix, empty=False)
+        if "{" in prefix or "}" in prefix:
+            raise InvalidArgumentError("prefix must not contain '{' or '}' (hash tag braces)")
+        liveness_s = positive("liveness", liveness)
+        retention_s = positive("retention", retention)
+        if retention_s < 2 * liveness_s:
+            raise InvalidArgumentError(
+                f"retention ({retention_s} s) must be at least twice liveness ({liveness_s} s)"
+            )
+        return cls(
+            run_id=text("run_id", run_id),
+            delay_us=round(lead("delay", delay) * 1e6),
+            liveness_ms=max(1, round(liveness_s * 1e3)),
+            retention_ms=round(retention_s * 1e3),
+            late_tolerance_ns=round(lead("late_tolerance", late_tolerance) * 1e9),
+            on_late=on_late,  # checked above
+            spin_ns=round(lead("spin", spin) * 1e9),
+            node_id=None if node_id is None else text("node_id", node_id, empty=False),
+            prefix=prefix,
+        )
+
+    @property
+    def heartbeat_s(self) -> float:
+        """How often a waiting participant renews its lease: a fifth of the lease."""
+        return self.liveness_ms / 5e3

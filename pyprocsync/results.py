@@ -1,0 +1,36 @@
+"""What a completed synchronization reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["SyncResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """The record of one participant passing one round of a synchronization point.
+
+    Every participant of one round gets the same ``event``, ``generation``,
+    ``release_at`` and ``delay``; ``index`` differs, ``late_by`` is this participant's own.
+
+    .. versionadded:: 1.0
+    """
+
+    #: The synchronization point's name.
+    event: str
+    #: The round: 0 for the first use of the name, one more per released or reset round.
+    generation: int
+    #: Arrival order in the round, 0 .. nodes-1 (the last arrival has ``nodes - 1``,
+    #: unless an interrupted participant gave its index back).
+    index: int
+    #: How many participants the round had.
+    nodes: int
+    #: The agreed release instant, epoch seconds (this host's wall clock, which the
+    #: protocol assumes agrees with the other participants' clocks).
+    release_at: float
+    #: Seconds this participant returned after ``release_at``, measured at return.
+    #: With ``delay == 0`` it is the time it took to learn of the release.
+    late_by: float
+    #: The lead time the round was released with (the last arriver's ``delay``).
+    delay: float

@@ -1,0 +1,252 @@
+"""The Lua scripts of the protocol: each change of an event's state is one of them.
+
+Redis runs a script atomically, so arrival, counting, the release decision, lease
+renewal and key expiry happen as one step: no interleaving of participants can leave
+a count without a lifetime or release a round twice (0.1.0 sent INCR, PUBLISH and
+EXPIRE as separate commands).
+
+State of one event (names in :mod:`pyprocsync.keys`), a hash with fields:
+
+``g``
+    the current generation (round); a released round moves it on by one.
+``n``, ``k``
+    arrivals in the current round, and how many it needs (set by its first arrival).
+``f``
+    arrival indices given back by withdrawn participants, space separated.
+``o0`` .. ``o7``
+    the outcomes of the last eight rounds, slot ``generation % 8``:
+    ``R <gen> <release µs> <lead µs>`` (released at that epoch instant of the last
+    arriver's clock) or ``B <gen> <reason> <arrived> <expected> <missing JSON>``
+    (broken). The current round is broken exactly when its slot holds its outcome.
+
+plus a sorted set of the waiting participants' leases (member ``<12 hex>:<node id>``,
+score: expiry in server milliseconds). A decided outcome is also published on the
+event's channel; the published text is the stored text.
+
+Every script that writes gives both keys the retention lifetime, so no key ever lives
+without a TTL. Each script's header names its ``KEYS``, ``ARGV`` and reply. Replies that
+are strings use ``''`` for "undecided", ``'L'`` for "the state of this round is gone"
+(server restarted or flushed, or the keys expired) and ``'E'`` for "this round's outcome
+was already evicted from the eight slots".
+
+Numbers cross the script boundary as decimal integer strings (microseconds fit a Lua
+double exactly; Lua's default number format would keep only 14 digits).
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["CORRUPT_MARKER", "Script"]
+
+#: Prefix of the error a script raises when it finds a value it did not write.
+CORRUPT_MARKER = "PYPROCSYNC-CORRUPT"
+
+_PRELUDE = """
+if redis.replicate_commands then redis.replicate_commands() end
+local H, Z = KEYS[1], KEYS[2]
+
+local function corrupt(what)
+  error({err = '%(marker)s ' .. what .. ' of ' .. H})
+end
+
+local function fmt(x)
+  return string.format('%d', x)
+end
+
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function int_field(field)
+  local ok, v = pcall(redis.call, 'HGET', H, field)
+  if not ok then corrupt('key type') end
+  if not v then return nil end
+  local x = tonumber(v)
+  if not x or x < 0 or x ~= math.floor(x) or x > 1e15 then corrupt('field ' .. field) end
+  return x
+end
+
+local function outcome_of(g)
+  local o = redis.call('HGET', H, 'o' .. fmt(g % 8))
+  if o and string.match(o, '^[RB] (%d+) ') == fmt(g) then return o end
+  return nil
+end
+
+local function keep(retention)
+  redis.call('PEXPIRE', H, retention)
+  redis.call('PEXPIRE', Z, retention)
+end
+
+local function decide(g, outcome, channel)
+  redis.call('HSET', H, 'o' .. fmt(g % 8), outcome)
+  redis.call('DEL', Z)
+  redis.call('PUBLISH', channel, outcome)
+  return outcome
+end
+
+local function break_round(g, reason, missing, channel)
+  local m = '[]'
+  if #missing > 0 then m = cjson.encode(missing) end
+  local o = 'B ' .. fmt(g) .. ' ' .. reason .. ' ' .. fmt(int_field('n') or 0) .. ' '
+    .. fmt(int_field('k') or 0) .. ' ' .. m
+  return decide(g, o, channel)
+end
+
+local function lapsed(now)
+  local ok, gone = pcall(redis.call, 'ZRANGEBYSCORE', Z, '-inf', '(' .. fmt(now), 'LIMIT', 0, 16)
+  if not ok then corrupt('lease set type') end
+  return gone
+end
+""".replace("%(marker)s", CORRUPT_MARKER)
+
+_ARRIVE = """
+-- ARRIVE: join the current round of the event.
+-- KEYS[1] state hash, KEYS[2] lease set
+-- ARGV[1] nodes, ARGV[2] member, ARGV[3] liveness ms, ARGV[4] retention ms,
+-- ARGV[5] caller's wall clock at arrival, epoch µs, ARGV[6] lead µs, ARGV[7] channel
+-- Returns {status, generation, index, outcome}:
+--   {0, g, index, ''}        joined; waiting for the others
+--   {0, g, index, 'R ...'}   joined as the last arrival: the round is released
+--   {1, g, -1, 'B ...'}      refused: the round is broken
+--   {2, g, expected, 'B ...'} refused: nodes differs from the round's; now broken
+local nodes, member = tonumber(ARGV[1]), ARGV[2]
+local liveness, retention = tonumber(ARGV[3]), tonumber(ARGV[4])
+local arrival_us, lead_us, channel = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local g = int_field('g') or 0
+local o = outcome_of(g)
+if o then
+  keep(retention)
+  return {1, g, -1, o}
+end
+local now = server_ms()
+local gone = lapsed(now)
+if #gone > 0 then
+  o = break_round(g, 'lost', gone, channel)
+  keep(retention)
+  return {1, g, -1, o}
+end
+local n = int_field('n') or 0
+local k = int_field('k')
+if n == 0 then
+  k = nodes
+elseif not k then
+  corrupt('field k')
+elseif k ~= nodes then
+  o = break_round(g, 'mismatch', {}, channel)
+  keep(retention)
+  return {2, g, k, o}
+end
+local index = n
+local free = redis.call('HGET', H, 'f')
+if free and free ~= '' then
+  local first, rest = string.match(free, '^(%d+) ?(.*)$')
+  if not first or tonumber(first) >= k then corrupt('field f') end
+  index = tonumber(first)
+  redis.call('HSET', H, 'f', rest)
+end
+n = n + 1
+if n >= k then
+  o = decide(g, 'R ' .. fmt(g) .. ' ' .. fmt(arrival_us + lead_us) .. ' ' .. fmt(lead_us), channel)
+  redis.call('HSET', H, 'g', fmt(g + 1), 'n', 0)
+  redis.call('HDEL', H, 'k', 'f')
+  keep(retention)
+  return {0, g, index, o}
+end
+redis.call('HSET', H, 'g', fmt(g), 'n', n, 'k', k)
+redis.call('ZADD', Z, now + liveness, member)
+keep(retention)
+return {0, g, index, ''}
+"""
+
+_CHECK = """
+-- CHECK: renew this participant's lease; read (or, if a lease lapsed, make) the decision.
+-- KEYS[1] state hash, KEYS[2] lease set
+-- ARGV[1] generation, ARGV[2] member, ARGV[3] liveness ms, ARGV[4] retention ms,
+-- ARGV[5] channel
+-- Returns the round's outcome, '' while undecided, 'L' or 'E' (see the module doc).
+local g, member = tonumber(ARGV[1]), ARGV[2]
+local liveness, retention, channel = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local o = outcome_of(g)
+if o then return o end
+local cur = int_field('g')
+if cur == nil or cur < g then return 'L' end
+if cur > g then return 'E' end
+if not redis.call('ZSCORE', Z, member) then return 'L' end
+local now = server_ms()
+redis.call('ZADD', Z, now + liveness, member)
+local gone = lapsed(now)
+if #gone > 0 then o = break_round(g, 'lost', gone, channel) end
+keep(retention)
+return o or ''
+"""
+
+_ABANDON = """
+-- ABANDON: break the round unless it is already decided (a participant gave up).
+-- KEYS[1] state hash, KEYS[2] lease set
+-- ARGV[1] generation, ARGV[2] reason, ARGV[3] retention ms, ARGV[4] channel
+-- Returns the round's outcome (the one already decided, else the new 'B ...'), or 'L'/'E'.
+local g = tonumber(ARGV[1])
+local o = outcome_of(g)
+if o then return o end
+local cur = int_field('g')
+if cur == nil or cur < g then return 'L' end
+if cur > g then return 'E' end
+o = break_round(g, ARGV[2], {}, ARGV[4])
+keep(tonumber(ARGV[3]))
+return o
+"""
+
+_WITHDRAW = """
+-- WITHDRAW: take back an arrival whose round is undecided (the caller was interrupted).
+-- KEYS[1] state hash, KEYS[2] lease set
+-- ARGV[1] generation, ARGV[2] member, ARGV[3] its index, ARGV[4] retention ms
+-- Returns '' once withdrawn (the index is handed to the next arrival); else the
+-- round's outcome, or 'L'/'E'.
+local g = tonumber(ARGV[1])
+local o = outcome_of(g)
+if o then return o end
+local cur = int_field('g')
+if cur == nil or cur < g then return 'L' end
+if cur > g then return 'E' end
+if redis.call('ZREM', Z, ARGV[2]) == 0 then return 'L' end
+local n = (int_field('n') or 1) - 1
+if n <= 0 then
+  redis.call('HSET', H, 'n', 0)
+  redis.call('HDEL', H, 'k', 'f')
+else
+  local free = redis.call('HGET', H, 'f')
+  if free and free ~= '' then free = free .. ' ' .. ARGV[3] else free = ARGV[3] end
+  redis.call('HSET', H, 'n', n, 'f', free)
+end
+keep(tonumber(ARGV[4]))
+return ''
+"""
+
+_RESET = """
+-- RESET: break the current round if anyone waits in it or it is broken, and open the next.
+-- KEYS[1] state hash, KEYS[2] lease set
+-- ARGV[1] retention ms, ARGV[2] channel
+-- Returns the generation the next arrival joins.
+local cur = int_field('g')
+if cur == nil then return 0 end
+local o = outcome_of(cur)
+if not o and (int_field('n') or 0) == 0 then return cur end
+if not o then break_round(cur, 'reset', {}, ARGV[2]) end
+redis.call('HSET', H, 'g', fmt(cur + 1), 'n', 0)
+redis.call('HDEL', H, 'k', 'f')
+redis.call('DEL', Z)
+keep(tonumber(ARGV[1]))
+return cur + 1
+"""
+
+
+class Script(enum.Enum):
+    """The protocol's scripts; the value is the full Lua source."""
+
+    ARRIVE = _PRELUDE + _ARRIVE
+    CHECK = _PRELUDE + _CHECK
+    ABANDON = _PRELUDE + _ABANDON
+    WITHDRAW = _PRELUDE + _WITHDRAW
+    RESET = _PRELUDE + _RESET
