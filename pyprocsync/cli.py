@@ -1,0 +1,345 @@
+"""The ``pyprocsync`` command: ``bench``, ``sync``, ``server`` and ``status``.
+
+Every command takes ``--redis URL``, defaulting to ``$PYPROCSYNC_REDIS_URL``; ``bench``
+starts a private embedded server when neither is given. Errors print one line on
+stderr (``pyprocsync: error: ...``) and exit with a code of :class:`ExitCode`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from enum import IntEnum
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from . import __version__
+from .exceptions import (
+    BrokenBarrierError,
+    InvalidArgumentError,
+    ParameterMismatchError,
+    ProcSyncError,
+    TimeOutError,
+    TooLateError,
+)
+from .procsync import ProcSync
+from .server import EmbeddedServer, ServerError
+
+__all__ = ["ExitCode", "main"]
+
+URL_ENV = "PYPROCSYNC_REDIS_URL"
+
+
+class ExitCode(IntEnum):
+    """Exit statuses of the ``pyprocsync`` command."""
+
+    OK = 0
+    #: Any other failure (bad data in Redis, a benchmark worker failed, ...).
+    FAILED = 1
+    #: Bad command line (unknown flag, bad number).
+    USAGE = 2
+    #: ``sync``: the timeout expired before every participant arrived.
+    TIMEOUT = 3
+    #: ``sync``: the release instant had passed when this participant learned it.
+    TOO_LATE = 4
+    #: ``sync``: the round is broken (another participant timed out, disagreed or vanished).
+    BROKEN = 5
+    #: The Redis server could not be reached, or the embedded server could not start.
+    CONNECTION = 6
+    #: Interrupted with Ctrl-C.
+    INTERRUPTED = 130
+
+
+class _Failure(Exception):
+    """A failure that ends the command with ``code`` and a one-line ``message``."""
+
+    def __init__(self, code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def redact(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _number(kind: Callable[[str], Any], low: float, what: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if isinstance(value, float) and not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+_count = _number(int, 1, "a whole number >= 1")
+_seconds = _number(float, 0.0, "a number of seconds >= 0")
+_positive = _number(float, 1e-9, "a number of seconds > 0")
+_port = _number(int, 0, "a port number")
+
+
+def _redis_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        default=os.environ.get(URL_ENV),
+        help=f"Redis server URL (redis://, rediss://, unix://); default ${URL_ENV}{what}",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyprocsync",
+        description="Processes on different machines pass a synchronization point at one "
+        "agreed instant, over Redis.",
+    )
+    parser.add_argument("--version", action="version", version=f"pyprocsync {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure release precision with real processes, beside the machine's limit",
+        description="Start NODES processes that synchronize ROUNDS times on one name and "
+        "report the spread of their return instants and how late each returned, beside "
+        "a limit reference: the same processes waiting for instants agreed in advance.",
+    )
+    _redis_option(bench, "; without either, a private embedded server is started")
+    bench.add_argument("--nodes", type=_count, default=4, help="processes (default 4)")
+    bench.add_argument("--rounds", type=_count, default=300, help="rounds (default 300)")
+    bench.add_argument(
+        "--delay", type=_seconds, default=0.01, help="lead time in seconds (default 0.01)"
+    )
+    bench.add_argument(
+        "--think",
+        type=_seconds,
+        default=0.002,
+        help="seconds each node idles after a release (default 0.002; 0: back to back)",
+    )
+    bench.add_argument(
+        "--spin",
+        type=_seconds,
+        default=0.0005,
+        help="seconds of busy-waiting before the instant (default 0.0005)",
+    )
+    bench.add_argument("--json", metavar="FILE", help="write the figures as JSON to FILE")
+    bench.add_argument(
+        "--plot", metavar="FILE.png", help="draw histograms and a timeline (needs matplotlib)"
+    )
+    bench.add_argument("--quiet", action="store_true", help="print no table")
+
+    sync = commands.add_parser(
+        "sync",
+        help="a barrier for shell scripts: exit 0 at the release instant",
+        description="Wait until NODES participants reached NAME, then exit 0 at the agreed "
+        "instant. Exit codes: 3 timeout, 4 too late, 5 broken round, 6 connection "
+        "failure, 2 usage error, 1 other failure.",
+    )
+    sync.add_argument("name", help="the synchronization point")
+    sync.add_argument("--nodes", type=_count, required=True, help="participants to wait for")
+    sync.add_argument("--run", default="", help="run id (default: empty)")
+    sync.add_argument("--timeout", type=_positive, help="seconds to wait (default: forever)")
+    sync.add_argument(
+        "--delay", type=_seconds, default=1.0, help="lead time in seconds (default 1.0)"
+    )
+    _redis_option(sync, "")
+
+    server = commands.add_parser(
+        "server",
+        help="run the embedded server in the foreground (Ctrl-C stops it)",
+        description="Run a Redis-compatible server (from the 'server' extra) in the "
+        "foreground for quick multi-machine set-ups. Nothing is kept on disk.",
+    )
+    server.add_argument("--bind", default="127.0.0.1", help="address (default 127.0.0.1)")
+    server.add_argument("--port", type=_port, default=6379, help="port (default 6379)")
+    server.add_argument(
+        "--password", help="password (required when binding to a non-loopback address)"
+    )
+
+    status = commands.add_parser(
+        "status",
+        help="show the events of a run",
+        description="List the events of a run that the server still holds: generation, "
+        "arrived / expected, state and age.",
+    )
+    status.add_argument("--run", required=True, help="run id")
+    _redis_option(status, "")
+    return parser
+
+
+def _require_url(url: str | None) -> str:
+    if not url:
+        raise _Failure(ExitCode.USAGE, f"no server given: pass --redis URL or set ${URL_ENV}")
+    return url
+
+
+def _check_reachable(url: str) -> None:
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5) as client:
+            client.ping()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise _Failure(
+            ExitCode.CONNECTION, f"cannot reach Redis at {redact(url)}: {exc} (check --redis)"
+        ) from None
+    except redis.RedisError as exc:
+        raise _Failure(ExitCode.CONNECTION, f"Redis at {redact(url)} refused: {exc}") from None
+    except ValueError as exc:
+        raise _Failure(ExitCode.USAGE, f"bad --redis URL: {exc}") from None
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from .bench import BenchConfig, format_table, plot, progress_bar, run_bench, server_label
+
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401, PLC0415
+        except ImportError:
+            raise _Failure(
+                ExitCode.USAGE, "--plot needs matplotlib: pip install 'pyprocsync[plot]'"
+            ) from None
+    embedded = None
+    url = args.redis
+    try:
+        if url:
+            _check_reachable(url)
+        else:
+            embedded = EmbeddedServer().start()
+            url = embedded.url
+        config = BenchConfig(
+            url=url,
+            nodes=args.nodes,
+            rounds=args.rounds,
+            delay=args.delay,
+            think=args.think,
+            spin=args.spin,
+        )
+        figures = run_bench(config, progress=progress_bar(args.rounds))
+        figures["server"] = server_label(url, embedded is not None)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    if not args.quiet:
+        print(format_table(figures))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump({k: v for k, v in figures.items() if k != "raw"}, out, indent=2)
+            out.write("\n")
+    if args.plot:
+        plot(figures, args.plot)
+    if figures["sync"]["errors"]:
+        raise _Failure(ExitCode.FAILED, f"{figures['sync']['errors']} sync calls failed")
+
+
+def _sync(args: argparse.Namespace) -> None:
+    url = _require_url(args.redis)
+    try:
+        with ProcSync.from_url(url, args.run, args.delay) as node:
+            node.sync(args.name, args.nodes, args.timeout)
+    except TimeOutError as exc:
+        raise _Failure(ExitCode.TIMEOUT, str(exc)) from None
+    except TooLateError as exc:
+        raise _Failure(ExitCode.TOO_LATE, str(exc)) from None
+    except (BrokenBarrierError, ParameterMismatchError) as exc:
+        raise _Failure(ExitCode.BROKEN, str(exc)) from None
+    except InvalidArgumentError as exc:
+        raise _Failure(ExitCode.USAGE, str(exc)) from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise _Failure(ExitCode.CONNECTION, f"cannot reach Redis at {redact(url)}: {exc}") from None
+
+
+def _is_loopback(address: str) -> bool:
+    return address in ("localhost", "::1") or address.startswith("127.")
+
+
+def _server(args: argparse.Namespace) -> None:
+    if not _is_loopback(args.bind) and not args.password:
+        raise _Failure(
+            ExitCode.USAGE,
+            f"refusing to listen on {args.bind} without a password: pass --password "
+            "(or bind to 127.0.0.1)",
+        )
+    server = EmbeddedServer(port=args.port, bind=args.bind, password=args.password).start()
+    # SIGTERM stops the server like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: _raise_interrupt())
+    try:
+        print(f"pyprocsync server listening on {redact(server.url)} (Ctrl-C stops it)", flush=True)
+        while server.process is not None and server.process.poll() is None:
+            time.sleep(0.5)
+        raise _Failure(ExitCode.FAILED, "the server exited on its own")
+    finally:
+        server.stop()
+
+
+def _raise_interrupt() -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def _status(args: argparse.Namespace) -> None:
+    from .status import read_status
+
+    url = _require_url(args.redis)
+    _check_reachable(url)
+    with redis.Redis.from_url(url) as client:
+        statuses = read_status(client, args.run)
+    if not statuses:
+        print(f"no events of run {args.run!r} on {redact(url)}")
+        return
+    print(f"{'event':<24}{'generation':>11}{'arrived':>9}  {'state':<9}{'age s':>8}  waiting")
+    for st in statuses:
+        expected = "?" if st.expected is None else str(st.expected)
+        age = "-" if st.age is None else f"{st.age:.1f}"
+        print(
+            f"{st.event:<24}{st.generation:>11}{f'{st.arrived}/{expected}':>9}  "
+            f"{st.state:<9}{age:>8}  {', '.join(st.waiting)}"
+        )
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "bench": _bench,
+    "sync": _sync,
+    "server": _server,
+    "status": _status,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``pyprocsync`` command with ``argv`` (default ``sys.argv[1:]``); return its code."""
+    args = _parser().parse_args(argv)
+    try:
+        _COMMANDS[args.command](args)
+    except _Failure as failure:
+        print(f"pyprocsync: error: {failure}", file=sys.stderr)
+        return failure.code
+    except ServerError as exc:
+        print(f"pyprocsync: error: {exc}", file=sys.stderr)
+        return ExitCode.CONNECTION
+    except ProcSyncError as exc:
+        print(f"pyprocsync: error: {exc}", file=sys.stderr)
+        return ExitCode.FAILED
+    except redis.RedisError as exc:
+        print(f"pyprocsync: error: Redis: {exc}", file=sys.stderr)
+        return ExitCode.CONNECTION
+    except KeyboardInterrupt:
+        print("pyprocsync: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK

@@ -1,0 +1,92 @@
+"""Read-only view of the events of a run, as ``pyprocsync status`` shows them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+import redis
+
+from .exceptions import ProtocolError
+from .keys import EventKeys, encode
+from .protocol import Broken, parse_outcome
+
+__all__ = ["EventStatus", "read_status"]
+
+
+@dataclass(frozen=True, slots=True)
+class EventStatus:
+    """The state of one event of a run.
+
+    .. versionadded:: 1.0
+    """
+
+    #: The event's name.
+    event: str
+    #: The current round.
+    generation: int
+    #: ``"filling"`` (someone waits), ``"broken"`` (until reset), ``"released"`` (the
+    #: last round was released and nobody waits yet), or ``"idle"``.
+    state: str
+    #: Participants waiting in the current round.
+    arrived: int
+    #: Participants the current round needs (``None`` while nobody waits).
+    expected: int | None
+    #: Seconds since the event last changed, if the retention is known.
+    age: float | None
+    #: Node ids holding a lease in the current round.
+    waiting: tuple[str, ...]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _describe(event: str, fields: dict[str, str], pttl_ms: int, retention: float | None,
+              waiting: tuple[str, ...]) -> EventStatus:
+    try:
+        generation = int(fields.get("g", "0"))
+        arrived = int(fields.get("n", "0"))
+        expected = int(fields["k"]) if "k" in fields else None
+    except ValueError:
+        raise ProtocolError(f"corrupt state for event {event!r}: {fields!r}") from None
+    current = fields.get(f"o{generation % 8}")
+    previous = fields.get(f"o{(generation - 1) % 8}") if generation > 0 else None
+    if current is not None and parse_outcome(current).generation == generation:
+        state = "broken" if isinstance(parse_outcome(current), Broken) else "released"
+    elif arrived > 0:
+        state = "filling"
+    elif previous is not None:
+        state = "released"
+    else:
+        state = "idle"
+    age = None if retention is None or pttl_ms < 0 else max(0.0, retention - pttl_ms / 1e3)
+    return EventStatus(event, generation, state, arrived, expected, age, waiting)
+
+
+def read_status(
+    client: redis.Redis,
+    run_id: str,
+    *,
+    prefix: str = "pyprocsync",
+    retention: float | None = 60.0,
+) -> list[EventStatus]:
+    """Return the status of every event of ``run_id`` that Redis still holds, by name.
+
+    :param retention: the retention the participants use, to compute ``age``.
+    :raises ProtocolError: an event's state is not what pyprocsync writes.
+    """
+    head = f"{prefix}:{{{encode(run_id)}:"
+    statuses = []
+    for raw_key in client.scan_iter(match=f"{head}*}}", count=1000):
+        key = _text(raw_key)
+        event = unquote(key[len(head) : -1])
+        keys = EventKeys.of(prefix, run_id, event)
+        if keys.state != key:
+            continue  # another run whose encoded id starts like this one's
+        fields = {_text(k): _text(v) for k, v in client.hgetall(key).items()}
+        pttl = int(client.pttl(key))
+        members = client.zrange(keys.leases, 0, -1)
+        waiting = tuple(_text(m)[13:] for m in members)
+        statuses.append(_describe(event, fields, pttl, retention, waiting))
+    return sorted(statuses, key=lambda status: status.event)
