@@ -27,9 +27,10 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
@@ -118,11 +119,11 @@ def _worker(config: BenchConfig, rank: int, out: Any) -> None:
             except Exception as exc:  # noqa: BLE001  # reported, and ends this node's run
                 record.errors.append(f"round {i}: {type(exc).__name__}: {exc}")
                 break
+            time.sleep(config.think)  # first yield the CPU to nodes still waking, then record
             record.sync_late_us.append(result.late_by * 1e6)
             record.release_us.append(result.release_at * 1e6)
             if rank == 0 and i % 10 == 0:
                 out.put(("progress", i))
-            time.sleep(config.think)
     except Exception as exc:  # noqa: BLE001  # reported to the parent
         record.errors.append(f"{type(exc).__name__}: {exc}")
     finally:
@@ -132,7 +133,7 @@ def _worker(config: BenchConfig, rank: int, out: Any) -> None:
 
 
 def _collect(
-    workers: list[multiprocessing.process.BaseProcess],
+    workers: Sequence[multiprocessing.process.BaseProcess],
     out: Any,
     config: BenchConfig,
     progress: Callable[[int], None],
@@ -148,7 +149,9 @@ def _collect(
         except queue.Empty:
             dead = [w for w in workers if w.exitcode not in (None, 0)]
             if dead:
-                raise BenchError(f"a benchmark worker exited with status {dead[0].exitcode}")
+                raise BenchError(
+                    f"a benchmark worker exited with status {dead[0].exitcode}"
+                ) from None
             continue
         if kind == "progress":
             progress(payload)
@@ -157,7 +160,7 @@ def _collect(
     return records
 
 
-def _stop(workers: list[multiprocessing.process.BaseProcess]) -> None:
+def _stop(workers: Sequence[multiprocessing.process.BaseProcess]) -> None:
     for worker in workers:
         if worker.is_alive():
             worker.terminate()
@@ -196,12 +199,13 @@ def run_bench(
 def _figures(config: BenchConfig, records: list[_NodeRecord]) -> dict[str, Any]:
     errors = [error for record in records for error in record.errors]
     complete = min(len(record.sync_late_us) for record in records)
-    sync_late = [late for r in records for late in r.sync_late_us[:complete]]
-    sync_spread = [
-        max(lates) - min(lates) for lates in zip(*(r.sync_late_us[:complete] for r in records))
-    ]
+    sync_rounds = [r.sync_late_us[:complete] for r in records]
+    sync_late = [late for lates in sync_rounds for late in lates]
+    sync_spread = [max(lates) - min(lates) for lates in zip(*sync_rounds, strict=True)]
     limit_late = [late for r in records for late in r.limit_late_us]
-    limit_spread = [max(lates) - min(lates) for lates in zip(*(r.limit_late_us for r in records))]
+    limit_spread = [
+        max(lates) - min(lates) for lates in zip(*(r.limit_late_us for r in records), strict=True)
+    ]
     releases = records[0].release_us[:complete]
     span_s = (releases[-1] - releases[0]) / 1e6 if len(releases) > 1 else 0.0
     return {
@@ -331,6 +335,5 @@ def server_label(url: str, embedded: bool) -> str:
         info = {}
     product = "valkey" if "valkey_version" in info else "redis"
     version = info.get("valkey_version") or info.get("redis_version") or "?"
-    where = "embedded" if embedded else redis.connection.parse_url(url).get("host", "?")
+    where = "embedded" if embedded else (urlsplit(url).hostname or urlsplit(url).scheme)
     return f"{product} {version} ({where})"
-

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from . import __version__
+from .bench import BenchConfig, format_table, plot, progress_bar, run_bench, server_label
 from .exceptions import (
     BrokenBarrierError,
     InvalidArgumentError,
@@ -32,6 +33,7 @@ from .exceptions import (
 )
 from .procsync import ProcSync
 from .server import EmbeddedServer, ServerError
+from .status import read_status
 
 __all__ = ["ExitCode", "main"]
 
@@ -85,7 +87,7 @@ def _number(kind: Callable[[str], Any], low: float, what: str) -> Callable[[str]
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if isinstance(value, float) and not math.isfinite(value) or value < low:
+        if (isinstance(value, float) and not math.isfinite(value)) or value < low:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
         return value
 
@@ -208,8 +210,6 @@ def _check_reachable(url: str) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from .bench import BenchConfig, format_table, plot, progress_bar, run_bench, server_label
-
     if args.plot:
         try:
             import matplotlib  # noqa: F401, PLC0415
@@ -295,8 +295,6 @@ def _raise_interrupt() -> NoReturn:
 
 
 def _status(args: argparse.Namespace) -> None:
-    from .status import read_status
-
     url = _require_url(args.redis)
     _check_reachable(url)
     with redis.Redis.from_url(url) as client:

@@ -39,9 +39,14 @@ def text(name: str, value: object, *, empty: bool = True) -> str:
     return value
 
 
+def _is_bool(value: object) -> bool:
+    """True for ``bool`` and NumPy's boolean scalars (``numpy.bool_`` / ``numpy.bool``)."""
+    return isinstance(value, bool) or type(value).__name__ in ("bool_", "bool")
+
+
 def count(name: str, value: object) -> int:
     """Check that ``value`` is a whole number >= 1 (``operator.index`` must accept it)."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if _is_bool(value):
         raise ArgumentTypeError(f"{name} must be an int, not bool")
     try:
         result = operator.index(value)  # type: ignore[arg-type]
@@ -54,11 +59,7 @@ def count(name: str, value: object) -> int:
 
 def seconds(name: str, value: object) -> float:
     """Check that ``value`` is a real number (not bool) and not NaN; return it as float."""
-    if (
-        isinstance(value, bool)
-        or type(value).__name__ == "bool_"
-        or not isinstance(value, numbers.Real)
-    ):
+    if _is_bool(value) or not isinstance(value, numbers.Real):
         raise ArgumentTypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
     result = float(value)
     if math.isnan(result):

@@ -121,7 +121,11 @@ class _Participation:
         self._listener: _Listener | None = None
 
     def execute(self, op: Operation) -> object:
-        if isinstance(op, Listen):
+        if isinstance(op, SleepUntil):
+            # The outcome is known: hand the listener back now, so the instant is not
+            # followed by bookkeeping.
+            self._give_back(reusable=True)
+        elif isinstance(op, Listen):
             if self._listener is None:
                 self._listener = self._owner._listeners.take(op.channel)
             return self._listener.listen(op.channel)
@@ -138,9 +142,12 @@ class _Participation:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._give_back(reusable=exc is None or isinstance(exc, ProcSyncError))
+
+    def _give_back(self, *, reusable: bool) -> None:
         if self._listener is not None:
-            reusable = exc is None or isinstance(exc, ProcSyncError)
             self._owner._listeners.give_back(self._listener, reusable)
+            self._listener = None
 
 
 class ProcSync:

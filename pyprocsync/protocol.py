@@ -64,6 +64,7 @@ __all__ = [
     "Receive",
     "Released",
     "SleepUntil",
+    "member_node",
     "parse_outcome",
     "reset_flow",
     "sync_flow",
@@ -168,6 +169,11 @@ def _nonneg(text: str) -> int:
     return int(text)
 
 
+def member_node(member: str) -> str:
+    """Return the node id of a lease member ``<12 hex>:<node id>``."""
+    return member[_MEMBER_TAG:]
+
+
 def parse_outcome(text: str) -> Outcome:
     """Decode an outcome as the scripts store and publish it.
 
@@ -188,7 +194,7 @@ def parse_outcome(text: str) -> Outcome:
                 reason,
                 _nonneg(arrived),
                 _nonneg(expected),
-                tuple(_text(m)[_MEMBER_TAG:] for m in members),
+                tuple(member_node(_text(m)) for m in members),
             )
     except (ValueError, ProtocolError):
         pass

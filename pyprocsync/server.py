@@ -152,7 +152,7 @@ class EmbeddedServer:
             if failure is None:
                 return self
             self.stop()
-            if not pick_port or "in use" not in failure:
+            if not pick_port or "in use" not in failure.lower():
                 break
         raise ServerError(f"the server did not start on {self.bind}:{self.port}: {failure}")
 
@@ -173,10 +173,13 @@ class EmbeddedServer:
                         lines = []
                     return lines[-1] if lines else f"exit status {process.returncode}"
                 try:
-                    probe.ping()
-                    return None
+                    pid = probe.info("server").get("process_id")
                 except redis.exceptions.ConnectionError:
                     time.sleep(0.02)
+                    continue
+                if pid == process.pid:
+                    return None
+                return f"port {self.port} is in use by another server (pid {pid})"
             return f"no answer within {timeout} s"
         finally:
             probe.close()

@@ -9,7 +9,7 @@ import redis
 
 from .exceptions import ProtocolError
 from .keys import EventKeys, encode
-from .protocol import Broken, parse_outcome
+from .protocol import Broken, member_node, parse_outcome
 
 __all__ = ["EventStatus", "read_status"]
 
@@ -38,12 +38,17 @@ class EventStatus:
     waiting: tuple[str, ...]
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _describe(event: str, fields: dict[str, str], pttl_ms: int, retention: float | None,
-              waiting: tuple[str, ...]) -> EventStatus:
+def _describe(
+    event: str,
+    fields: dict[str, str],
+    pttl_ms: int,
+    retention: float | None,
+    waiting: tuple[str, ...],
+) -> EventStatus:
     try:
         generation = int(fields.get("g", "0"))
         arrived = int(fields.get("n", "0"))
@@ -86,7 +91,6 @@ def read_status(
             continue  # another run whose encoded id starts like this one's
         fields = {_text(k): _text(v) for k, v in client.hgetall(key).items()}
         pttl = int(client.pttl(key))
-        members = client.zrange(keys.leases, 0, -1)
-        waiting = tuple(_text(m)[13:] for m in members)
+        waiting = tuple(member_node(_text(m)) for m in client.zrange(keys.leases, 0, -1))
         statuses.append(_describe(event, fields, pttl, retention, waiting))
     return sorted(statuses, key=lambda status: status.event)
