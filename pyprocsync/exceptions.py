@@ -38,7 +38,7 @@ class ProcSyncError(Exception):
 
     def __init__(
         self,
-        message: str,
+        message: str = "",
         *,
         event: str | None = None,
         run_id: str | None = None,
@@ -70,19 +70,21 @@ class ArgumentTypeError(InvalidArgumentError, TypeError):
 class TimeOutError(ProcSyncError, TimeoutError):
     """This participant's timeout expired before every participant arrived.
 
-    The round is broken for every other participant too (they raise
-    :class:`BrokenBarrierError`), and for later arrivals until the event is reset.
+    If this participant had arrived, the round is now broken for every other participant
+    too (they raise :class:`BrokenBarrierError`), and for later arrivals until the event
+    is reset. If the timeout expired before its arrival could even be sent (the
+    subscription was not confirmed in time), the round was not touched.
 
-    :ivar timeout: the timeout that expired, in seconds.
+    :ivar timeout: the timeout that expired, in seconds (``None`` if not given).
     :ivar arrived: how many participants had arrived, or ``None`` when not known.
     :ivar expected: how many were expected, or ``None`` when not known.
     """
 
     def __init__(
         self,
-        message: str,
+        message: str = "",
         *,
-        timeout: float,
+        timeout: float | None = None,
         arrived: int | None = None,
         expected: int | None = None,
         event: str | None = None,
@@ -104,16 +106,16 @@ class TooLateError(ProcSyncError):
     scheduler, or clocks that disagree by more than the lead time.
 
     :ivar late_by: seconds between the release instant and the moment this participant
-        learned it (by this participant's clock).
-    :ivar release_at: the agreed instant, epoch seconds.
+        learned it (by this participant's clock); ``None`` only when raised by hand.
+    :ivar release_at: the agreed instant, epoch seconds (``None`` likewise).
     """
 
     def __init__(
         self,
-        message: str,
+        message: str = "",
         *,
-        late_by: float,
-        release_at: float,
+        late_by: float | None = None,
+        release_at: float | None = None,
         event: str | None = None,
         run_id: str | None = None,
         generation: int | None = None,
@@ -129,7 +131,8 @@ class BrokenBarrierError(ProcSyncError, threading.BrokenBarrierError):
     A round breaks when a participant times out, when participants disagree on the
     number of nodes, when a waiting participant stops renewing its lease (it crashed or
     lost its connection), or when the event is reset. It stays broken for later
-    arrivals until :meth:`~pyprocsync.ProcSync.reset` is called.
+    arrivals until :meth:`~pyprocsync.ProcSync.reset` is called, or until nobody has
+    touched the event for its ``retention`` and its state expires.
 
     :ivar reason: why the round broke: ``"timeout"``, ``"mismatch"``, ``"lost"``,
         ``"reset"`` or ``"state-lost"`` (the event's state vanished from Redis, e.g. a
@@ -141,9 +144,9 @@ class BrokenBarrierError(ProcSyncError, threading.BrokenBarrierError):
 
     def __init__(
         self,
-        message: str,
+        message: str = "",
         *,
-        reason: str,
+        reason: str = "unknown",
         missing: Sequence[str] = (),
         arrived: int | None = None,
         expected: int | None = None,
@@ -169,10 +172,10 @@ class ParameterMismatchError(ProcSyncError, ValueError):
 
     def __init__(
         self,
-        message: str,
+        message: str = "",
         *,
-        expected: int,
-        given: int,
+        expected: int | None = None,
+        given: int | None = None,
         event: str | None = None,
         run_id: str | None = None,
         generation: int | None = None,

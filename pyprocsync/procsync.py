@@ -80,11 +80,15 @@ class _ListenerPool:
         self._lock = threading.Lock()
         self._closed = False
 
+    def ensure_open(self) -> None:
+        """Raise :class:`ProcSyncError` if :meth:`close` was called."""
+        if self._closed:
+            raise ProcSyncError("this ProcSync is closed")
+
     def take(self, channel: str) -> _Listener:
         """Return an idle listener, preferably one subscribed to ``channel``, or a new one."""
         with self._lock:
-            if self._closed:
-                raise ProcSyncError("this ProcSync is closed")
+            self.ensure_open()
             for i in range(len(self._idle) - 1, -1, -1):
                 if self._idle[i].channel == channel:
                     return self._idle.pop(i)
@@ -193,8 +197,8 @@ class ProcSync:
 
     .. versionchanged:: 1.0
        Keyword-only options; a run id and event names may hold any character;
-       events can be synchronized again and again; the default ``run_id`` is safe to
-       reuse (see :doc:`/migration`).
+       events can be synchronized again and again; a crashed participant's arrival
+       stops counting after ``liveness`` seconds (see :doc:`/migration`).
     """
 
     def __init__(
@@ -225,6 +229,7 @@ class ProcSync:
         self._client = redis_client
         self._owns_client = False
         self._scripts = {script: redis_client.register_script(script.value) for script in Script}
+        self._scripts_loaded = False
         self._listeners = _ListenerPool(redis_client)
 
     @classmethod
@@ -270,7 +275,8 @@ class ProcSync:
         :returns: the round's :class:`~pyprocsync.SyncResult`.
         :raises InvalidArgumentError: an argument is invalid (nothing was sent).
         :raises TimeOutError: ``timeout`` expired first; the round is now broken for
-            everyone (unless it was released at that very moment: then this returns).
+            everyone (unless it was released at that very moment: then this returns
+            normally). See :class:`~pyprocsync.TimeOutError`.
         :raises BrokenBarrierError: the round is (or became) broken: another participant
             timed out, disagreed on ``nodes`` or vanished, or the event was reset.
             Every later arrival raises it too, until :meth:`reset`.
@@ -286,6 +292,7 @@ class ProcSync:
         ``nodes`` live participants.
         """
         flow = sync_flow(self._settings, event_name, nodes, timeout)
+        self._load_scripts()
         with _Participation(self) as participation:
             return drive(flow, participation.execute)
 
@@ -300,13 +307,15 @@ class ProcSync:
 
         .. versionadded:: 1.0
         """
-        return drive(reset_flow(self._settings, event_name), self._execute)
+        flow = reset_flow(self._settings, event_name)
+        self._listeners.ensure_open()
+        return drive(flow, self._execute)
 
     def close(self) -> None:
         """Close the pub/sub connections of this instance (and its client, if it owns one).
 
-        Calls in progress in other threads finish; new calls raise
-        :class:`~pyprocsync.ProcSyncError`. Closing twice is harmless.
+        Calls in progress in other threads finish; new :meth:`sync` and :meth:`reset`
+        calls raise :class:`~pyprocsync.ProcSyncError`. Closing twice is harmless.
         """
         self._listeners.close()
         if self._owns_client:
@@ -325,6 +334,20 @@ class ProcSync:
 
     def __repr__(self) -> str:
         return f"<ProcSync run_id={self.run_id!r} delay={self.delay}>"
+
+    def _load_scripts(self) -> None:
+        """Load the scripts into the server before the first arrival.
+
+        The last arrival's release instant is its clock plus the delay, read before its
+        ARRIVE is sent; a NOSCRIPT retry on that path would eat into the lead time.
+        (After a server restart the retry still happens, once.)
+        """
+        if not self._scripts_loaded:
+            with self._client.pipeline(transaction=False) as pipe:
+                for script in self._scripts.values():
+                    pipe.script_load(script.script)
+                pipe.execute()
+            self._scripts_loaded = True
 
     def _execute(self, op: Operation) -> object:
         """Carry out an operation that needs no listener."""

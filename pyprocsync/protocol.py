@@ -2,10 +2,11 @@
 
 A participant's whole part in a round is a generator ("flow") that yields *operations*
 (run a script, subscribe, receive a message, sleep until an instant) and is sent their
-results. The blocking shell (:mod:`pyprocsync.procsync`) and the asyncio shell drive the
-same flows, so the state machine, the key names, the decoding of replies and every error
-exist once. An exception raised while an operation runs is thrown into the flow at its
-``yield``, so the flow decides what it means (and may clean up before it propagates).
+results. The blocking shell (:mod:`pyprocsync.procsync`) drives them, and any other
+shell (an asyncio one, say) drives the same flows, so the state machine, the key names,
+the decoding of replies and every error exist once. An exception raised while an
+operation runs is thrown into the flow at its ``yield``, so the flow decides what it
+means (and may clean up before it propagates).
 
 One participant in one round goes through these states::
 
@@ -196,7 +197,7 @@ def parse_outcome(text: str) -> Outcome:
                 _nonneg(expected),
                 tuple(member_node(_text(m)) for m in members),
             )
-    except (ValueError, ProtocolError):
+    except (ValueError, RecursionError, ProtocolError):  # RecursionError: absurdly nested JSON
         pass
     raise ProtocolError(f"not a pyprocsync outcome: {text[:80]!r}")
 
@@ -258,7 +259,7 @@ class _Participant:
         counts = "" if arrived is None else f" ({arrived} of {expected} arrived)"
         return TimeOutError(
             f"gave up waiting for {self.event!r} after {self.timeout} s{counts}",
-            timeout=self.timeout or 0.0,
+            timeout=self.timeout,
             arrived=arrived,
             expected=expected,
             **self._where(),
