@@ -9,6 +9,7 @@ from __future__ import annotations
 from .exceptions import (
     ArgumentTypeError,
     BrokenBarrierError,
+    ConnectionLostError,
     InvalidArgumentError,
     ParameterMismatchError,
     ProcSyncError,
@@ -22,6 +23,7 @@ from .results import SyncResult
 __all__ = [
     "ArgumentTypeError",
     "BrokenBarrierError",
+    "ConnectionLostError",
     "InvalidArgumentError",
     "ParameterMismatchError",
     "ProcSync",

@@ -16,9 +16,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
+import redis.exceptions
+
 __all__ = [
     "ArgumentTypeError",
     "BrokenBarrierError",
+    "ConnectionLostError",
     "InvalidArgumentError",
     "ParameterMismatchError",
     "ProcSyncError",
@@ -183,6 +186,20 @@ class ParameterMismatchError(ProcSyncError, ValueError):
         super().__init__(message, event=event, run_id=run_id, generation=generation)
         self.expected = expected
         self.given = given
+
+
+class ConnectionLostError(ProcSyncError, redis.exceptions.ConnectionError, ConnectionError):
+    """The connection to Redis failed while this participant took part in a round.
+
+    A dropped pub/sub connection alone is repaired at once (the participant subscribes
+    again and reads the stored state); this is raised when that does not work, or
+    when a script call fails to reach the server. The participant's arrival, if any,
+    stays counted until its lease lapses (``liveness``); then the round breaks for the
+    others with ``reason="lost"``. It is a :class:`ConnectionError` and a
+    ``redis.exceptions.ConnectionError`` too.
+
+    .. versionadded:: 1.0
+    """
 
 
 class ProtocolError(ProcSyncError):

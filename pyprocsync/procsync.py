@@ -8,7 +8,9 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 import redis
+from redis.backoff import NoBackoff
 from redis.client import PubSub
+from redis.retry import Retry
 
 from . import clock
 from .exceptions import ProcSyncError
@@ -41,26 +43,60 @@ def drive(flow: Flow[T], execute: Callable[[Operation], object]) -> T:
             reply, error = None, exc
 
 
+def _listener_client(client: redis.Redis) -> redis.Redis:
+    """Return a client for pub/sub listeners: ``client``'s settings, a pool of its own.
+
+    Its connections never retry: a failure reaches the flow at once, which replaces the
+    connection and reads the stored state, within the participant's timeout
+    (redis-py's retries would block for the client's whole retry budget). Listeners
+    also stay out of the caller's pool, so they never exhaust its ``max_connections``.
+    """
+    pool = getattr(client, "connection_pool", None)
+    if not isinstance(pool, redis.ConnectionPool):  # a client that keeps no plain pool
+        return client
+    kwargs = {
+        name: value
+        for name, value in pool.connection_kwargs.items()
+        if not name.startswith("orig_") and name != "maint_notifications_pool_handler"
+    }
+    kwargs["retry"] = Retry(NoBackoff(), 0)
+    try:
+        private = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    except TypeError:  # a pool type whose connections need more than their settings
+        return client
+    return redis.Redis(connection_pool=private)
+
+
 class _Listener:
     """A pub/sub connection and the one channel it is subscribed to (if any)."""
 
-    __slots__ = ("channel", "pubsub")
+    __slots__ = ("_client", "channel", "pubsub")
 
-    def __init__(self, pubsub: PubSub) -> None:
-        self.pubsub = pubsub
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self.pubsub: PubSub = client.pubsub()  # type: ignore[no-untyped-call]
         self.channel: str | None = None
 
-    def listen(self, channel: str) -> bool:
+    def listen(self, channel: str, renew: bool) -> bool:
         """Cover ``channel``: True when a SUBSCRIBE was sent, False if it was subscribed."""
+        if renew:
+            self.pubsub.close()
+            self.pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+            self.channel = None
         if self.channel == channel:
             while self.pubsub.get_message(timeout=0) is not None:
                 pass
             return False
         if self.channel is not None:
             self.pubsub.unsubscribe(self.channel)  # type: ignore[no-untyped-call]
+            self.channel = None
         self.pubsub.subscribe(channel)
         self.channel = channel
         return True
+
+    def close(self) -> None:
+        """Close the pub/sub connection."""
+        self.pubsub.close()
 
 
 class _ListenerPool:
@@ -76,6 +112,7 @@ class _ListenerPool:
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
+        self._listener_client: redis.Redis | None = None  # made at the first take()
         self._idle: list[_Listener] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -94,7 +131,10 @@ class _ListenerPool:
                     return self._idle.pop(i)
             if self._idle:
                 return self._idle.pop()
-        return _Listener(self._client.pubsub())  # type: ignore[no-untyped-call]
+            if self._listener_client is None:
+                self._listener_client = _listener_client(self._client)
+            listener_client = self._listener_client
+        return _Listener(listener_client)
 
     def give_back(self, listener: _Listener, reusable: bool) -> None:
         """Keep ``listener`` for later calls, or close it."""
@@ -106,7 +146,7 @@ class _ListenerPool:
                     surplus = self._idle[: max(0, len(self._idle) - self.LIMIT)]
                     del self._idle[: len(surplus)]
         for extra in surplus:
-            extra.pubsub.close()
+            extra.close()
 
     def close(self) -> None:
         """Close every idle listener; listeners given back later are closed too."""
@@ -114,7 +154,10 @@ class _ListenerPool:
             self._closed = True
             idle, self._idle = self._idle, []
         for listener in idle:
-            listener.pubsub.close()
+            listener.close()
+        if self._listener_client not in (None, self._client):
+            # Listeners still in use are closed when their calls end.
+            self._listener_client.connection_pool.disconnect(inuse_connections=False)
 
 
 class _Participation:
@@ -132,7 +175,7 @@ class _Participation:
         elif isinstance(op, Listen):
             if self._listener is None:
                 self._listener = self._owner._listeners.take(op.channel)
-            return self._listener.listen(op.channel)
+            return self._listener.listen(op.channel, op.renew)
         if isinstance(op, Receive) and self._listener is not None:
             return self._listener.pubsub.get_message(timeout=op.timeout)  # type: ignore[arg-type]
         return self._owner._execute(op)
@@ -292,6 +335,7 @@ class ProcSync:
         ``nodes`` live participants.
         """
         flow = sync_flow(self._settings, event_name, nodes, timeout)
+        self._listeners.ensure_open()
         self._load_scripts()
         with _Participation(self) as participation:
             return drive(flow, participation.execute)

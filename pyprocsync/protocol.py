@@ -40,11 +40,14 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import clock, params
 from .exceptions import (
     BrokenBarrierError,
+    ConnectionLostError,
     ParameterMismatchError,
     ProcSyncError,
     ProtocolError,
@@ -89,10 +92,12 @@ class Listen:
 
     The result is ``True`` when a SUBSCRIBE was sent (the flow then waits for its
     confirmation), ``False`` when the subscription existed already (messages buffered
-    on it before this call were discarded).
+    on it before this call were discarded). With ``renew``, the pub/sub connection is
+    replaced by a new one first (the old one failed).
     """
 
     channel: str
+    renew: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +144,8 @@ class Broken:
 
 Outcome = Released | Broken
 
+#: Errors of the link to the server (the shells' pub/sub connections never retry).
+_LINK_ERRORS = (RedisConnectionError, RedisTimeoutError)
 #: CHECK/ABANDON/WITHDRAW replies that are not outcomes (see :mod:`pyprocsync.scripts`).
 _UNDECIDED, _STATE_LOST, _EVICTED = "", "L", "E"
 #: ARRIVE statuses.
@@ -217,6 +224,8 @@ def _call(script: Script, keys: EventKeys, *args: str | int) -> Flow[Any]:
         if error is None:
             raise
         raise error from exc
+    except _LINK_ERRORS as exc:
+        raise ConnectionLostError(f"lost the connection to Redis: {exc}") from exc
 
 
 class _Participant:
@@ -287,9 +296,15 @@ class _Participant:
 
     # -- transitions ---------------------------------------------------------------
 
+    def _link_lost(self, exc: Exception) -> ConnectionLostError:
+        return ConnectionLostError(
+            f"lost the connection to Redis while waiting for {self.event!r}: {exc}",
+            **self._where(),
+        )
+
     def run(self) -> Flow[SyncResult]:
-        if (yield Listen(self.keys.channel)):
-            yield from self._await_subscription()
+        if not (yield from self._listen()):
+            raise self._timed_out(None, None)  # nothing was counted: the round is untouched
         outcome = yield from self._arrive()
         if outcome is None:
             try:
@@ -301,13 +316,24 @@ class _Participant:
                 raise
         return (yield from self._release(outcome))
 
-    def _await_subscription(self) -> Flow[None]:
-        while True:
-            remaining = self._remaining()
-            if remaining is not None and remaining <= 0:
-                raise self._timed_out(None, None)
-            if self._classify((yield Receive(remaining))) is _SUBSCRIBED:
-                return
+    def _listen(self, *, renew: bool = False) -> Flow[bool]:
+        """Subscribe to the event's channel; True once confirmed, False at the deadline.
+
+        A failed connection is replaced once; if the new one fails too, the link is lost.
+        """
+        try:
+            if not (yield Listen(self.keys.channel, renew)):
+                return True
+            while True:
+                remaining = self._remaining()
+                if remaining is not None and remaining <= 0:
+                    return False
+                if self._classify((yield Receive(remaining))) is _SUBSCRIBED:
+                    return True
+        except _LINK_ERRORS as exc:
+            if renew:
+                raise self._link_lost(exc) from exc
+            return (yield from self._listen(renew=True))
 
     def _arrive(self) -> Flow[Outcome | None]:
         settings = self.settings
@@ -358,7 +384,15 @@ class _Participant:
                 wait = next_beat - now
                 if self.deadline is not None:
                     wait = min(wait, self.deadline - now)
-                outcome = yield from self._on_message((yield Receive(wait)))
+                try:
+                    message = yield Receive(wait)
+                except _LINK_ERRORS:
+                    # The pub/sub connection failed and an announcement may be lost with
+                    # it: subscribe on a new one, then read the stored state at once.
+                    yield from self._listen(renew=True)
+                    message = None
+                    next_beat = clock.monotonic()
+                outcome = yield from self._on_message(message)
             if outcome is not None:
                 return outcome
 

@@ -1,0 +1,233 @@
+"""Helpers shared by the scripts of ``perf_tests/`` (not a script itself).
+
+Error handling, the server to measure against (given or embedded), the machine's
+description, medians across repeated runs, and table formatting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NoReturn
+
+import redis
+
+import pyprocsync
+from pyprocsync.bench import BenchError
+from pyprocsync.cli import ExitCode, redact
+from pyprocsync.exceptions import ProcSyncError
+from pyprocsync.server import EmbeddedServer, ServerError
+
+__all__ = [
+    "PERCENTILES",
+    "ExitCode",
+    "Failure",
+    "check_reachable",
+    "fmt",
+    "fmt_ratio",
+    "machine",
+    "machine_line",
+    "median",
+    "median_summary",
+    "nan_to_none",
+    "ratio",
+    "redact",
+    "redis_server",
+    "run",
+    "source",
+]
+
+PERCENTILES = ("p50", "p90", "p99", "max")
+
+
+class Failure(Exception):
+    """An expected failure: the script prints ``prog: error: message`` and exits ``code``."""
+
+    def __init__(self, message: str, code: int = ExitCode.FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _interrupt(_signum: int, _frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def run(prog: str, body: Callable[[], int]) -> NoReturn:
+    """Run ``body`` and exit with its status; expected failures print one line, no traceback.
+
+    SIGTERM is turned into ``KeyboardInterrupt`` so that every ``finally`` (stopping
+    worker processes, the embedded server, removing temporary files) runs.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        code = body()
+    except Failure as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        code = exc.code
+    except ServerError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        code = ExitCode.CONNECTION
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        print(f"{prog}: error: lost the Redis server: {exc}", file=sys.stderr)
+        code = ExitCode.CONNECTION
+    except (BenchError, ProcSyncError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        code = ExitCode.FAILED
+    except redis.RedisError as exc:
+        print(f"{prog}: error: Redis: {exc}", file=sys.stderr)
+        code = ExitCode.FAILED
+    except OSError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        code = ExitCode.FAILED
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        code = ExitCode.INTERRUPTED
+    sys.exit(code)
+
+
+def check_reachable(url: str) -> None:
+    """Raise :class:`Failure` unless the server at ``url`` answers PING."""
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5) as client:
+            client.ping()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise Failure(
+            f"cannot reach Redis at {redact(url)}: {exc} (check --redis)", ExitCode.CONNECTION
+        ) from None
+    except redis.RedisError as exc:
+        raise Failure(f"Redis at {redact(url)} refused: {exc}", ExitCode.CONNECTION) from None
+    except ValueError as exc:
+        raise Failure(f"bad --redis URL: {exc}", ExitCode.USAGE) from None
+
+
+@contextlib.contextmanager
+def redis_server(url: str | None) -> Iterator[tuple[str, bool]]:
+    """Yield ``(url, embedded)``: the given server once reachable, else a private embedded one.
+
+    The embedded server is stopped (and its directory removed) when the block ends.
+    """
+    if url:
+        check_reachable(url)
+        yield url, False
+        return
+    with EmbeddedServer() as server:
+        yield server.url, True
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def source() -> str:
+    """The pyprocsync measured: its version, and its git commit when run from a checkout.
+
+    ``"1.0.0.dev0 (git b472452)"``, with ``+ local changes`` when the package's files
+    differ from that commit.
+    """
+    package = Path(pyprocsync.__file__).resolve().parent
+    text = pyprocsync.__version__
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=package,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."],
+            cwd=package,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return text
+    return f"{text} (git {head}{' + local changes' if changes else ''})"
+
+
+def machine() -> dict[str, Any]:
+    """Describe this machine: usable cores, CPU model, kernel, Python, the date (UTC), and
+    the pyprocsync measured (see :func:`source`)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 0
+    return {
+        "cores": cores,
+        "cpu": _cpu_model(),
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "pyprocsync": source(),
+    }
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    """One line for a table's header: what :func:`machine` returned."""
+    return (
+        f"machine: {info['cores']} cores, {info['cpu']}, {info['kernel']}, "
+        f"Python {info['python']}, {info['date']}\npyprocsync {info['pyprocsync']}"
+    )
+
+
+def median(values: Iterable[float]) -> float:
+    """Median of the finite ``values``; NaN when there is none."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.median(finite) if finite else math.nan
+
+
+def median_summary(summaries: list[dict[str, float]]) -> dict[str, float]:
+    """Percentile by percentile median of several ``{"p50", "p90", "p99", "max"}`` dicts."""
+    return {p: median(s[p] for s in summaries) for p in PERCENTILES}
+
+
+def ratio(a: float, b: float) -> float:
+    """``a / b``, NaN when ``b`` is 0 or either is NaN."""
+    if not (math.isfinite(a) and math.isfinite(b)) or b == 0:
+        return math.nan
+    return a / b
+
+
+def fmt(value: float, width: int, digits: int = 1) -> str:
+    """Right-aligned number, ``-`` for NaN."""
+    if value is None or not math.isfinite(value):
+        return f"{'-':>{width}}"
+    return f"{value:>{width}.{digits}f}"
+
+
+def fmt_ratio(value: float, width: int) -> str:
+    """Right-aligned ratio with as many decimals as fit (2 below 10, 1 below 100, else 0)."""
+    if value is None or not math.isfinite(value):
+        return f"{'-':>{width}}"
+    digits = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
+    return f"{value:>{width}.{digits}f}"
+
+
+def nan_to_none(value: Any) -> Any:
+    """Copy of ``value`` with every NaN float replaced by ``None`` (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [nan_to_none(v) for v in value]
+    return value

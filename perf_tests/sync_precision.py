@@ -1,0 +1,293 @@
+"""The benchmark matrix: ``pyprocsync bench`` over node counts and delays, repeated.
+
+For every configuration (each ``--nodes`` value times each ``--delays`` value) it runs
+:func:`pyprocsync.bench.run_bench` ``--repeat`` times against one server, takes the
+median across the repeats of every figure (p50/p90/p99/max of the spread and of the
+lateness, for sync and for the limit reference, barriers/s, too-late count), writes
+``n{nodes}-d{delay}.json`` and ``n{nodes}-d{delay}.png`` into ``--out``, and prints one
+table with a row per configuration: sync beside the limit reference, and their ratio
+(also written to ``--out``/``summary.json``). The plotted run of a configuration is the
+one whose sync spread p50 is the median one.
+
+Without ``--redis`` one private embedded server is started for the whole matrix.
+
+Example::
+
+    python perf_tests/sync_precision.py --nodes 2 4 --delays 0.005 0.01 --rounds 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    PERCENTILES,
+    Failure,
+    fmt,
+    fmt_ratio,
+    machine,
+    machine_line,
+    median,
+    median_summary,
+    nan_to_none,
+    ratio,
+    redis_server,
+    run,
+)
+
+from pyprocsync.bench import BenchConfig, plot, progress_bar, run_bench, server_label
+
+PROG = "sync_precision"
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not >= 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sync_precision.py",
+        description="Run pyprocsync's benchmark for every combination of --nodes and "
+        "--delays, --repeat times each; report medians, write a JSON and a PNG per "
+        "configuration, and print one summary table.",
+    )
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="Redis server URL; default: start one private embedded server for the matrix",
+    )
+    parser.add_argument(
+        "--nodes",
+        type=_count,
+        nargs="+",
+        default=[2, 4, 8],
+        metavar="N",
+        help="node counts (default: 2 4 8)",
+    )
+    parser.add_argument(
+        "--delays",
+        type=_seconds,
+        nargs="+",
+        default=[0.002, 0.005, 0.01],
+        metavar="SECONDS",
+        help="lead times (default: 0.002 0.005 0.01)",
+    )
+    parser.add_argument("--rounds", type=_count, default=300, help="rounds per run (default 300)")
+    parser.add_argument(
+        "--think",
+        type=_seconds,
+        default=0.002,
+        help="seconds each node idles after a release (default 0.002)",
+    )
+    parser.add_argument(
+        "--spin",
+        type=_seconds,
+        default=0.0005,
+        help="seconds of busy-waiting before the instant (default 0.0005)",
+    )
+    parser.add_argument(
+        "--repeat", type=_count, default=3, help="runs per configuration (default 3)"
+    )
+    parser.add_argument(
+        "--out",
+        default="bench-results",
+        metavar="DIR",
+        help="folder for the JSON and PNG files (default bench-results/)",
+    )
+    parser.add_argument("--no-plot", action="store_true", help="write no PNG files")
+    return parser
+
+
+def _without_raw(figures: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in figures.items() if k != "raw"}
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median across repeated runs of every figure; errors are summed, not medianed."""
+    syncs = [r["sync"] for r in runs]
+    limits = [r["limit"] for r in runs]
+    sync = {
+        "spread_us": median_summary([s["spread_us"] for s in syncs]),
+        "late_us": median_summary([s["late_us"] for s in syncs]),
+        "barriers_per_s": median(s["barriers_per_s"] for s in syncs),
+        "too_late": median(s["too_late"] for s in syncs),
+        "too_late_total": sum(s["too_late"] for s in syncs),
+        "errors": sum(s["errors"] for s in syncs),
+        "completed_rounds": min(s["completed_rounds"] for s in syncs),
+    }
+    limit = {
+        "spread_us": median_summary([s["spread_us"] for s in limits]),
+        "late_us": median_summary([s["late_us"] for s in limits]),
+    }
+    ratios = {
+        key: {p: ratio(sync[key][p], limit[key][p]) for p in PERCENTILES}
+        for key in ("spread_us", "late_us")
+    }
+    return {"sync": sync, "limit": limit, "sync_over_limit": ratios}
+
+
+def _representative(runs: list[dict[str, Any]]) -> int:
+    """Index of the run whose sync spread p50 is the median one (the one plotted)."""
+    order = sorted(range(len(runs)), key=lambda i: runs[i]["sync"]["spread_us"]["p50"])
+    return order[(len(order) - 1) // 2]
+
+
+def _stem(nodes: int, delay: float) -> str:
+    return f"n{nodes}-d{delay:g}"
+
+
+def _run_configuration(
+    url: str, args: argparse.Namespace, nodes: int, delay: float
+) -> list[dict[str, Any]]:
+    runs = []
+    for i in range(args.repeat):
+        print(
+            f"  nodes {nodes}, delay {delay:g} s: run {i + 1}/{args.repeat}",
+            file=sys.stderr,
+            flush=True,
+        )
+        config = BenchConfig(
+            url=url,
+            nodes=nodes,
+            rounds=args.rounds,
+            delay=delay,
+            think=args.think,
+            spin=args.spin,
+        )
+        runs.append(run_bench(config, progress=progress_bar(args.rounds)))
+    return runs
+
+
+def _can_plot() -> bool:
+    try:
+        import matplotlib  # noqa: F401, PLC0415  # optional
+    except ImportError:
+        print(
+            f"{PROG}: matplotlib is not installed: no plots "
+            "(pip install matplotlib, or pass --no-plot)",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def _save(
+    out: Path, result: dict[str, Any], runs: list[dict[str, Any]], plotting: bool
+) -> dict[str, Any]:
+    stem = _stem(result["nodes"], result["delay"])
+    if plotting:
+        chosen = _representative(runs)
+        figures = dict(runs[chosen], server=result["server"])
+        plot(figures, str(out / f"{stem}.png"))
+        result["plot"] = f"{stem}.png"
+        result["plotted_repeat"] = chosen
+    result["repeats"] = [_without_raw(r) for r in runs]
+    with open(out / f"{stem}.json", "w", encoding="utf-8") as file:
+        json.dump(nan_to_none(result), file, indent=2)
+        file.write("\n")
+    return result
+
+
+def format_summary(results: list[dict[str, Any]], header: list[str]) -> str:
+    """The summary table: a row per configuration, sync beside limit with their ratio."""
+    groups = (
+        ("spread p50 (us)", "spread_us", "p50"),
+        ("spread p99 (us)", "spread_us", "p99"),
+        ("late p50 (us)", "late_us", "p50"),
+        ("late p99 (us)", "late_us", "p99"),
+    )
+    top = f"{'':<13}" + "".join(f" | {title:^20}" for title, _, _ in groups) + " |"
+    sub = (
+        f"{'nodes':>5}{'delay':>8}"
+        + " | {:>6}{:>7}{:>7}".format("sync", "limit", "ratio") * len(groups)
+        + " |"
+        + f"{'bar/s':>7}{'too late':>9}{'errors':>7}"
+    )
+    lines = [*header, "", top, sub, "-" * len(sub)]
+    for result in results:
+        sync, limit = result["sync"], result["limit"]
+        row = f"{result['nodes']:>5}{result['delay']:>8g}"
+        for _, key, p in groups:
+            row += (
+                " | "
+                + fmt(sync[key][p], 6)
+                + fmt(limit[key][p], 7)
+                + fmt_ratio(result["sync_over_limit"][key][p], 7)
+            )
+        row += " |" + fmt(sync["barriers_per_s"], 7, 0) + f"{sync['too_late']:>9g}"
+        row += f"{sync['errors']:>7}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def main() -> int:
+    """Run the matrix; return the exit status (1 if any sync call failed)."""
+    args = _parser().parse_args()
+    out = Path(args.out)
+    plotting = not args.no_plot and _can_plot()
+    info = machine()
+    results = []
+    with redis_server(args.redis) as (url, embedded):
+        server = server_label(url, embedded)
+        try:  # only once the server is there: a failed start leaves no empty folder
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Failure(f"cannot create --out folder {out}: {exc.strerror}") from None
+        for nodes in args.nodes:
+            for delay in args.delays:
+                runs = _run_configuration(url, args, nodes, delay)
+                result = {
+                    "nodes": nodes,
+                    "rounds": args.rounds,
+                    "delay": delay,
+                    "think": args.think,
+                    "spin": args.spin,
+                    "repeat": args.repeat,
+                    "statistic": f"median of {args.repeat} runs",
+                    "server": server,
+                    "machine": info,
+                    **combine(runs),
+                }
+                results.append(_save(out, result, runs, plotting))
+    header = [
+        f"sync_precision: {args.rounds} rounds, think {args.think:g} s, spin {args.spin:g} s, "
+        f"median of {args.repeat} runs, server {server}",
+        machine_line(info),
+        "ratio = sync / limit; limit = same processes waking at instants agreed in advance "
+        "(no Redis); too late = returns > 1 ms after the agreed instant, per run",
+    ]
+    print(format_summary(results, header))
+    with open(out / "summary.json", "w", encoding="utf-8") as file:
+        rows = [{k: v for k, v in r.items() if k != "repeats"} for r in results]
+        json.dump(nan_to_none({"header": header, "configurations": rows}), file, indent=2)
+        file.write("\n")
+    print(f"\nJSON{' and PNG' if plotting else ''} files in {out}/")
+    errors = sum(r["sync"]["errors"] for r in results)
+    if errors:
+        raise Failure(f"{errors} sync calls failed (see error_messages in the JSON files)")
+    return 0
+
+
+if __name__ == "__main__":
+    run(PROG, main)

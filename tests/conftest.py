@@ -1,0 +1,103 @@
+"""Fixtures: real servers, an isolated namespace per test, and multi-process participants.
+
+* ``server`` (session): one embedded valkey server shared by every test; tests stay apart
+  through ``run_id``, which is unique per test.
+* ``fresh_server``: a factory for servers of a test's own (to stop or restart them).
+* ``client`` / ``decoded_client``: redis-py clients of ``server``.
+* ``make_sync``: ProcSync instances bound to the test's ``run_id``, closed at teardown.
+* ``run_nodes``: runs ``tests/node_helper.py`` participants as subprocesses, with a hard
+  deadline after which every child is killed and the test fails.
+
+Helper functions and classes are in ``support.py``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from support import NodeRunner, make_client
+
+from pyprocsync import ProcSync
+from pyprocsync.server import EmbeddedServer
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[EmbeddedServer]:
+    """One embedded valkey server for the whole session, on a free port."""
+    instance = EmbeddedServer().start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture
+def fresh_server() -> Iterator[Callable[..., EmbeddedServer]]:
+    """Factory: ``fresh_server(port=0)`` starts a server of this test's own.
+
+    Every server it started is stopped at teardown (stopping twice is harmless).
+    """
+    started: list[EmbeddedServer] = []
+
+    def start(port: int = 0) -> EmbeddedServer:
+        instance = EmbeddedServer(port=port).start()
+        started.append(instance)
+        return instance
+
+    yield start
+    for instance in started:
+        instance.stop()
+
+
+@pytest.fixture
+def run_id(request: pytest.FixtureRequest) -> str:
+    """A run id no other test uses: a random hex string plus the test's name."""
+    return f"{uuid.uuid4().hex}-{request.node.name}"
+
+
+@pytest.fixture
+def client(server: EmbeddedServer) -> Iterator[redis.Redis]:
+    """A bytes client of the session server."""
+    instance = make_client(server)
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
+def decoded_client(server: EmbeddedServer) -> Iterator[redis.Redis]:
+    """A ``decode_responses=True`` client of the session server."""
+    instance = make_client(server, decode_responses=True)
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
+def make_sync(client: redis.Redis, run_id: str) -> Iterator[Callable[..., ProcSync]]:
+    """Factory of ProcSync instances in this test's run; all are closed at teardown.
+
+    ``make_sync(delay=0.05, client=None, **options)``; the client defaults to ``client``.
+    """
+    made: list[ProcSync] = []
+
+    def make(delay: float = 0.05, *, client: redis.Redis | None = None, **options: Any) -> ProcSync:
+        instance = ProcSync(client if client is not None else default, run_id, delay, **options)
+        made.append(instance)
+        return instance
+
+    default = client
+    yield make
+    for instance in made:
+        instance.close()
+
+
+@pytest.fixture
+def run_nodes(server: EmbeddedServer, run_id: str, tmp_path: Path) -> Iterator[NodeRunner]:
+    """Runs participant subprocesses against the session server in this test's run."""
+    runner = NodeRunner(server.url, run_id, tmp_path)
+    yield runner
+    runner.kill_all()

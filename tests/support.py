@@ -1,0 +1,221 @@
+"""Helpers shared by the test modules: threads, subprocess participants, polling, key names.
+
+Fixtures live in ``conftest.py``; this module holds the plain functions and classes they
+and the tests use (``from support import ...``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from pyprocsync.keys import EventKeys
+from pyprocsync.server import EmbeddedServer
+
+HELPER = Path(__file__).with_name("node_helper.py")
+
+
+def make_client(instance: EmbeddedServer, **kwargs: Any) -> redis.Redis:
+    """A client built with the constructor (redis-py's default retry policy applies)."""
+    return redis.Redis(host=instance.bind, port=instance.port, **kwargs)
+
+
+def event_keys(run_id: str, event: str) -> EventKeys:
+    """The Redis names of ``event`` in ``run_id`` under the default prefix."""
+    return EventKeys.of("pyprocsync", run_id, event)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(0.002)
+
+
+def waiting_members(client: redis.Redis, run_id: str, event: str) -> list[str]:
+    """Lease members (``<tag>:<node id>``) of the participants waiting on ``event``."""
+    return [
+        m.decode() if isinstance(m, bytes) else m
+        for m in client.zrange(event_keys(run_id, event).leases, 0, -1)
+    ]
+
+
+# -- threads ------------------------------------------------------------------------------
+
+
+class Outcome:
+    """What a call run in a thread returned or raised, and when (``time.monotonic``)."""
+
+    def __init__(self) -> None:
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.finished_at: float | None = None
+
+    def result(self) -> Any:
+        """The return value; re-raises what the call raised."""
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def run(self, call: Callable[[], Any]) -> None:
+        try:
+            self.value = call()
+        except BaseException as exc:
+            self.error = exc
+        self.finished_at = time.monotonic()
+
+
+def start_thread(call: Callable[[], Any]) -> tuple[threading.Thread, Outcome]:
+    """Start ``call`` in a daemon thread; the caller joins it (see :func:`join`)."""
+    outcome = Outcome()
+    thread = threading.Thread(target=outcome.run, args=(call,), daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def join(threads: Sequence[threading.Thread], timeout: float) -> None:
+    """Join ``threads``; fail the test if any is still running after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    hung = sum(thread.is_alive() for thread in threads)
+    if hung:
+        pytest.fail(f"{hung} of {len(threads)} threads still running after {timeout} s")
+
+
+def in_threads(*calls: Callable[[], Any], timeout: float = 30.0) -> list[Outcome]:
+    """Run each call in its own thread at once; return their outcomes in order."""
+    started = [start_thread(call) for call in calls]
+    join([thread for thread, _ in started], timeout)
+    return [outcome for _, outcome in started]
+
+
+# -- subprocess participants ----------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    """One participant subprocess and, once it ended, the JSON records it printed."""
+
+    process: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+    records: list[dict[str, Any]] = field(default_factory=list)
+    stderr: str = ""
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    def collect(self) -> None:
+        text = self.stdout_path.read_text()
+        self.records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        self.stderr = self.stderr_path.read_text()
+
+    def results(self) -> list[dict[str, Any]]:
+        """The records of all rounds; fails the test if any round raised."""
+        failed = [r for r in self.records if not r["ok"]]
+        assert not failed, f"node failed: {failed[0]}\nstderr:\n{self.stderr}"
+        assert self.returncode == 0, f"exit status {self.returncode}\nstderr:\n{self.stderr}"
+        return self.records
+
+    def last(self) -> dict[str, Any]:
+        """The last record; fails the test if there is none."""
+        assert self.records, f"no output (exit status {self.returncode})\n{self.stderr}"
+        return self.records[-1]
+
+
+class NodeRunner:
+    """Starts ``tests/node_helper.py`` participants; none of them outlives the test.
+
+    Each child writes to its own file (a pipe that nobody reads would block it).
+    """
+
+    def __init__(self, url: str, run_id: str, tmp_path: Path) -> None:
+        self.url = url
+        self.run_id = run_id
+        self.tmp_path = tmp_path
+        self.nodes: list[Node] = []
+
+    def start(self, event: str, nodes: int, *, url: str | None = None, **options: Any) -> Node:
+        """Start one participant; ``options`` become ``--option value`` arguments.
+
+        ``True`` becomes a bare flag; ``False`` and ``None`` are left out.
+        ``sync_timeout`` is the helper's ``--timeout`` (the ``timeout`` of each ``sync``).
+        """
+        argv = [sys.executable, str(HELPER), "--url", url or self.url]
+        argv += ["--run-id", self.run_id, "--event", event, "--nodes", str(nodes)]
+        for name, value in options.items():
+            flag = "--timeout" if name == "sync_timeout" else "--" + name.replace("_", "-")
+            if value is True:
+                argv.append(flag)
+            elif value is not None and value is not False:
+                argv += [flag, str(value)]
+        number = len(self.nodes)
+        stdout_path = self.tmp_path / f"node{number}.out"
+        stderr_path = self.tmp_path / f"node{number}.err"
+        with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+            process = subprocess.Popen(argv, stdout=out, stderr=err)
+        node = Node(process, stdout_path, stderr_path)
+        self.nodes.append(node)
+        return node
+
+    def wait(self, nodes: Sequence[Node], timeout: float) -> list[Node]:
+        """Wait for ``nodes`` to exit; kill every child and fail if one is still running."""
+        deadline = time.monotonic() + timeout
+        for node in nodes:
+            try:
+                node.process.wait(max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.kill_all()
+                for other in nodes:
+                    other.collect()
+                tails = "\n".join(f"node {i}: {n.records[-2:]}" for i, n in enumerate(nodes))
+                pytest.fail(f"participant processes still running after {timeout} s\n{tails}")
+        for node in nodes:
+            node.collect()
+        return list(nodes)
+
+    def run(
+        self, count: int, event: str, nodes: int, *, timeout: float, **options: Any
+    ) -> list[Node]:
+        """Start ``count`` identical participants and wait for all of them."""
+        started = [self.start(event, nodes, **options) for _ in range(count)]
+        return self.wait(started, timeout)
+
+    def kill_all(self) -> None:
+        """Kill every child still running and reap all of them."""
+        for node in self.nodes:
+            if node.process.poll() is None:
+                node.process.kill()
+            node.process.wait()
+
+
+def check_rounds(nodes: Sequence[Node], rounds: int, count: int) -> list[list[dict[str, Any]]]:
+    """Check that ``nodes`` passed ``rounds`` rounds of ``count`` participants together.
+
+    Per round: one generation (0, 1, 2, ... in order), one ``release_at`` for everyone,
+    indices exactly ``0 .. count-1``. Returns the records grouped by round.
+    """
+    per_node = [node.results() for node in nodes]
+    for records in per_node:
+        assert len(records) == rounds
+    grouped = [list(group) for group in zip(*per_node, strict=True)]
+    for number, group in enumerate(grouped):
+        assert {r["generation"] for r in group} == {number}, group
+        assert len({r["release_at"] for r in group}) == 1, group
+        assert sorted(r["index"] for r in group) == list(range(count)), group
+        assert all(r["nodes"] == count for r in group), group
+    return grouped

@@ -1,0 +1,134 @@
+"""Waiting for a wall-clock instant (defect 11 of PRIOR_ART.md): :mod:`pyprocsync.clock`.
+
+0.1.0 read the wall clock once and slept the difference, so a clock step during the wait
+moved the wake-up, and the bare sleep woke late. The clock module sleeps in short steps,
+each aimed anew at the wall clock, and busy-waits the last stretch.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pyprocsync import clock
+
+
+def test_sleep_until_returns_at_or_after_the_target() -> None:
+    """The real clock: the call returns no earlier than the target and reports the wall
+    clock at return (generous upper bound: this is not a precision test)."""
+    for offset_ms in (0, 1, 20, 60):
+        target = time.time_ns() + offset_ms * 1_000_000
+        returned = clock.sleep_until_ns(target, 500_000)
+        after = time.time_ns()
+        assert target <= returned <= after
+        assert after - target < 200_000_000
+
+
+def test_past_target_returns_at_once() -> None:
+    target = time.time_ns() - 1_000_000_000
+    started = time.monotonic()
+    assert clock.sleep_until_ns(target, 0) >= target
+    assert time.monotonic() - started < 0.5
+
+
+def test_clock_functions_read_the_real_clocks() -> None:
+    before = time.time_ns()
+    assert before <= clock.time_ns() <= time.time_ns()
+    mono = time.monotonic()
+    assert mono <= clock.monotonic() <= time.monotonic()
+
+
+class SteppingClock:
+    """A fake wall clock: ``time.sleep`` advances it; scheduled steps jump it.
+
+    ``steps`` maps "after this many sleeps" to a jump in nanoseconds (negative: backwards).
+    Every read advances it by 1 µs, so a busy-wait terminates.
+    """
+
+    def __init__(self, start_ns: int, steps: dict[int, int] | None = None) -> None:
+        self.now_ns = start_ns
+        self.steps = steps or {}
+        self.sleeps: list[float] = []
+        self.reads = 0
+
+    def time_ns(self) -> int:
+        self.reads += 1
+        self.now_ns += 1_000
+        return self.now_ns
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds > 0, "never asked to sleep for 0 or less"
+        self.sleeps.append(seconds)
+        self.now_ns += round(seconds * 1e9)
+        self.now_ns += self.steps.get(len(self.sleeps), 0)
+
+
+@pytest.fixture
+def stepping(monkeypatch: pytest.MonkeyPatch) -> SteppingClock:
+    fake = SteppingClock(10**18)
+    monkeypatch.setattr(clock, "time_ns", fake.time_ns)
+    monkeypatch.setattr(time, "sleep", fake.sleep)
+    return fake
+
+
+def test_coarse_sleeps_are_bounded(stepping: SteppingClock) -> None:
+    """A long wait is cut into sleeps of at most MAX_SLEEP_NS, so a clock step is
+    noticed within one of them."""
+    target = stepping.now_ns + 1_000_000_000
+    returned = clock.sleep_until_ns(target, 500_000)
+    assert returned >= target
+    assert max(stepping.sleeps) <= clock.MAX_SLEEP_NS / 1e9
+    assert len(stepping.sleeps) >= 1_000_000_000 // clock.MAX_SLEEP_NS
+
+
+def test_backward_step_during_the_wait_re_aims(stepping: SteppingClock) -> None:
+    """The wall clock steps back 1 s during the wait (NTP): the wait goes on until the
+    clock reads the target; it does not return 1 s early by that clock."""
+    stepping.steps = {3: -1_000_000_000}
+    target = stepping.now_ns + 200_000_000
+    returned = clock.sleep_until_ns(target, 500_000)
+    assert returned >= target
+    assert returned - target < 5_000_000
+    assert sum(stepping.sleeps) == pytest.approx(1.2, abs=0.01)
+
+
+def test_forward_step_during_the_wait_re_aims(stepping: SteppingClock) -> None:
+    """The wall clock jumps 10 s forward past the target: the wait ends at the next look
+    at the clock instead of sleeping out the time computed before the jump."""
+    stepping.steps = {2: 10_000_000_000}
+    target = stepping.now_ns + 1_000_000_000
+    returned = clock.sleep_until_ns(target, 500_000)
+    assert returned >= target
+    assert len(stepping.sleeps) == 2
+    assert sum(stepping.sleeps) <= 2 * clock.MAX_SLEEP_NS / 1e9
+
+
+def test_last_stretch_is_a_busy_wait(stepping: SteppingClock) -> None:
+    """The last ``spin_ns`` are not slept: the sleeps stop ``spin_ns`` before the target
+    and the clock is polled from there, so the return is within one read of the target."""
+    target = stepping.now_ns + 10_000_000
+    returned = clock.sleep_until_ns(target, 2_000_000)
+    assert sum(stepping.sleeps) == pytest.approx(0.008, abs=1e-4)
+    assert stepping.reads > 1_000  # ~2 ms polled in 1 µs reads
+    assert target <= returned <= target + 1_000
+
+
+def test_zero_spin_sleeps_to_the_target(stepping: SteppingClock) -> None:
+    target = stepping.now_ns + 3_000_000
+    returned = clock.sleep_until_ns(target, 0)
+    assert returned >= target
+    assert sum(stepping.sleeps) == pytest.approx(0.003, abs=1e-5)
+
+
+async def _async_wait(target: int, spin: int) -> int:
+    return await clock.async_sleep_until_ns(target, spin)
+
+
+def test_async_sleep_until_returns_at_or_after_the_target() -> None:
+    """The asyncio variant keeps the same guarantee."""
+    import asyncio  # noqa: PLC0415
+
+    target = time.time_ns() + 20_000_000
+    returned = asyncio.run(_async_wait(target, 500_000))
+    assert target <= returned <= time.time_ns()
