@@ -39,7 +39,16 @@ from .exceptions import ProcSyncError
 from .procsync import ProcSync
 from .stats import summary
 
-__all__ = ["BenchConfig", "BenchError", "run_bench"]
+__all__ = [
+    "LATE_TOLERANCE",
+    "BenchConfig",
+    "BenchError",
+    "format_table",
+    "plot",
+    "progress_bar",
+    "run_bench",
+    "server_label",
+]
 
 #: Tolerance (seconds) above which a return counts as too late; ProcSync's default.
 LATE_TOLERANCE = 0.001

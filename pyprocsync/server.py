@@ -9,14 +9,16 @@ directory that is removed when it stops.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -61,6 +63,25 @@ def find_server_binary() -> str:
     )
 
 
+def _parent_death_hook() -> Callable[[], None] | None:
+    """Return a pre-exec hook that makes Linux stop the server when its owner dies.
+
+    ``prctl(PR_SET_PDEATHSIG, SIGTERM)``: a benchmark or test killed with SIGKILL leaves
+    no server behind. The C function is looked up here, in the parent, so the child only
+    calls it. ``None`` where there is no ``prctl`` (not Linux).
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def hook() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return hook
+
+
 def _free_port(bind: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET) as probe:
         probe.bind((bind, 0))
@@ -69,6 +90,9 @@ def _free_port(bind: str) -> int:
 
 class EmbeddedServer:
     """A server process on this machine, stopped (and its directory removed) by :meth:`stop`.
+
+    On Linux the server also stops when the thread that started it dies (even by
+    SIGKILL), so no orphan server is left behind.
 
     :param port: TCP port; ``0`` picks a free one.
     :param bind: address to listen on.
@@ -145,6 +169,7 @@ class EmbeddedServer:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 cwd=self._dir,
+                preexec_fn=_parent_death_hook(),  # noqa: PLW1509  # only calls prctl
             )
             with self.process.stdin:  # type: ignore[union-attr]  # stdin=PIPE above
                 self.process.stdin.write(self._config().encode())  # type: ignore[union-attr]
