@@ -209,23 +209,19 @@ def parse_outcome(text: str) -> Outcome:
     raise ProtocolError(f"not a pyprocsync outcome: {text[:80]!r}")
 
 
-def _script_error(exc: ResponseError) -> ProcSyncError | None:
-    message = str(exc)
-    if message.startswith((CORRUPT_MARKER, "WRONGTYPE")):
-        return ProtocolError(f"foreign or corrupt data in Redis: {message}")
-    return None
-
-
-def _call(script: Script, keys: EventKeys, *args: str | int) -> Flow[Any]:
+def _call(
+    script: Script, keys: EventKeys, args: tuple[str | int, ...], where: dict[str, Any]
+) -> Flow[Any]:
+    """Run ``script``; map its failures to pyprocsync errors carrying ``where``."""
     try:
         return (yield Call(script, keys.all, args))
     except ResponseError as exc:
-        error = _script_error(exc)
-        if error is None:
-            raise
-        raise error from exc
+        message = str(exc)
+        if message.startswith((CORRUPT_MARKER, "WRONGTYPE")):
+            raise ProtocolError(f"foreign or corrupt data in Redis: {message}", **where) from exc
+        raise
     except _LINK_ERRORS as exc:
-        raise ConnectionLostError(f"lost the connection to Redis: {exc}") from exc
+        raise ConnectionLostError(f"lost the connection to Redis: {exc}", **where) from exc
 
 
 class _Participant:
@@ -274,6 +270,15 @@ class _Participant:
             **self._where(),
         )
 
+    def _link_lost(self, exc: Exception) -> ConnectionLostError:
+        return ConnectionLostError(
+            f"lost the connection to Redis while waiting for {self.event!r}: {exc}",
+            **self._where(),
+        )
+
+    def _call(self, script: Script, *args: str | int) -> Flow[Any]:
+        return (yield from _call(script, self.keys, args, self._where()))
+
     def _decision(self, reply: object) -> Outcome | None:
         """Decode a CHECK/ABANDON/WITHDRAW reply: an outcome, or None if undecided."""
         text = _text(reply)
@@ -295,12 +300,6 @@ class _Participant:
         return parse_outcome(text)
 
     # -- transitions ---------------------------------------------------------------
-
-    def _link_lost(self, exc: Exception) -> ConnectionLostError:
-        return ConnectionLostError(
-            f"lost the connection to Redis while waiting for {self.event!r}: {exc}",
-            **self._where(),
-        )
 
     def run(self) -> Flow[SyncResult]:
         if not (yield from self._listen()):
@@ -337,9 +336,8 @@ class _Participant:
 
     def _arrive(self) -> Flow[Outcome | None]:
         settings = self.settings
-        reply = yield from _call(
+        reply = yield from self._call(
             Script.ARRIVE,
-            self.keys,
             self.nodes,
             self.member,
             settings.liveness_ms,
@@ -427,9 +425,8 @@ class _Participant:
 
     def _check(self) -> Flow[Outcome | None]:
         settings = self.settings
-        reply = yield from _call(
+        reply = yield from self._call(
             Script.CHECK,
-            self.keys,
             self.generation,
             self.member,
             settings.liveness_ms,
@@ -439,9 +436,8 @@ class _Participant:
         return self._decision(reply)
 
     def _abandon(self) -> Flow[Outcome]:
-        reply = yield from _call(
+        reply = yield from self._call(
             Script.ABANDON,
-            self.keys,
             self.generation,
             "timeout",
             self.settings.retention_ms,
@@ -457,9 +453,8 @@ class _Participant:
     def _withdraw(self) -> Flow[None]:
         # Best effort: the interruption that led here is what the caller must see.
         with contextlib.suppress(Exception):
-            yield from _call(
+            yield from self._call(
                 Script.WITHDRAW,
-                self.keys,
                 self.generation,
                 self.member,
                 self.index,
@@ -515,11 +510,13 @@ def reset_flow(settings: Settings, event: object) -> Flow[int]:
     :raises InvalidArgumentError: ``event`` is invalid (nothing was sent).
     """
     name = params.text("event_name", event, empty=False)
-    return _reset(settings, EventKeys.of(settings.prefix, settings.run_id, name))
+    return _reset(settings, name)
 
 
-def _reset(settings: Settings, keys: EventKeys) -> Flow[int]:
-    reply = yield from _call(Script.RESET, keys, settings.retention_ms, keys.channel)
+def _reset(settings: Settings, event: str) -> Flow[int]:
+    keys = EventKeys.of(settings.prefix, settings.run_id, event)
+    where = {"event": event, "run_id": settings.run_id}
+    reply = yield from _call(Script.RESET, keys, (settings.retention_ms, keys.channel), where)
     if not isinstance(reply, int):
         raise ProtocolError(f"unexpected RESET reply: {reply!r}")
     return reply
