@@ -299,13 +299,22 @@ def plot(figures: dict[str, Any], path: str) -> None:
         (ax_spread, "spread_us", "spread of return instants per round"),
         (ax_late, "late_us", "return instant - agreed instant"),
     ):
-        for phase in ("sync", "limit"):
-            ax.hist(raw[f"{phase}_{key}"], bins=60, alpha=0.6, label=phase)
+        # Log-spaced bins: the body is microseconds wide, the tail milliseconds.
+        values = {p: [max(v, 0.1) for v in raw[f"{p}_{key}"]] for p in ("sync", "limit")}
+        top = max(max(v, default=1.0) for v in values.values())
+        edges = [0.1 * (top / 0.1) ** (i / 60) for i in range(61)] if top > 0.1 else 60
+        for phase, data in values.items():
+            ax.hist(data, bins=edges, histtype="step", linewidth=1.5, label=phase)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.set_title(title)
-        ax.set_xlabel("µs")
+        ax.set_xlabel("µs (values below 0.1 µs drawn at 0.1)")
+        ax.set_ylabel("count")
         ax.legend()
-    ax_time.plot(raw["sync_spread_us"], label="sync", linewidth=0.8)
-    ax_time.plot(raw["limit_spread_us"], label="limit", linewidth=0.8)
+    for phase in ("sync", "limit"):
+        spreads = [max(v, 0.1) for v in raw[f"{phase}_spread_us"]]
+        ax_time.plot(spreads, label=phase, linewidth=0.8)
+    ax_time.set_yscale("log")
     ax_time.set_title("spread per round")
     ax_time.set_xlabel("round")
     ax_time.set_ylabel("µs")
