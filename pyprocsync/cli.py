@@ -81,13 +81,15 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _number(kind: Callable[[str], Any], low: float, what: str) -> Callable[[str], Any]:
+def _number(
+    kind: Callable[[str], Any], low: float, what: str, high: float = math.inf
+) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if (isinstance(value, float) and not math.isfinite(value)) or value < low:
+        if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
         return value
 
@@ -98,7 +100,7 @@ def _number(kind: Callable[[str], Any], low: float, what: str) -> Callable[[str]
 _count = _number(int, 1, "a whole number >= 1")
 _seconds = _number(float, 0.0, "a number of seconds >= 0")
 _positive = _number(float, 1e-9, "a number of seconds > 0")
-_port = _number(int, 0, "a port number")
+_port = _number(int, 0, "a port number (0-65535)", 65535)
 
 
 def _redis_option(parser: argparse.ArgumentParser, what: str) -> None:

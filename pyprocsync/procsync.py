@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
 import redis
-from redis.backoff import NoBackoff
 from redis.client import PubSub
-from redis.retry import Retry
 
 from . import clock
+from .base import ProcSyncBase
 from .exceptions import ProcSyncError
-from .params import OnLate, Settings
+from .listeners import ListenerPool, private_pool_settings
 from .protocol import Call, Flow, Listen, Operation, Receive, SleepUntil, reset_flow, sync_flow
 from .results import SyncResult
-from .scripts import Script
 
 __all__ = ["ProcSync", "drive"]
 
@@ -44,27 +41,14 @@ def drive(flow: Flow[T], execute: Callable[[Operation], object]) -> T:
 
 
 def _listener_client(client: redis.Redis) -> redis.Redis:
-    """Return a client for pub/sub listeners: ``client``'s settings, a pool of its own.
-
-    Its connections never retry: a failure reaches the flow at once, which replaces the
-    connection and reads the stored state, within the participant's timeout
-    (redis-py's retries would block for the client's whole retry budget). Listeners
-    also stay out of the caller's pool, so they never exhaust its ``max_connections``.
-    """
-    pool = getattr(client, "connection_pool", None)
-    if not isinstance(pool, redis.ConnectionPool):  # a client that keeps no plain pool
+    """A client for listeners: ``client``'s settings in a non-retrying pool of its own."""
+    settings = private_pool_settings(getattr(client, "connection_pool", None))
+    if settings is None:
         return client
-    kwargs = {
-        name: value
-        for name, value in pool.connection_kwargs.items()
-        if not name.startswith("orig_") and name != "maint_notifications_pool_handler"
-    }
-    kwargs["retry"] = Retry(NoBackoff(), 0)
     try:
-        private = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-    except TypeError:  # a pool type whose connections need more than their settings
+        return redis.Redis(connection_pool=redis.ConnectionPool(**settings))
+    except TypeError:  # connections that need more than their settings: share the pool
         return client
-    return redis.Redis(connection_pool=private)
 
 
 class _Listener:
@@ -94,71 +78,6 @@ class _Listener:
         self.channel = channel
         return True
 
-    def close(self) -> None:
-        """Close the pub/sub connection."""
-        self.pubsub.close()
-
-
-class _ListenerPool:
-    """Idle pub/sub connections of one ProcSync, each left subscribed to its last channel.
-
-    A participant borrows one for the duration of a ``sync`` call, preferring one that
-    is already subscribed to its event's channel, so a loop over one event subscribes
-    once. A connection whose use ended in an unexpected exception is closed, not reused.
-    """
-
-    #: Idle connections kept; more are closed when they come back.
-    LIMIT = 8
-
-    def __init__(self, client: redis.Redis) -> None:
-        self._client = client
-        self._listener_client: redis.Redis | None = None  # made at the first take()
-        self._idle: list[_Listener] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def ensure_open(self) -> None:
-        """Raise :class:`ProcSyncError` if :meth:`close` was called."""
-        if self._closed:
-            raise ProcSyncError("this ProcSync is closed")
-
-    def take(self, channel: str) -> _Listener:
-        """Return an idle listener, preferably one subscribed to ``channel``, or a new one."""
-        with self._lock:
-            self.ensure_open()
-            for i in range(len(self._idle) - 1, -1, -1):
-                if self._idle[i].channel == channel:
-                    return self._idle.pop(i)
-            if self._idle:
-                return self._idle.pop()
-            if self._listener_client is None:
-                self._listener_client = _listener_client(self._client)
-            listener_client = self._listener_client
-        return _Listener(listener_client)
-
-    def give_back(self, listener: _Listener, reusable: bool) -> None:
-        """Keep ``listener`` for later calls, or close it."""
-        surplus = [listener]
-        if reusable:
-            with self._lock:
-                if not self._closed:
-                    self._idle.append(listener)
-                    surplus = self._idle[: max(0, len(self._idle) - self.LIMIT)]
-                    del self._idle[: len(surplus)]
-        for extra in surplus:
-            extra.close()
-
-    def close(self) -> None:
-        """Close every idle listener; listeners given back later are closed too."""
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for listener in idle:
-            listener.close()
-        if self._listener_client not in (None, self._client):
-            # Listeners still in use are closed when their calls end.
-            self._listener_client.connection_pool.disconnect(inuse_connections=False)
-
 
 class _Participation:
     """Carries out the operations of one ``sync`` call with a borrowed listener."""
@@ -174,7 +93,7 @@ class _Participation:
             self._give_back(reusable=True)
         elif isinstance(op, Listen):
             if self._listener is None:
-                self._listener = self._owner._listeners.take(op.channel)
+                self._listener = self._owner._take_listener(op.channel)
             return self._listener.listen(op.channel, op.renew)
         if isinstance(op, Receive) and self._listener is not None:
             return self._listener.pubsub.get_message(timeout=op.timeout)  # type: ignore[arg-type]
@@ -193,11 +112,12 @@ class _Participation:
 
     def _give_back(self, *, reusable: bool) -> None:
         if self._listener is not None:
-            self._owner._listeners.give_back(self._listener, reusable)
+            for surplus in self._owner._listeners.give_back(self._listener, reusable):
+                surplus.pubsub.close()
             self._listener = None
 
 
-class ProcSync:
+class ProcSync(ProcSyncBase):
     """Synchronization points shared by processes on any number of machines.
 
     ``ProcSync(redis_client, run_id, delay).sync(name, nodes)`` blocks until ``nodes``
@@ -244,36 +164,9 @@ class ProcSync:
        stops counting after ``liveness`` seconds (see :doc:`/migration`).
     """
 
-    def __init__(
-        self,
-        redis_client: redis.Redis,
-        run_id: str = "",
-        delay: float = 1.0,
-        *,
-        liveness: float = 5.0,
-        retention: float = 60.0,
-        late_tolerance: float = 0.001,
-        on_late: OnLate = "raise",
-        spin: float = 0.0005,
-        node_id: str | None = None,
-        prefix: str = "pyprocsync",
-    ) -> None:
-        self._settings = Settings.create(
-            run_id=run_id,
-            delay=delay,
-            liveness=liveness,
-            retention=retention,
-            late_tolerance=late_tolerance,
-            on_late=on_late,
-            spin=spin,
-            node_id=node_id,
-            prefix=prefix,
-        )
-        self._client = redis_client
-        self._owns_client = False
-        self._scripts = {script: redis_client.register_script(script.value) for script in Script}
-        self._scripts_loaded = False
-        self._listeners = _ListenerPool(redis_client)
+    _client: redis.Redis
+    _listeners: ListenerPool[_Listener]
+    _listener_client: redis.Redis | None
 
     @classmethod
     def from_url(cls, url: str, run_id: str = "", delay: float = 1.0, **options: Any) -> ProcSync:
@@ -290,16 +183,6 @@ class ProcSync:
             raise
         instance._owns_client = True
         return instance
-
-    @property
-    def run_id(self) -> str:
-        """The run this instance synchronizes in."""
-        return self._settings.run_id
-
-    @property
-    def delay(self) -> float:
-        """The lead time, in seconds, this instance announces when it arrives last."""
-        return self._settings.delay_us / 1e6
 
     def sync(self, event_name: str, nodes: int, timeout: float | None = None) -> SyncResult:
         """Wait until ``nodes`` participants reached ``event_name``; return at the agreed instant.
@@ -361,7 +244,11 @@ class ProcSync:
         Calls in progress in other threads finish; new :meth:`sync` and :meth:`reset`
         calls raise :class:`~pyprocsync.ProcSyncError`. Closing twice is harmless.
         """
-        self._listeners.close()
+        for listener in self._listeners.close():
+            listener.pubsub.close()
+        if self._listener_client not in (None, self._client):
+            # Listeners still in use are closed when their calls end.
+            self._listener_client.connection_pool.disconnect(inuse_connections=False)
         if self._owns_client:
             self._client.close()
 
@@ -376,9 +263,6 @@ class ProcSync:
     ) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        return f"<ProcSync run_id={self.run_id!r} delay={self.delay}>"
-
     def _load_scripts(self) -> None:
         """Load the scripts into the server before the first arrival.
 
@@ -392,6 +276,14 @@ class ProcSync:
                     pipe.script_load(script.script)
                 pipe.execute()
             self._scripts_loaded = True
+
+    def _take_listener(self, channel: str) -> _Listener:
+        listener = self._listeners.take(channel)
+        if listener is None:
+            if self._listener_client is None:
+                self._listener_client = _listener_client(self._client)
+            listener = _Listener(self._listener_client)
+        return listener
 
     def _execute(self, op: Operation) -> object:
         """Carry out an operation that needs no listener."""
