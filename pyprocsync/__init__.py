@@ -1,7 +1,7 @@
 """pyprocsync: processes on different machines pass a synchronization point at one instant.
 
 The public names are re-exported here; the modules that define them are listed in the
-API reference.
+API reference. The asyncio twins live in :mod:`pyprocsync.asyncio`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,227 @@
+"""The asyncio twin of :class:`pyprocsync.ProcSync`, for ``redis.asyncio`` clients.
+
+It drives the same protocol flows as the blocking shell (:mod:`pyprocsync.protocol`):
+only the I/O differs. Every method of the blocking class exists here as a coroutine
+with the same parameters; :meth:`ProcSync.aclose` is the asyncio spelling of ``close``.
+
+The release wait yields to the event loop until the last ``spin`` seconds before the
+instant and busy-waits (holding the loop) only for that stretch, because the loop's
+timer wakes up as late as an operating-system sleep.
+
+Cancelling a task that waits in :meth:`ProcSync.sync` before the round is released
+withdraws its arrival (atomically, like an interrupted blocking call), so the round
+still needs ``nodes`` live participants. Cancelled after the release was announced,
+it leaves the round as it is: released for the others.
+
+.. versionadded:: 1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+
+from . import clock
+from .base import ProcSyncBase
+from .exceptions import ProcSyncError
+from .listeners import ListenerPool, private_pool_settings
+from .protocol import Call, Flow, Listen, Operation, Receive, SleepUntil, reset_flow, sync_flow
+from .results import SyncResult
+
+__all__ = ["ProcSync", "adrive"]
+
+T = TypeVar("T")
+
+
+async def adrive(flow: Flow[T], execute: Callable[[Operation], Awaitable[object]]) -> T:
+    """Run ``flow`` to its end, awaiting ``execute`` for each operation it yields.
+
+    The asyncio counterpart of :func:`pyprocsync.procsync.drive`: an exception raised
+    while an operation runs (``CancelledError`` included) is thrown into the flow at
+    that operation's ``yield``.
+    """
+    reply: object = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = flow.send(reply) if error is None else flow.throw(error)
+        except StopIteration as stop:
+            return cast(T, stop.value)
+        try:
+            reply, error = await execute(op), None
+        except BaseException as exc:  # noqa: BLE001  # thrown into the flow, which decides
+            reply, error = None, exc
+
+
+def _listener_client(client: aioredis.Redis) -> aioredis.Redis:
+    """A client for listeners: ``client``'s settings in a non-retrying pool of its own."""
+    settings = private_pool_settings(getattr(client, "connection_pool", None))
+    if settings is None:
+        return client
+    try:
+        return aioredis.Redis(connection_pool=aioredis.ConnectionPool(**settings))
+    except TypeError:  # connections that need more than their settings: share the pool
+        return client
+
+
+class _Listener:
+    """A pub/sub connection and the one channel it is subscribed to (if any)."""
+
+    __slots__ = ("_client", "channel", "pubsub")
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self.pubsub: PubSub = client.pubsub()
+        self.channel: str | None = None
+
+    async def listen(self, channel: str, renew: bool) -> bool:
+        """Cover ``channel``: True when a SUBSCRIBE was sent, False if it was subscribed."""
+        if renew:
+            await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+            self.pubsub = self._client.pubsub()
+            self.channel = None
+        if self.channel == channel:
+            while await self.pubsub.get_message(timeout=0) is not None:
+                pass
+            return False
+        if self.channel is not None:
+            await self.pubsub.unsubscribe(self.channel)
+            self.channel = None
+        await self.pubsub.subscribe(channel)
+        self.channel = channel
+        return True
+
+
+class _Participation:
+    """Carries out the operations of one ``sync`` call with a borrowed listener."""
+
+    def __init__(self, owner: ProcSync) -> None:
+        self._owner = owner
+        self._listener: _Listener | None = None
+
+    async def execute(self, op: Operation) -> object:
+        if isinstance(op, SleepUntil):
+            # The outcome is known: hand the listener back now, so the instant is not
+            # followed by bookkeeping.
+            await self.give_back(reusable=True)
+        elif isinstance(op, Listen):
+            if self._listener is None:
+                self._listener = self._owner._take_listener(op.channel)
+            return await self._listener.listen(op.channel, op.renew)
+        if isinstance(op, Receive) and self._listener is not None:
+            return await self._listener.pubsub.get_message(timeout=op.timeout)
+        return await self._owner._execute(op)
+
+    async def __aenter__(self) -> _Participation:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.give_back(reusable=exc is None or isinstance(exc, ProcSyncError))
+
+    async def give_back(self, *, reusable: bool) -> None:
+        if self._listener is not None:
+            for surplus in self._owner._listeners.give_back(self._listener, reusable):
+                await surplus.pubsub.aclose()  # type: ignore[no-untyped-call]
+            self._listener = None
+
+
+class ProcSync(ProcSyncBase):
+    """:class:`pyprocsync.ProcSync` for asyncio: the same parameters and semantics.
+
+    ``redis_client`` is a :class:`redis.asyncio.Redis`. One instance may serve many
+    tasks at once; each :meth:`sync` call is one participant.
+
+    .. versionadded:: 1.0
+    """
+
+    _client: aioredis.Redis
+    _listeners: ListenerPool[_Listener]
+    _listener_client: aioredis.Redis | None
+
+    @classmethod
+    def from_url(cls, url: str, run_id: str = "", delay: float = 1.0, **options: Any) -> ProcSync:
+        """Make an instance with its own client for ``url``; :meth:`aclose` closes it."""
+        instance = cls(aioredis.Redis.from_url(url), run_id, delay, **options)
+        instance._owns_client = True
+        return instance
+
+    async def sync(self, event_name: str, nodes: int, timeout: float | None = None) -> SyncResult:
+        """Wait until ``nodes`` participants reached ``event_name``; return at the agreed instant.
+
+        Exactly :meth:`pyprocsync.ProcSync.sync`, awaited. Cancelling the task before
+        the release withdraws the arrival.
+        """
+        flow = sync_flow(self._settings, event_name, nodes, timeout)
+        self._listeners.ensure_open()
+        await self._load_scripts()
+        async with _Participation(self) as participation:
+            return await adrive(flow, participation.execute)
+
+    async def reset(self, event_name: str) -> int:
+        """Exactly :meth:`pyprocsync.ProcSync.reset`, awaited."""
+        flow = reset_flow(self._settings, event_name)
+        self._listeners.ensure_open()
+        return await adrive(flow, self._execute)
+
+    async def aclose(self) -> None:
+        """Close the pub/sub connections of this instance (and its client, if it owns one).
+
+        Calls in progress in other tasks finish; new calls raise
+        :class:`~pyprocsync.ProcSyncError`. Closing twice is harmless.
+        """
+        for listener in self._listeners.close():
+            await listener.pubsub.aclose()  # type: ignore[no-untyped-call]
+        if self._listener_client not in (None, self._client):
+            # Listeners still in use are closed when their calls end.
+            await self._listener_client.connection_pool.disconnect(inuse_connections=False)
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def close(self) -> None:
+        """The same as :meth:`aclose` (the blocking class's spelling)."""
+        await self.aclose()
+
+    async def __aenter__(self) -> ProcSync:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _load_scripts(self) -> None:
+        """Load the scripts before the first arrival (see the blocking shell)."""
+        if not self._scripts_loaded:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for script in self._scripts.values():
+                    pipe.script_load(script.script)
+                await pipe.execute()
+            self._scripts_loaded = True
+
+    def _take_listener(self, channel: str) -> _Listener:
+        listener = self._listeners.take(channel)
+        if listener is None:
+            if self._listener_client is None:
+                self._listener_client = _listener_client(self._client)
+            listener = _Listener(self._listener_client)
+        return listener
+
+    async def _execute(self, op: Operation) -> object:
+        """Carry out an operation that needs no listener."""
+        if isinstance(op, Call):
+            return await self._scripts[op.script](keys=op.keys, args=op.args)
+        if isinstance(op, SleepUntil):
+            return await clock.async_sleep_until_ns(op.at_ns, op.spin_ns)
+        raise TypeError(f"{op!r} needs a listener")
