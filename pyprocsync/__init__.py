@@ -6,6 +6,8 @@ API reference. The asyncio twins live in :mod:`pyprocsync.asyncio`.
 
 from __future__ import annotations
 
+from .barrier import Barrier
+from .event import Event
 from .exceptions import (
     ArgumentTypeError,
     BrokenBarrierError,
@@ -22,8 +24,10 @@ from .results import SyncResult
 
 __all__ = [
     "ArgumentTypeError",
+    "Barrier",
     "BrokenBarrierError",
     "ConnectionLostError",
+    "Event",
     "InvalidArgumentError",
     "ParameterMismatchError",
     "ProcSync",

@@ -1,8 +1,12 @@
-"""The asyncio twin of :class:`pyprocsync.ProcSync`, for ``redis.asyncio`` clients.
+"""The asyncio twins of :class:`pyprocsync.ProcSync`, :class:`pyprocsync.Event` and
+:class:`pyprocsync.Barrier`, for ``redis.asyncio`` clients.
 
-It drives the same protocol flows as the blocking shell (:mod:`pyprocsync.protocol`):
-only the I/O differs. Every method of the blocking class exists here as a coroutine
-with the same parameters; :meth:`ProcSync.aclose` is the asyncio spelling of ``close``.
+They drive the same protocol flows as the blocking classes (:mod:`pyprocsync.rounds`,
+:mod:`pyprocsync.flags`): only the I/O differs. Every method of a blocking class exists
+here as a coroutine with the same parameters, and each class is an async context
+manager. Two deliberate differences: ``aclose()`` is the asyncio spelling of
+``close()`` (both exist), and :meth:`Barrier.n_waiting` and :meth:`Barrier.broken`,
+properties of the blocking class, are coroutine methods here (they read Redis).
 
 The release wait yields to the event loop until the last ``spin`` seconds before the
 instant and busy-waits (holding the loop) only for that stretch, because the loop's
@@ -18,6 +22,7 @@ it leaves the round as it is: released for the others.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -26,15 +31,17 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
 from . import clock
-from .base import ProcSyncBase
-from .exceptions import ProcSyncError
+from .base import BarrierBase, EventBase, ProcSyncBase
+from .exceptions import ProcSyncError, TimeOutError
 from .listeners import ListenerPool, private_pool_settings
-from .protocol import Call, Flow, Listen, Operation, Receive, SleepUntil, reset_flow, sync_flow
+from .protocol import Call, Flow, Listen, Operation, Receive, RunAction, SleepUntil
 from .results import SyncResult
+from .rounds import reset_flow, sync_flow
 
-__all__ = ["ProcSync", "adrive"]
+__all__ = ["Barrier", "Event", "ProcSync", "adrive"]
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 async def adrive(flow: Flow[T], execute: Callable[[Operation], Awaitable[object]]) -> T:
@@ -97,13 +104,17 @@ class _Listener:
 
 
 class _Participation:
-    """Carries out the operations of one ``sync`` call with a borrowed listener."""
+    """Carries out the operations of one call with a borrowed listener."""
 
-    def __init__(self, owner: ProcSync) -> None:
+    def __init__(self, owner: ProcSync, action: Callable[[], object] | None) -> None:
         self._owner = owner
+        self._action = action
         self._listener: _Listener | None = None
 
     async def execute(self, op: Operation) -> object:
+        if isinstance(op, RunAction):
+            result = None if self._action is None else self._action()
+            return await result if inspect.isawaitable(result) else result
         if isinstance(op, SleepUntil):
             # The outcome is known: hand the listener back now, so the instant is not
             # followed by bookkeeping.
@@ -134,7 +145,29 @@ class _Participation:
             self._listener = None
 
 
-class ProcSync(ProcSyncBase):
+class _ClosedOnExit:
+    """An async context manager whose exit awaits ``self.aclose()``; ``close`` too."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """The same as :meth:`aclose` (the blocking classes' spelling)."""
+        await self.aclose()
+
+    async def __aenter__(self: S) -> S:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class ProcSync(ProcSyncBase, _ClosedOnExit):
     """:class:`pyprocsync.ProcSync` for asyncio: the same parameters and semantics.
 
     ``redis_client`` is a :class:`redis.asyncio.Redis`. One instance may serve many
@@ -150,9 +183,7 @@ class ProcSync(ProcSyncBase):
     @classmethod
     def from_url(cls, url: str, run_id: str = "", delay: float = 1.0, **options: Any) -> ProcSync:
         """Make an instance with its own client for ``url``; :meth:`aclose` closes it."""
-        instance = cls(aioredis.Redis.from_url(url), run_id, delay, **options)
-        instance._owns_client = True
-        return instance
+        return _owning(cls, url, run_id, delay, **options)
 
     async def sync(self, event_name: str, nodes: int, timeout: float | None = None) -> SyncResult:
         """Wait until ``nodes`` participants reached ``event_name``; return at the agreed instant.
@@ -160,17 +191,11 @@ class ProcSync(ProcSyncBase):
         Exactly :meth:`pyprocsync.ProcSync.sync`, awaited. Cancelling the task before
         the release withdraws the arrival.
         """
-        flow = sync_flow(self._settings, event_name, nodes, timeout)
-        self._listeners.ensure_open()
-        await self._load_scripts()
-        async with _Participation(self) as participation:
-            return await adrive(flow, participation.execute)
+        return await self._run(sync_flow(self._settings, event_name, nodes, timeout))
 
     async def reset(self, event_name: str) -> int:
         """Exactly :meth:`pyprocsync.ProcSync.reset`, awaited."""
-        flow = reset_flow(self._settings, event_name)
-        self._listeners.ensure_open()
-        return await adrive(flow, self._execute)
+        return await self._run(reset_flow(self._settings, event_name))
 
     async def aclose(self) -> None:
         """Close the pub/sub connections of this instance (and its client, if it owns one).
@@ -186,20 +211,12 @@ class ProcSync(ProcSyncBase):
         if self._owns_client:
             await self._client.aclose()
 
-    async def close(self) -> None:
-        """The same as :meth:`aclose` (the blocking class's spelling)."""
-        await self.aclose()
-
-    async def __aenter__(self) -> ProcSync:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    async def _run(self, flow: Flow[T], action: Callable[[], object] | None = None) -> T:
+        """Drive ``flow`` to its result; ``action`` (plain or async) serves its RunAction."""
+        self._listeners.ensure_open()
+        await self._load_scripts()
+        async with _Participation(self, action) as participation:
+            return await adrive(flow, participation.execute)
 
     async def _load_scripts(self) -> None:
         """Load the scripts before the first arrival (see the blocking shell)."""
@@ -225,3 +242,94 @@ class ProcSync(ProcSyncBase):
         if isinstance(op, SleepUntil):
             return await clock.async_sleep_until_ns(op.at_ns, op.spin_ns)
         raise TypeError(f"{op!r} needs a listener")
+
+
+class _ClosingShell(_ClosedOnExit):
+    """``aclose()``/``close()`` and the async context manager of Event and Barrier."""
+
+    _shell: ProcSync
+
+    async def aclose(self) -> None:
+        """Close this object's connections (and its client, if it made it)."""
+        await self._shell.aclose()
+
+
+def _owning(cls: Callable[..., S], url: str, *args: Any, **kwargs: Any) -> S:
+    """Build ``cls(client, ...)`` owning a new client for ``url`` (closed on ``aclose``)."""
+    instance = cls(aioredis.Redis.from_url(url), *args, **kwargs)
+    shell: Any = getattr(instance, "_shell", instance)
+    shell._owns_client = True
+    return instance
+
+
+class Event(EventBase, _ClosingShell):
+    """:class:`pyprocsync.Event` for asyncio: the same parameters and semantics.
+
+    .. versionadded:: 1.0
+    """
+
+    _shell_type = ProcSync
+    _shell: ProcSync
+
+    @classmethod
+    def from_url(cls, url: str, name: str, **kwargs: Any) -> Event:
+        """Make an Event with its own client for ``url``; :meth:`aclose` closes it."""
+        return _owning(cls, url, name, **kwargs)
+
+    async def set(self) -> None:
+        """See :meth:`pyprocsync.Event.set`."""
+        await self._shell._run(self._set_flow())
+
+    async def clear(self) -> None:
+        """See :meth:`pyprocsync.Event.clear`."""
+        await self._shell._run(self._clear_flow())
+
+    async def is_set(self) -> bool:
+        """See :meth:`pyprocsync.Event.is_set`."""
+        return await self._shell._run(self._is_set_flow())
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """See :meth:`pyprocsync.Event.wait`."""
+        return await self._shell._run(self._wait_flow(timeout))
+
+
+class Barrier(BarrierBase, _ClosingShell):
+    """:class:`pyprocsync.Barrier` for asyncio: the same parameters and semantics.
+
+    ``action`` may be a plain callable or return an awaitable (an ``async def``
+    function), which is awaited before the release.
+
+    .. versionadded:: 1.0
+    """
+
+    _shell_type = ProcSync
+    _shell: ProcSync
+
+    @classmethod
+    def from_url(cls, url: str, name: str, parties: int, **kwargs: Any) -> Barrier:
+        """Make a Barrier with its own client for ``url``; :meth:`aclose` closes it."""
+        return _owning(cls, url, name, parties, **kwargs)
+
+    async def n_waiting(self) -> int:
+        """See :attr:`pyprocsync.Barrier.n_waiting` (a coroutine here)."""
+        state = await self._shell._run(self._read_flow())
+        return 0 if state.broken else state.arrived
+
+    async def broken(self) -> bool:
+        """See :attr:`pyprocsync.Barrier.broken` (a coroutine here)."""
+        return (await self._shell._run(self._read_flow())).broken is not None
+
+    async def wait(self, timeout: float | None = None) -> int:
+        """See :meth:`pyprocsync.Barrier.wait`."""
+        try:
+            return (await self._shell._run(self._wait_flow(timeout), self._action)).index
+        except TimeOutError as exc:
+            raise self._timeout_error(exc) from exc
+
+    async def reset(self) -> None:
+        """See :meth:`pyprocsync.Barrier.reset`."""
+        await self._shell.reset(self._name)
+
+    async def abort(self) -> None:
+        """See :meth:`pyprocsync.Barrier.abort`."""
+        await self._shell._run(self._abort_flow())

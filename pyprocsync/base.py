@@ -1,14 +1,23 @@
-"""What the blocking and the asyncio ``ProcSync`` share: configuration, scripts, listeners."""
+"""What the blocking and the asyncio classes share: configuration, scripts, flows.
+
+Each public class exists twice, blocking and asyncio, as a thin shell that drives the
+flows built here; this module does no I/O.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from . import flags, params, rounds
+from .exceptions import ArgumentTypeError, BrokenBarrierError, TimeOutError
 from .listeners import ListenerPool
 from .params import OnLate, Settings
+from .protocol import Flow
+from .results import SyncResult
 from .scripts import Script
 
-__all__ = ["ProcSyncBase"]
+__all__ = ["BarrierBase", "EventBase", "ProcSyncBase"]
 
 
 class ProcSyncBase:
@@ -61,3 +70,119 @@ class ProcSyncBase:
 
     def __repr__(self) -> str:
         return f"<{type(self).__qualname__} run_id={self.run_id!r} delay={self.delay}>"
+
+
+class EventBase:
+    """The configuration of an Event and the flows of its methods (no I/O).
+
+    See :class:`pyprocsync.Event` for the parameters. ``_shell_type`` is the ProcSync
+    class (blocking or asyncio) that drives the flows.
+    """
+
+    _shell_type: type[ProcSyncBase]
+
+    def __init__(
+        self,
+        redis_client: Any,
+        name: str,
+        *,
+        run_id: str = "",
+        delay: float = 0.0,
+        **options: Any,
+    ) -> None:
+        self._name = params.text("name", name, empty=False)
+        self._shell: Any = self._shell_type(redis_client, run_id, delay, **options)
+
+    @property
+    def name(self) -> str:
+        """The flag's name."""
+        return self._name
+
+    def _set_flow(self) -> Flow[None]:
+        return flags.set_flow(self._shell._settings, self._name)
+
+    def _clear_flow(self) -> Flow[None]:
+        return flags.clear_flow(self._shell._settings, self._name)
+
+    def _is_set_flow(self) -> Flow[bool]:
+        return flags.is_set_flow(self._shell._settings, self._name)
+
+    def _wait_flow(self, timeout: float | None) -> Flow[bool]:
+        return flags.wait_flow(self._shell._settings, self._name, timeout)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__qualname__} name={self._name!r} run_id={self._shell.run_id!r}>"
+
+
+class BarrierBase:
+    """The configuration of a Barrier and the flows of its methods (no I/O).
+
+    See :class:`pyprocsync.Barrier` for the parameters. ``_shell_type`` is the ProcSync
+    class (blocking or asyncio) that drives the flows.
+    """
+
+    _shell_type: type[ProcSyncBase]
+
+    def __init__(
+        self,
+        redis_client: Any,
+        name: str,
+        parties: int,
+        action: Callable[[], object] | None = None,
+        timeout: float | None = None,
+        *,
+        run_id: str = "",
+        delay: float = 0.05,
+        **options: Any,
+    ) -> None:
+        self._name = params.text("name", name, empty=False)
+        self._parties = params.count("parties", parties)
+        if action is not None and not callable(action):
+            raise ArgumentTypeError("action must be callable or None")
+        self._action = action
+        self._timeout = params.timeout(timeout)
+        self._shell: Any = self._shell_type(redis_client, run_id, delay, **options)
+
+    @property
+    def name(self) -> str:
+        """The barrier's name."""
+        return self._name
+
+    @property
+    def parties(self) -> int:
+        """How many participants a round needs."""
+        return self._parties
+
+    def _wait_flow(self, timeout: float | None) -> Flow[SyncResult]:
+        return rounds.sync_flow(
+            self._shell._settings,
+            self._name,
+            self._parties,
+            self._timeout if timeout is None else timeout,
+            has_action=self._action is not None,
+        )
+
+    def _read_flow(self) -> Flow[rounds.RoundState]:
+        return rounds.read_flow(self._shell._settings, self._name)
+
+    def _abort_flow(self) -> Flow[None]:
+        return rounds.abort_flow(self._shell._settings, self._name)
+
+    @staticmethod
+    def _timeout_error(exc: TimeOutError) -> BrokenBarrierError:
+        """The error of a participant whose own timeout expired (as threading's)."""
+        return BrokenBarrierError(
+            str(exc),
+            reason="timeout",
+            arrived=exc.arrived,
+            expected=exc.expected,
+            event=exc.event,
+            run_id=exc.run_id,
+            generation=exc.generation,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__qualname__} name={self._name!r} parties={self._parties} "
+            f"run_id={self._shell.run_id!r}>"
+        )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import redis.exceptions
 
@@ -33,6 +34,9 @@ __all__ = [
 
 class ProcSyncError(Exception):
     """Root of every pyprocsync exception.
+
+    Subclasses take their own attributes as keyword arguments and pass ``event``,
+    ``run_id`` and ``generation`` on to this class.
 
     :ivar event: the synchronization point the error is about, or ``None``.
     :ivar run_id: the run the event belongs to, or ``None``.
@@ -90,11 +94,9 @@ class TimeOutError(ProcSyncError, TimeoutError):
         timeout: float | None = None,
         arrived: int | None = None,
         expected: int | None = None,
-        event: str | None = None,
-        run_id: str | None = None,
-        generation: int | None = None,
+        **context: Any,
     ) -> None:
-        super().__init__(message, event=event, run_id=run_id, generation=generation)
+        super().__init__(message, **context)
         self.timeout = timeout
         self.arrived = arrived
         self.expected = expected
@@ -119,11 +121,9 @@ class TooLateError(ProcSyncError):
         *,
         late_by: float | None = None,
         release_at: float | None = None,
-        event: str | None = None,
-        run_id: str | None = None,
-        generation: int | None = None,
+        **context: Any,
     ) -> None:
-        super().__init__(message, event=event, run_id=run_id, generation=generation)
+        super().__init__(message, **context)
         self.late_by = late_by
         self.release_at = release_at
 
@@ -153,11 +153,9 @@ class BrokenBarrierError(ProcSyncError, threading.BrokenBarrierError):
         missing: Sequence[str] = (),
         arrived: int | None = None,
         expected: int | None = None,
-        event: str | None = None,
-        run_id: str | None = None,
-        generation: int | None = None,
+        **context: Any,
     ) -> None:
-        super().__init__(message, event=event, run_id=run_id, generation=generation)
+        super().__init__(message, **context)
         self.reason = reason
         self.missing = tuple(missing)
         self.arrived = arrived
@@ -179,11 +177,9 @@ class ParameterMismatchError(ProcSyncError, ValueError):
         *,
         expected: int | None = None,
         given: int | None = None,
-        event: str | None = None,
-        run_id: str | None = None,
-        generation: int | None = None,
+        **context: Any,
     ) -> None:
-        super().__init__(message, event=event, run_id=run_id, generation=generation)
+        super().__init__(message, **context)
         self.expected = expected
         self.given = given
 

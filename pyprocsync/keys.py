@@ -13,6 +13,11 @@ All names of one event carry the same Redis Cluster hash tag (the part between `
     <prefix>:{<run id>:<event>}           hash: round counter, arrivals, outcomes
     <prefix>:{<run id>:<event>}:leases    sorted set: waiting participants' leases
     <prefix>:{<run id>:<event>}           pub/sub channel: outcome announcements
+
+An :class:`~pyprocsync.Event` (a *flag*) of the same name has names of its own::
+
+    <prefix>:{<run id>:<name>}:flag       hash: set or not, sets so far, last set
+    <prefix>:{<run id>:<name>}:flag       pub/sub channel: set announcements
 """
 
 from __future__ import annotations
@@ -20,7 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
-__all__ = ["EventKeys", "encode"]
+__all__ = ["EventKeys", "FlagKeys", "encode"]
+
+
+def _base(prefix: str, run_id: str, name: str) -> str:
+    return f"{prefix}:{{{encode(run_id)}:{encode(name)}}}"
 
 
 def encode(text: str) -> str:
@@ -39,10 +48,29 @@ class EventKeys:
     @classmethod
     def of(cls, prefix: str, run_id: str, event: str) -> EventKeys:
         """Build the names of ``event`` in ``run_id`` under ``prefix``."""
-        base = f"{prefix}:{{{encode(run_id)}:{encode(event)}}}"
+        base = _base(prefix, run_id, event)
         return cls(state=base, leases=f"{base}:leases", channel=base)
 
     @property
     def all(self) -> tuple[str, str]:
         """The keys, in the order every script takes them as ``KEYS``."""
         return (self.state, self.leases)
+
+
+@dataclass(frozen=True, slots=True)
+class FlagKeys:
+    """The Redis names of one flag (:class:`~pyprocsync.Event`)."""
+
+    state: str
+    channel: str
+
+    @classmethod
+    def of(cls, prefix: str, run_id: str, name: str) -> FlagKeys:
+        """Build the names of flag ``name`` in ``run_id`` under ``prefix``."""
+        base = f"{_base(prefix, run_id, name)}:flag"
+        return cls(state=base, channel=base)
+
+    @property
+    def all(self) -> tuple[str]:
+        """The keys, in the order every flag script takes them as ``KEYS``."""
+        return (self.state,)

@@ -13,12 +13,14 @@ from . import clock
 from .base import ProcSyncBase
 from .exceptions import ProcSyncError
 from .listeners import ListenerPool, private_pool_settings
-from .protocol import Call, Flow, Listen, Operation, Receive, SleepUntil, reset_flow, sync_flow
+from .protocol import Call, Flow, Listen, Operation, Receive, RunAction, SleepUntil
 from .results import SyncResult
+from .rounds import reset_flow, sync_flow
 
-__all__ = ["ProcSync", "drive"]
+__all__ = ["ClosingShell", "ProcSync", "drive"]
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 def drive(flow: Flow[T], execute: Callable[[Operation], object]) -> T:
@@ -80,13 +82,16 @@ class _Listener:
 
 
 class _Participation:
-    """Carries out the operations of one ``sync`` call with a borrowed listener."""
+    """Carries out the operations of one call with a borrowed listener."""
 
-    def __init__(self, owner: ProcSync) -> None:
+    def __init__(self, owner: ProcSync, action: Callable[[], object] | None) -> None:
         self._owner = owner
+        self._action = action
         self._listener: _Listener | None = None
 
     def execute(self, op: Operation) -> object:
+        if isinstance(op, RunAction):
+            return None if self._action is None else self._action()
         if isinstance(op, SleepUntil):
             # The outcome is known: hand the listener back now, so the instant is not
             # followed by bookkeeping.
@@ -117,7 +122,25 @@ class _Participation:
             self._listener = None
 
 
-class ProcSync(ProcSyncBase):
+class _ClosedOnExit:
+    """A context manager whose exit calls ``self.close()``."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: S) -> S:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ProcSync(ProcSyncBase, _ClosedOnExit):
     """Synchronization points shared by processes on any number of machines.
 
     ``ProcSync(redis_client, run_id, delay).sync(name, nodes)`` blocks until ``nodes``
@@ -175,14 +198,7 @@ class ProcSync(ProcSyncBase):
         The instance owns that client: :meth:`close` closes it. ``options`` are the
         keyword options of the constructor.
         """
-        client = redis.Redis.from_url(url)
-        try:
-            instance = cls(client, run_id, delay, **options)
-        except BaseException:
-            client.close()
-            raise
-        instance._owns_client = True
-        return instance
+        return _owning(cls, redis.Redis.from_url(url), run_id, delay, **options)
 
     def sync(self, event_name: str, nodes: int, timeout: float | None = None) -> SyncResult:
         """Wait until ``nodes`` participants reached ``event_name``; return at the agreed instant.
@@ -217,11 +233,7 @@ class ProcSync(ProcSyncBase):
         the round is released, its arrival is withdrawn, so the round still needs
         ``nodes`` live participants.
         """
-        flow = sync_flow(self._settings, event_name, nodes, timeout)
-        self._listeners.ensure_open()
-        self._load_scripts()
-        with _Participation(self) as participation:
-            return drive(flow, participation.execute)
+        return self._run(sync_flow(self._settings, event_name, nodes, timeout))
 
     def reset(self, event_name: str) -> int:
         """Break the current round of ``event_name`` if anyone waits in it, and open the next.
@@ -234,9 +246,7 @@ class ProcSync(ProcSyncBase):
 
         .. versionadded:: 1.0
         """
-        flow = reset_flow(self._settings, event_name)
-        self._listeners.ensure_open()
-        return drive(flow, self._execute)
+        return self._run(reset_flow(self._settings, event_name))
 
     def close(self) -> None:
         """Close the pub/sub connections of this instance (and its client, if it owns one).
@@ -252,16 +262,12 @@ class ProcSync(ProcSyncBase):
         if self._owns_client:
             self._client.close()
 
-    def __enter__(self) -> ProcSync:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _run(self, flow: Flow[T], action: Callable[[], object] | None = None) -> T:
+        """Drive ``flow`` to its result; ``action`` serves its RunAction (a barrier's)."""
+        self._listeners.ensure_open()
+        self._load_scripts()
+        with _Participation(self, action) as participation:
+            return drive(flow, participation.execute)
 
     def _load_scripts(self) -> None:
         """Load the scripts into the server before the first arrival.
@@ -292,3 +298,25 @@ class ProcSync(ProcSyncBase):
         if isinstance(op, SleepUntil):
             return clock.sleep_until_ns(op.at_ns, op.spin_ns)
         raise TypeError(f"{op!r} needs a listener")
+
+
+class ClosingShell(_ClosedOnExit):
+    """``close()`` and the context manager of the classes built on a ProcSync."""
+
+    _shell: ProcSync
+
+    def close(self) -> None:
+        """Close this object's connections (and its client, if it made it)."""
+        self._shell.close()
+
+
+def _owning(cls: Callable[..., S], client: redis.Redis, *args: Any, **kwargs: Any) -> S:
+    """Build ``cls(client, ...)`` that owns ``client`` (closing it on close), or close it."""
+    try:
+        instance = cls(client, *args, **kwargs)
+    except BaseException:
+        client.close()
+        raise
+    shell: Any = getattr(instance, "_shell", instance)
+    shell._owns_client = True
+    return instance

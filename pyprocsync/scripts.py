@@ -13,6 +13,9 @@ State of one event (names in :mod:`pyprocsync.keys`), a hash with fields:
     arrivals in the current round, and how many it needs (set by its first arrival).
 ``f``
     arrival indices given back by withdrawn participants, space separated.
+``a``
+    while the complete round's action runs: the lease member of the participant
+    running it (a Barrier's last arrival); the round is released by RELEASE.
 ``o0`` .. ``o7``
     the outcomes of the last eight rounds, slot ``generation % 8``:
     ``R <gen> <release µs> <lead µs>`` (released at that epoch instant of the last
@@ -22,6 +25,10 @@ State of one event (names in :mod:`pyprocsync.keys`), a hash with fields:
 plus a sorted set of the waiting participants' leases (member ``<12 hex>:<node id>``,
 score: expiry in server milliseconds). A decided outcome is also published on the
 event's channel; the published text is the stored text.
+
+A :class:`~pyprocsync.Event` is a *flag*: one hash ``<prefix>:{<run id>:<name>}:flag``
+with ``v`` (1 while set), ``s`` (how many times it was set) and ``o`` (the last set,
+``S <sets> <release µs> <lead µs>``), announced on the channel of the same name.
 
 Every script that writes gives both keys the retention lifetime, so no key ever lives
 without a TTL. Each script's header names its ``KEYS``, ``ARGV`` and reply. Replies that
@@ -74,9 +81,20 @@ local function outcome_of(g)
   return nil
 end
 
+-- The decision of round g: its outcome, 'L' if its state is gone, 'E' if its outcome
+-- was evicted; nil while g is the current, undecided round.
+local function settled(g)
+  local o = outcome_of(g)
+  if o then return o end
+  local cur = int_field('g')
+  if cur == nil or cur < g then return 'L' end
+  if cur > g then return 'E' end
+  return nil
+end
+
 local function keep(retention)
   redis.call('PEXPIRE', H, retention)
-  redis.call('PEXPIRE', Z, retention)
+  if Z then redis.call('PEXPIRE', Z, retention) end
 end
 
 local function decide(g, outcome, channel)
@@ -105,21 +123,28 @@ _ARRIVE = """
 -- ARRIVE: join the current round of the event.
 -- KEYS[1] state hash, KEYS[2] lease set
 -- ARGV[1] nodes, ARGV[2] member, ARGV[3] liveness ms, ARGV[4] retention ms,
--- ARGV[5] caller's wall clock at arrival, epoch µs, ARGV[6] lead µs, ARGV[7] channel
+-- ARGV[5] caller's wall clock at arrival, epoch µs, ARGV[6] lead µs, ARGV[7] channel,
+-- ARGV[8] 1 if the caller, when last, runs an action before the release (else 0)
 -- Returns {status, generation, index, outcome}:
 --   {0, g, index, ''}        joined; waiting for the others
 --   {0, g, index, 'R ...'}   joined as the last arrival: the round is released
 --   {1, g, -1, 'B ...'}      refused: the round is broken
 --   {2, g, expected, 'B ...'} refused: nodes differs from the round's; now broken
+--   {3, g, index, ''}        joined as the last arrival with an action: run it, then
+--                            RELEASE (or ABANDON with reason 'action' if it failed)
+--   {4, g, -1, ''}           refused for now: the round is full and its action runs;
+--                            arrive again once round g is decided
 local nodes, member = tonumber(ARGV[1]), ARGV[2]
 local liveness, retention = tonumber(ARGV[3]), tonumber(ARGV[4])
 local arrival_us, lead_us, channel = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local hold = ARGV[8] == '1'
 local g = int_field('g') or 0
 local o = outcome_of(g)
 if o then
   keep(retention)
   return {1, g, -1, o}
 end
+if redis.call('HEXISTS', H, 'a') == 1 then return {4, g, -1, ''} end
 local now = server_ms()
 local gone = lapsed(now)
 if #gone > 0 then
@@ -147,7 +172,7 @@ if free and free ~= '' then
   redis.call('HSET', H, 'f', rest)
 end
 n = n + 1
-if n >= k then
+if n >= k and not hold then
   o = decide(g, 'R ' .. fmt(g) .. ' ' .. fmt(arrival_us + lead_us) .. ' ' .. fmt(lead_us), channel)
   redis.call('HSET', H, 'g', fmt(g + 1), 'n', 0)
   redis.call('HDEL', H, 'k', 'f')
@@ -157,6 +182,10 @@ end
 redis.call('HSET', H, 'g', fmt(g), 'n', n, 'k', k)
 redis.call('ZADD', Z, now + liveness, member)
 keep(retention)
+if n >= k then
+  redis.call('HSET', H, 'a', member)
+  return {3, g, index, ''}
+end
 return {0, g, index, ''}
 """
 
@@ -168,11 +197,8 @@ _CHECK = """
 -- Returns the round's outcome, '' while undecided, 'L' or 'E' (see the module doc).
 local g, member = tonumber(ARGV[1]), ARGV[2]
 local liveness, retention, channel = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local o = outcome_of(g)
+local o = settled(g)
 if o then return o end
-local cur = int_field('g')
-if cur == nil or cur < g then return 'L' end
-if cur > g then return 'E' end
 if not redis.call('ZSCORE', Z, member) then return 'L' end
 local now = server_ms()
 redis.call('ZADD', Z, now + liveness, member)
@@ -188,11 +214,8 @@ _ABANDON = """
 -- ARGV[1] generation, ARGV[2] reason, ARGV[3] retention ms, ARGV[4] channel
 -- Returns the round's outcome (the one already decided, else the new 'B ...'), or 'L'/'E'.
 local g = tonumber(ARGV[1])
-local o = outcome_of(g)
+local o = settled(g)
 if o then return o end
-local cur = int_field('g')
-if cur == nil or cur < g then return 'L' end
-if cur > g then return 'E' end
 o = break_round(g, ARGV[2], {}, ARGV[4])
 keep(tonumber(ARGV[3]))
 return o
@@ -202,14 +225,13 @@ _WITHDRAW = """
 -- WITHDRAW: take back an arrival whose round is undecided (the caller was interrupted).
 -- KEYS[1] state hash, KEYS[2] lease set
 -- ARGV[1] generation, ARGV[2] member, ARGV[3] its index, ARGV[4] retention ms
--- Returns '' once withdrawn (the index is handed to the next arrival); else the
--- round's outcome, or 'L'/'E'.
+-- Returns '' once withdrawn (the index is handed to the next arrival); 'A' when the
+-- round is complete and its action runs (too late to withdraw); else the round's
+-- outcome, or 'L'/'E'.
 local g = tonumber(ARGV[1])
-local o = outcome_of(g)
+local o = settled(g)
 if o then return o end
-local cur = int_field('g')
-if cur == nil or cur < g then return 'L' end
-if cur > g then return 'E' end
+if redis.call('HEXISTS', H, 'a') == 1 then return 'A' end
 if redis.call('ZREM', Z, ARGV[2]) == 0 then return 'L' end
 local n = (int_field('n') or 1) - 1
 if n <= 0 then
@@ -235,10 +257,101 @@ local o = outcome_of(cur)
 if not o and (int_field('n') or 0) == 0 then return cur end
 if not o then break_round(cur, 'reset', {}, ARGV[2]) end
 redis.call('HSET', H, 'g', fmt(cur + 1), 'n', 0)
-redis.call('HDEL', H, 'k', 'f')
+redis.call('HDEL', H, 'k', 'f', 'a')
 redis.call('DEL', Z)
 keep(tonumber(ARGV[1]))
 return cur + 1
+"""
+
+
+_RELEASE = """
+-- RELEASE: the last arrival ran its action; release the round now.
+-- KEYS[1] state hash, KEYS[2] lease set
+-- ARGV[1] generation, ARGV[2] member (the actor), ARGV[3] caller's wall clock, epoch µs,
+-- ARGV[4] lead µs, ARGV[5] retention ms, ARGV[6] channel
+-- Returns the round's outcome: 'R ...' now, or the one decided while the action ran
+-- (a timeout or a lapsed lease broke it); 'L'/'E' as CHECK.
+local g = tonumber(ARGV[1])
+local o = settled(g)
+if o then return o end
+if redis.call('HGET', H, 'a') ~= ARGV[2] then return 'L' end
+local lead_us = tonumber(ARGV[4])
+o = decide(g, 'R ' .. fmt(g) .. ' ' .. fmt(tonumber(ARGV[3]) + lead_us) .. ' ' .. fmt(lead_us),
+  ARGV[6])
+redis.call('HSET', H, 'g', fmt(g + 1), 'n', 0)
+redis.call('HDEL', H, 'k', 'f', 'a')
+keep(tonumber(ARGV[5]))
+return o
+"""
+
+_ABORT = """
+-- ABORT: break the current round, whoever waits in it (Barrier.abort).
+-- KEYS[1] state hash, KEYS[2] lease set
+-- ARGV[1] retention ms, ARGV[2] channel
+-- Returns the current round's outcome: the new 'B ... abort ...', or the one it had.
+local g = int_field('g') or 0
+local o = outcome_of(g)
+if not o then
+  redis.call('HSET', H, 'g', fmt(g))
+  o = break_round(g, 'abort', {}, ARGV[2])
+end
+keep(tonumber(ARGV[1]))
+return o
+"""
+
+_READ = """
+-- READ: the current round, without changing anything.
+-- KEYS[1] state hash, KEYS[2] lease set
+-- Returns {generation, arrived, expected (0 if none), outcome of the current round or ''}.
+local g = int_field('g') or 0
+return {g, int_field('n') or 0, int_field('k') or 0, outcome_of(g) or ''}
+"""
+
+_FLAG_SET = """
+-- FLAG_SET: set the flag (Event.set). Setting a set flag changes nothing.
+-- KEYS[1] flag hash: v (0/1), s (sets so far), o (last set: 'S <s> <at µs> <lead µs>')
+-- ARGV[1] caller's wall clock, epoch µs, ARGV[2] lead µs, ARGV[3] retention ms,
+-- ARGV[4] channel
+-- Returns the flag's last set: the new one (also published) or the one in force.
+local v, s = int_field('v') or 0, int_field('s') or 0
+if v == 1 then
+  local o = redis.call('HGET', H, 'o')
+  if o then
+    keep(tonumber(ARGV[3]))
+    return o
+  end
+end
+s = s + 1
+local lead_us = tonumber(ARGV[2])
+local o = 'S ' .. fmt(s) .. ' ' .. fmt(tonumber(ARGV[1]) + lead_us) .. ' ' .. fmt(lead_us)
+redis.call('HSET', H, 'v', 1, 's', fmt(s), 'o', o)
+redis.call('PUBLISH', ARGV[4], o)
+keep(tonumber(ARGV[3]))
+return o
+"""
+
+_FLAG_CLEAR = """
+-- FLAG_CLEAR: clear the flag (Event.clear); waiters already woken stay woken.
+-- KEYS[1] flag hash
+-- ARGV[1] retention ms
+-- Returns 1.
+int_field('s')
+redis.call('HSET', H, 'v', 0)
+keep(tonumber(ARGV[1]))
+return 1
+"""
+
+_FLAG_CHECK = """
+-- FLAG_CHECK: what a waiter needs to know (Event.wait, Event.is_set).
+-- KEYS[1] flag hash
+-- ARGV[1] sets the waiter saw when it began waiting, or -1 when it begins now
+-- Returns {v, s, o}: o is the last set if the flag is set now or was set more than
+-- ARGV[1] times (the waiter is woken), else ''.
+local seen = tonumber(ARGV[1])
+local v, s = int_field('v') or 0, int_field('s') or 0
+local o = redis.call('HGET', H, 'o') or ''
+if v == 1 or (seen >= 0 and s > seen) then return {v, s, o} end
+return {v, s, ''}
 """
 
 
@@ -250,3 +363,9 @@ class Script(enum.Enum):
     ABANDON = _PRELUDE + _ABANDON
     WITHDRAW = _PRELUDE + _WITHDRAW
     RESET = _PRELUDE + _RESET
+    RELEASE = _PRELUDE + _RELEASE
+    ABORT = _PRELUDE + _ABORT
+    READ = _PRELUDE + _READ
+    FLAG_SET = _PRELUDE + _FLAG_SET
+    FLAG_CLEAR = _PRELUDE + _FLAG_CLEAR
+    FLAG_CHECK = _PRELUDE + _FLAG_CHECK

@@ -9,7 +9,7 @@ import redis
 
 from .exceptions import ProtocolError
 from .keys import EventKeys, encode
-from .protocol import Broken, member_node, parse_outcome
+from .rounds import Broken, member_node, parse_outcome
 
 __all__ = ["EventStatus", "read_status"]
 

@@ -27,7 +27,8 @@ from pyprocsync import (
     TimeOutError,
     params,
 )
-from pyprocsync.protocol import Listen, sync_flow
+from pyprocsync.protocol import Listen
+from pyprocsync.rounds import sync_flow
 
 
 @pytest.fixture

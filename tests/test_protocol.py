@@ -1,4 +1,4 @@
-"""The I/O-free participant flow (:mod:`pyprocsync.protocol`), driven step by step.
+"""The I/O-free participant flow (:mod:`pyprocsync.rounds`), driven step by step.
 
 No Redis here: each test plays the server's part by hand, sending the flow the replies a
 server would give (or throw it the errors a client would raise), on a fake clock. This
@@ -33,17 +33,8 @@ from pyprocsync import (
     params,
 )
 from pyprocsync.keys import EventKeys
-from pyprocsync.protocol import (
-    Broken,
-    Call,
-    Listen,
-    Receive,
-    Released,
-    SleepUntil,
-    parse_outcome,
-    reset_flow,
-    sync_flow,
-)
+from pyprocsync.protocol import Call, Listen, Receive, SleepUntil
+from pyprocsync.rounds import Broken, Released, parse_outcome, reset_flow, sync_flow
 from pyprocsync.scripts import CORRUPT_MARKER, Script
 
 RUN, EVENT = "run", "step"
@@ -187,8 +178,8 @@ def test_subscribes_before_arriving(fake_clock: FakeClock) -> None:
     stepper.expect_receive()
     stepper.send(subscribed())
     args = stepper.expect_call(Script.ARRIVE)
-    nodes, member, liveness, retention, arrival_us, lead_us, channel = args
-    assert (nodes, liveness, retention, lead_us, channel) == (2, 5000, 60000, 0, CHANNEL)
+    nodes, member, liveness, retention, arrival_us, lead_us, channel, hold = args
+    assert (nodes, liveness, retention, lead_us, channel, hold) == (2, 5000, 60000, 0, CHANNEL, 0)
     assert arrival_us == T0_US
     tag, _, node_id = member.partition(":")
     assert len(tag) == 12

@@ -1,0 +1,168 @@
+"""Flags: the flows behind :class:`pyprocsync.Event`, free of I/O.
+
+A flag is a hash in Redis (see :mod:`pyprocsync.scripts`): whether it is set, how many
+times it was ever set, and the last set with its release instant. Numbering the sets is
+what gives ``threading.Event`` semantics across machines: a waiter notes the number of
+sets when it begins, and any later set wakes it, even if ``clear()`` follows at once.
+
+A waiter subscribes first, then reads the flag (FLAG_CHECK): set now, or set since it
+began, means it is woken. Otherwise it blocks on the subscription; an announcement
+``S <sets> <release µs> <lead µs>`` with more sets than it saw wakes it; anything else
+makes it read the flag again (as do reconnections and every heartbeat). At the
+deadline it reads the flag one last time, so ``wait`` returns False only when no set
+happened in time.
+
+With a lead time (``delay`` > 0) the waiters woken by one set return together at the
+set's instant; a waiter that arrives while the flag is set and that instant is still
+ahead waits for it too, and one that arrives after it returns at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import clock, params
+from .exceptions import ProtocolError
+from .keys import FlagKeys
+from .params import Settings
+from .protocol import RECHECK, Flow, Signal, Waiter, call, text
+from .scripts import Script
+
+__all__ = [
+    "FlagSet",
+    "clear_flow",
+    "is_set_flow",
+    "parse_set",
+    "set_flow",
+    "wait_flow",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class FlagSet:
+    """The ``sets``-th set of a flag, releasing its waiters at ``at_us`` (epoch µs)."""
+
+    sets: int
+    at_us: int
+    lead_us: int
+
+
+def parse_set(announcement: str) -> FlagSet:
+    """Decode ``S <sets> <release µs> <lead µs>``.
+
+    :raises ProtocolError: ``announcement`` is not a set pyprocsync writes.
+    """
+    kind, *numbers = announcement.split(" ")
+    if kind == "S" and len(numbers) == 3 and all(n.isascii() and n.isdigit() for n in numbers):
+        sets, at_us, lead_us = (int(n) for n in numbers)
+        return FlagSet(sets, at_us, lead_us)
+    raise ProtocolError(f"not a pyprocsync flag set: {announcement[:80]!r}")
+
+
+def _check_reply(reply: Any) -> tuple[bool, int, FlagSet | None]:
+    try:
+        is_set, sets, announcement = reply
+        decoded = text(announcement)
+        return int(is_set) == 1, int(sets), parse_set(decoded) if decoded else None
+    except (TypeError, ValueError):
+        raise ProtocolError(f"unexpected FLAG_CHECK reply: {reply!r}") from None
+
+
+class _FlagWaiter(Waiter[FlagSet | None]):
+    """One ``Event.wait`` call; its outcome is the set that woke it (None: timed out)."""
+
+    def __init__(self, settings: Settings, name: str, timeout: float | None) -> None:
+        self.keys = FlagKeys.of(settings.prefix, settings.run_id, name)
+        super().__init__(settings, name, self.keys.channel, timeout)
+        self.seen = -1  # sets when waiting began; -1 until the first check
+
+    def where(self) -> dict[str, Any]:
+        return {"event": self.name, "run_id": self.settings.run_id}
+
+    def check(self) -> Flow[FlagSet | None]:
+        reply = yield from self.call(Script.FLAG_CHECK, self.keys.all, self.seen)
+        _is_set, sets, woken_by = _check_reply(reply)
+        if self.seen < 0:
+            self.seen = sets
+        return woken_by
+
+    def accept(self, announcement: str) -> FlagSet | Signal | None:
+        try:
+            flag_set = parse_set(announcement)
+        except ProtocolError:  # not ours to trust: the flag itself decides
+            return RECHECK
+        return flag_set if flag_set.sets > self.seen else None
+
+    def on_deadline(self) -> Flow[FlagSet | None]:
+        return (yield from self.check())  # a set that raced the deadline still counts
+
+    def run(self) -> Flow[bool]:
+        if not (yield from self.listen()):
+            return False
+        woken_by = yield from self.check()
+        waited = woken_by is None
+        if woken_by is None:
+            woken_by = yield from self.wait()
+        if woken_by is None:
+            return False
+        # A waiter that was waiting when the set happened is late if it learned of it
+        # after the instant; one that came later simply does not wait for a past instant.
+        yield from self.await_instant(
+            woken_by.at_us,
+            woken_by.lead_us if waited or woken_by.at_us * 1000 > clock.time_ns() else 0,
+            learned_late_is_error=waited,
+        )
+        return True
+
+
+def _keys_and_context(settings: Settings, name: object) -> tuple[FlagKeys, dict[str, Any]]:
+    checked = params.text("name", name, empty=False)
+    return FlagKeys.of(settings.prefix, settings.run_id, checked), {
+        "event": checked,
+        "run_id": settings.run_id,
+    }
+
+
+def set_flow(settings: Settings, name: object) -> Flow[None]:
+    """The flow of ``Event.set``: set the flag, releasing waiters at now + delay."""
+    keys, where = _keys_and_context(settings, name)
+    return _set(settings, keys, where)
+
+
+def _set(settings: Settings, keys: FlagKeys, where: dict[str, Any]) -> Flow[None]:
+    now_us = clock.time_ns() // 1000
+    args = (now_us, settings.delay_us, settings.retention_ms, keys.channel)
+    parse_set(text((yield from call(Script.FLAG_SET, keys.all, args, where))))
+
+
+def clear_flow(settings: Settings, name: object) -> Flow[None]:
+    """The flow of ``Event.clear``."""
+    keys, where = _keys_and_context(settings, name)
+    return _clear(settings, keys, where)
+
+
+def _clear(settings: Settings, keys: FlagKeys, where: dict[str, Any]) -> Flow[None]:
+    yield from call(Script.FLAG_CLEAR, keys.all, (settings.retention_ms,), where)
+
+
+def is_set_flow(settings: Settings, name: object) -> Flow[bool]:
+    """The flow of ``Event.is_set``: read the shared flag."""
+    keys, where = _keys_and_context(settings, name)
+    return _is_set(keys, where)
+
+
+def _is_set(keys: FlagKeys, where: dict[str, Any]) -> Flow[bool]:
+    is_set, _sets, _last = _check_reply(
+        (yield from call(Script.FLAG_CHECK, keys.all, (-1,), where))
+    )
+    return is_set
+
+
+def wait_flow(settings: Settings, name: object, timeout: object) -> Flow[bool]:
+    """The flow of ``Event.wait``: True once the flag is (or was meanwhile) set.
+
+    :raises InvalidArgumentError: an argument is invalid (nothing was sent).
+    """
+    checked = params.text("name", name, empty=False)
+    return _FlagWaiter(settings, checked, params.timeout(timeout)).run()

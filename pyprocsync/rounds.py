@@ -1,0 +1,462 @@
+"""Rounds: the flows behind ``ProcSync.sync`` and ``Barrier``, free of I/O.
+
+One participant in one round goes through these states::
+
+    LISTENING --confirmed--> ARRIVING --ARRIVE--> WAITING --outcome--> RELEASING
+                                 |    \\                |
+                                 |     +--> ACTING ----+   (last arrival with an action)
+                                 +-- refused ---------+--> raise
+
+* LISTENING: the event's channel is subscribed before the arrival (see
+  :class:`pyprocsync.protocol.Waiter`).
+* ARRIVING: the ARRIVE script counts the arrival atomically; the last arrival decides
+  the release instant (its wall clock + its delay), stores it and publishes it. If the
+  round is full while its action runs, the arrival waits for that round's outcome and
+  arrives again (it belongs to the next round).
+* ACTING: a last arrival that has a barrier action runs it while the others wait, then
+  RELEASE fixes the instant; if the action raises, the round breaks (reason
+  ``"action"``) and the action's exception reaches this participant.
+* WAITING: block on the subscription; CHECK reads the stored outcome and renews this
+  participant's lease. When the timeout expires, ABANDON breaks the round unless it
+  was decided meanwhile. An interruption (KeyboardInterrupt, task cancellation, an
+  unexpected error) withdraws the arrival while the round is undecided.
+* RELEASING: a broken outcome raises; a release instant is awaited precisely (or
+  raises :class:`~pyprocsync.exceptions.TooLateError` when it had passed by more than
+  the tolerance when learned).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from . import clock, params
+from .exceptions import (
+    BrokenBarrierError,
+    ParameterMismatchError,
+    ProcSyncError,
+    ProtocolError,
+    TimeOutError,
+)
+from .keys import EventKeys
+from .params import Settings
+from .protocol import RECHECK, Flow, Receive, RunAction, Signal, Waiter, call, text
+from .results import SyncResult
+from .scripts import Script
+
+__all__ = [
+    "Broken",
+    "Released",
+    "RoundState",
+    "abort_flow",
+    "member_node",
+    "parse_outcome",
+    "read_flow",
+    "reset_flow",
+    "sync_flow",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """A round released at ``at_us`` (epoch µs) with lead time ``lead_us``."""
+
+    generation: int
+    at_us: int
+    lead_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Broken:
+    """A round that broke for ``reason``."""
+
+    generation: int
+    reason: str
+    arrived: int
+    expected: int
+    missing: tuple[str, ...]
+
+
+Outcome = Released | Broken
+
+
+@dataclass(frozen=True, slots=True)
+class RoundState:
+    """The current round of an event, as READ sees it."""
+
+    generation: int
+    arrived: int
+    expected: int | None
+    broken: Broken | None
+
+
+#: CHECK/ABANDON/WITHDRAW/RELEASE replies that are not outcomes (see scripts.py).
+_UNDECIDED, _STATE_LOST, _EVICTED = "", "L", "E"
+#: ARRIVE statuses.
+_JOINED, _REFUSED, _MISMATCH, _ACT, _CLOSING = 0, 1, 2, 3, 4
+#: Length of the random part of a lease member, ``<12 hex>:<node id>``.
+_MEMBER_TAG = 13
+
+
+def _nonneg(digits: str) -> int:
+    if not digits.isascii() or not digits.isdigit():
+        raise ValueError(digits)
+    return int(digits)
+
+
+def member_node(member: str) -> str:
+    """Return the node id of a lease member ``<12 hex>:<node id>``."""
+    return member[_MEMBER_TAG:]
+
+
+def parse_outcome(announcement: str) -> Outcome:
+    """Decode a round outcome as the scripts store and publish it.
+
+    :raises ProtocolError: ``announcement`` is not an outcome pyprocsync writes.
+    """
+    try:
+        kind, _, rest = announcement.partition(" ")
+        if kind == "R":
+            gen, at_us, lead_us = rest.split(" ")
+            return Released(_nonneg(gen), _nonneg(at_us), _nonneg(lead_us))
+        if kind == "B":
+            gen, reason, arrived, expected, missing = rest.split(" ", 4)
+            members = json.loads(missing)
+            if not reason.isidentifier() or not isinstance(members, list):
+                raise ValueError(announcement)
+            return Broken(
+                _nonneg(gen),
+                reason,
+                _nonneg(arrived),
+                _nonneg(expected),
+                tuple(member_node(text(m)) for m in members),
+            )
+    except (ValueError, RecursionError, ProtocolError):  # RecursionError: absurdly nested JSON
+        pass
+    raise ProtocolError(f"not a pyprocsync outcome: {announcement[:80]!r}")
+
+
+class _Participant(Waiter[Outcome]):
+    """One participant's attempt at one round of one synchronization point."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        event: str,
+        nodes: int,
+        timeout: float | None,
+        *,
+        has_action: bool = False,
+    ) -> None:
+        self.keys = EventKeys.of(settings.prefix, settings.run_id, event)
+        super().__init__(settings, event, self.keys.channel, timeout)
+        self.nodes = nodes
+        self.has_action = has_action
+        node_id = settings.node_id or params.default_node_id()
+        self.member = f"{secrets.token_hex(6)}:{node_id}"
+        self.generation = -1
+        self.index = -1
+
+    # -- errors --------------------------------------------------------------------
+
+    def where(self) -> dict[str, Any]:
+        gen = self.generation if self.generation >= 0 else None
+        return {"event": self.name, "run_id": self.settings.run_id, "generation": gen}
+
+    def _broken(self, outcome: Broken) -> BrokenBarrierError:
+        missing = f"; missing: {', '.join(outcome.missing)}" if outcome.missing else ""
+        return BrokenBarrierError(
+            f"round {outcome.generation} of {self.name!r} is broken ({outcome.reason}, "
+            f"{outcome.arrived} of {outcome.expected} arrived{missing})",
+            reason=outcome.reason,
+            missing=outcome.missing,
+            arrived=outcome.arrived,
+            expected=outcome.expected,
+            **self.where(),
+        )
+
+    def _timed_out(self, arrived: int | None, expected: int | None) -> TimeOutError:
+        counts = "" if arrived is None else f" ({arrived} of {expected} arrived)"
+        return TimeOutError(
+            f"gave up waiting for {self.name!r} after {self.timeout} s{counts}",
+            timeout=self.timeout,
+            arrived=arrived,
+            expected=expected,
+            **self.where(),
+        )
+
+    def _decision(self, reply: object) -> Outcome | None:
+        """Decode a CHECK/ABANDON/WITHDRAW/RELEASE reply: an outcome, or None if undecided."""
+        decoded = text(reply)
+        if decoded == _UNDECIDED:
+            return None
+        if decoded == _STATE_LOST:
+            raise BrokenBarrierError(
+                f"the state of {self.name!r} vanished from Redis while waiting "
+                "(server restarted or flushed, or keys expired)",
+                reason="state-lost",
+                **self.where(),
+            )
+        if decoded == _EVICTED:
+            raise ProtocolError(
+                f"the outcome of round {self.generation} of {self.name!r} was evicted "
+                "before this participant read it",
+                **self.where(),
+            )
+        return parse_outcome(decoded)
+
+    def _script(self, script: Script, *args: str | int) -> Flow[Any]:
+        return (yield from self.call(script, self.keys.all, *args))
+
+    # -- transitions ---------------------------------------------------------------
+
+    def run(self) -> Flow[SyncResult]:
+        if not (yield from self.listen()):
+            raise self._timed_out(None, None)  # nothing was counted: the round is untouched
+        outcome = yield from self._arrive()
+        if outcome is None:
+            try:
+                outcome = yield from self.wait()
+            except (GeneratorExit, ProcSyncError):
+                raise
+            except BaseException:
+                yield from self._withdraw()
+                raise
+        return (yield from self._release(outcome))
+
+    def _arrive(self) -> Flow[Outcome | None]:
+        while True:
+            settings = self.settings
+            reply = yield from self._script(
+                Script.ARRIVE,
+                self.nodes,
+                self.member,
+                settings.liveness_ms,
+                settings.retention_ms,
+                clock.time_ns() // 1000,
+                settings.delay_us,
+                self.channel,
+                int(self.has_action),
+            )
+            try:
+                status, generation, index, announcement = reply
+                status, generation, index = int(status), int(generation), int(index)
+                announcement = text(announcement)
+            except (TypeError, ValueError):
+                raise ProtocolError(f"unexpected ARRIVE reply: {reply!r}") from None
+            if status != _CLOSING:
+                break
+            yield from self._await_round_closed(generation)
+        self.generation = generation
+        if status == _MISMATCH:
+            raise ParameterMismatchError(
+                f"{self.name!r} round {generation} was started with nodes={index}, "
+                f"this participant passed nodes={self.nodes}; the round is now broken",
+                expected=index,
+                given=self.nodes,
+                **self.where(),
+            )
+        outcome = parse_outcome(announcement) if announcement else None
+        if status == _REFUSED:
+            if not isinstance(outcome, Broken):
+                raise ProtocolError(f"unexpected ARRIVE reply: {reply!r}")
+            raise self._broken(outcome)
+        self.index = index
+        if status == _ACT:
+            return (yield from self._act())
+        return outcome
+
+    def _await_round_closed(self, generation: int) -> Flow[None]:
+        """A full round runs its action: wait for its announcement (or a heartbeat)."""
+        remaining = self.remaining()
+        if remaining is not None and remaining <= 0:
+            raise self._timed_out(None, None)
+        wait = (
+            self.settings.heartbeat_s
+            if remaining is None
+            else min(remaining, self.settings.heartbeat_s)
+        )
+        while (announcement := self.classify((yield Receive(wait)))) is not None:
+            if isinstance(announcement, str):
+                with contextlib.suppress(ProtocolError):
+                    if parse_outcome(announcement).generation >= generation:
+                        return
+            wait = 0  # drain what is buffered, then arrive again
+
+    def _act(self) -> Flow[Outcome]:
+        """This last arrival runs the action, then releases the round (or breaks it)."""
+        try:
+            yield RunAction()
+        except GeneratorExit:
+            raise
+        except BaseException:
+            with contextlib.suppress(Exception):
+                yield from self._abandon_for("action")
+            raise
+        settings = self.settings
+        reply = yield from self._script(
+            Script.RELEASE,
+            self.generation,
+            self.member,
+            clock.time_ns() // 1000,
+            settings.delay_us,
+            settings.retention_ms,
+            self.channel,
+        )
+        outcome = self._decision(reply)
+        if outcome is None:
+            raise ProtocolError(f"unexpected RELEASE reply: {reply!r}")
+        return outcome
+
+    def check(self) -> Flow[Outcome | None]:
+        settings = self.settings
+        reply = yield from self._script(
+            Script.CHECK,
+            self.generation,
+            self.member,
+            settings.liveness_ms,
+            settings.retention_ms,
+            self.channel,
+        )
+        return self._decision(reply)
+
+    def accept(self, announcement: str) -> Outcome | Signal | None:
+        try:
+            outcome = parse_outcome(announcement)
+        except ProtocolError:  # not ours to trust: the stored state decides
+            return RECHECK
+        if outcome.generation == self.generation:
+            return outcome
+        if outcome.generation > self.generation:
+            return RECHECK
+        return None  # an earlier round's announcement
+
+    def _abandon_for(self, reason: str) -> Flow[Outcome]:
+        reply = yield from self._script(
+            Script.ABANDON, self.generation, reason, self.settings.retention_ms, self.channel
+        )
+        outcome = self._decision(reply)
+        if outcome is None:
+            raise ProtocolError(f"unexpected ABANDON reply: {reply!r}")
+        return outcome
+
+    def on_deadline(self) -> Flow[Outcome]:
+        outcome = yield from self._abandon_for("timeout")
+        if isinstance(outcome, Broken):
+            raise self._timed_out(outcome.arrived, outcome.expected)
+        return outcome
+
+    def _withdraw(self) -> Flow[None]:
+        # Best effort: the interruption that led here is what the caller must see.
+        with contextlib.suppress(Exception):
+            yield from self._script(
+                Script.WITHDRAW,
+                self.generation,
+                self.member,
+                self.index,
+                self.settings.retention_ms,
+            )
+
+    def _release(self, outcome: Outcome) -> Flow[SyncResult]:
+        if isinstance(outcome, Broken):
+            raise self._broken(outcome)
+        returned = yield from self.await_instant(
+            outcome.at_us, outcome.lead_us, learned_late_is_error=True
+        )
+        return SyncResult(
+            event=self.name,
+            generation=outcome.generation,
+            index=self.index,
+            nodes=self.nodes,
+            release_at=outcome.at_us / 1e6,
+            late_by=(returned - outcome.at_us * 1000) / 1e9,
+            delay=outcome.lead_us / 1e6,
+        )
+
+
+def sync_flow(
+    settings: Settings,
+    event: object,
+    nodes: object,
+    timeout: object,
+    *,
+    has_action: bool = False,
+) -> Flow[SyncResult]:
+    """Validate the arguments of ``sync`` and return the flow of one participant.
+
+    With ``has_action``, this participant runs the shell's action (operation
+    :class:`~pyprocsync.protocol.RunAction`) if it arrives last, before the release.
+
+    :raises InvalidArgumentError: an argument is invalid (nothing was sent).
+    """
+    return _Participant(
+        settings,
+        params.text("event_name", event, empty=False),
+        params.count("nodes", nodes),
+        params.timeout(timeout),
+        has_action=has_action,
+    ).run()
+
+
+def _keys_and_context(settings: Settings, event: object) -> tuple[EventKeys, dict[str, Any]]:
+    name = params.text("event_name", event, empty=False)
+    keys = EventKeys.of(settings.prefix, settings.run_id, name)
+    return keys, {"event": name, "run_id": settings.run_id}
+
+
+def reset_flow(settings: Settings, event: object) -> Flow[int]:
+    """Validate ``event`` and return the flow of ``reset``; its result is the next generation.
+
+    :raises InvalidArgumentError: ``event`` is invalid (nothing was sent).
+    """
+    keys, where = _keys_and_context(settings, event)
+    return _reset(settings, keys, where)
+
+
+def _reset(settings: Settings, keys: EventKeys, where: dict[str, Any]) -> Flow[int]:
+    reply = yield from call(Script.RESET, keys.all, (settings.retention_ms, keys.channel), where)
+    if not isinstance(reply, int):
+        raise ProtocolError(f"unexpected RESET reply: {reply!r}")
+    return reply
+
+
+def abort_flow(settings: Settings, event: object) -> Flow[None]:
+    """Validate ``event`` and return the flow that breaks its current round ("abort").
+
+    :raises InvalidArgumentError: ``event`` is invalid (nothing was sent).
+    """
+    keys, where = _keys_and_context(settings, event)
+    return _abort(settings, keys, where)
+
+
+def _abort(settings: Settings, keys: EventKeys, where: dict[str, Any]) -> Flow[None]:
+    yield from call(Script.ABORT, keys.all, (settings.retention_ms, keys.channel), where)
+
+
+def read_flow(settings: Settings, event: object) -> Flow[RoundState]:
+    """Validate ``event`` and return the flow that reads its current round.
+
+    :raises InvalidArgumentError: ``event`` is invalid (nothing was sent).
+    """
+    keys, where = _keys_and_context(settings, event)
+    return _read(keys, where)
+
+
+def _read(keys: EventKeys, where: dict[str, Any]) -> Flow[RoundState]:
+    reply = yield from call(Script.READ, keys.all, (), where)
+    try:
+        generation, arrived, expected, announcement = reply
+        generation, arrived, expected = int(generation), int(arrived), int(expected)
+        announcement = text(announcement)
+    except (TypeError, ValueError):
+        raise ProtocolError(f"unexpected READ reply: {reply!r}") from None
+    outcome = parse_outcome(announcement) if announcement else None
+    return RoundState(
+        generation,
+        arrived,
+        expected or None,
+        outcome if isinstance(outcome, Broken) else None,
+    )
