@@ -33,6 +33,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from . import clock, params
 from .exceptions import (
     BrokenBarrierError,
@@ -216,15 +218,16 @@ class _Participant(Waiter[Outcome]):
     def run(self) -> Flow[SyncResult]:
         if not (yield from self.listen()):
             raise self._timed_out(None, None)  # nothing was counted: the round is untouched
-        outcome = yield from self._arrive()
-        if outcome is None:
-            try:
+        try:
+            outcome = yield from self._arrive()
+            if outcome is None:
                 outcome = yield from self.wait()
-            except (GeneratorExit, ProcSyncError):
-                raise
-            except BaseException:
-                yield from self._withdraw()
-                raise
+        except (GeneratorExit, ProcSyncError, ResponseError):
+            raise  # decided, or refused by the server: nothing to take back
+        except BaseException:
+            # Interrupted (even while ARRIVE's reply was in flight): take the arrival back.
+            yield from self._withdraw()
+            raise
         return (yield from self._release(outcome))
 
     def _arrive(self) -> Flow[Outcome | None]:
@@ -353,11 +356,7 @@ class _Participant(Waiter[Outcome]):
         # Best effort: the interruption that led here is what the caller must see.
         with contextlib.suppress(Exception):
             yield from self._script(
-                Script.WITHDRAW,
-                self.generation,
-                self.member,
-                self.index,
-                self.settings.retention_ms,
+                Script.WITHDRAW, self.generation, self.member, self.settings.retention_ms
             )
 
     def _release(self, outcome: Outcome) -> Flow[SyncResult]:

@@ -13,6 +13,9 @@ State of one event (names in :mod:`pyprocsync.keys`), a hash with fields:
     arrivals in the current round, and how many it needs (set by its first arrival).
 ``f``
     arrival indices given back by withdrawn participants, space separated.
+``m:<member>``
+    the arrival index of each participant waiting in the current round (so an
+    interrupted participant can withdraw even if it never read its index).
 ``a``
     while the complete round's action runs: the lease member of the participant
     running it (a Barrier's last arrival); the round is released by RELEASE.
@@ -97,9 +100,23 @@ local function keep(retention)
   if Z then redis.call('PEXPIRE', Z, retention) end
 end
 
+-- Drop the current round's waiters: their leases and their arrival indices.
+local function forget_waiters()
+  local fields = {}
+  for _, member in ipairs(redis.call('ZRANGE', Z, 0, -1)) do
+    fields[#fields + 1] = 'm:' .. member
+    if #fields == 1000 then
+      redis.call('HDEL', H, unpack(fields))
+      fields = {}
+    end
+  end
+  if #fields > 0 then redis.call('HDEL', H, unpack(fields)) end
+  redis.call('DEL', Z)
+end
+
 local function decide(g, outcome, channel)
   redis.call('HSET', H, 'o' .. fmt(g % 8), outcome)
-  redis.call('DEL', Z)
+  forget_waiters()
   redis.call('PUBLISH', channel, outcome)
   return outcome
 end
@@ -179,7 +196,7 @@ if n >= k and not hold then
   keep(retention)
   return {0, g, index, o}
 end
-redis.call('HSET', H, 'g', fmt(g), 'n', n, 'k', k)
+redis.call('HSET', H, 'g', fmt(g), 'n', n, 'k', k, 'm:' .. member, index)
 redis.call('ZADD', Z, now + liveness, member)
 keep(retention)
 if n >= k then
@@ -222,27 +239,32 @@ return o
 """
 
 _WITHDRAW = """
--- WITHDRAW: take back an arrival whose round is undecided (the caller was interrupted).
+-- WITHDRAW: take back an arrival whose round is undecided (the caller was interrupted,
+-- perhaps before it read ARRIVE's reply: then it passes generation -1, the current one).
 -- KEYS[1] state hash, KEYS[2] lease set
--- ARGV[1] generation, ARGV[2] member, ARGV[3] its index, ARGV[4] retention ms
--- Returns '' once withdrawn (the index is handed to the next arrival); 'A' when the
--- round is complete and its action runs (too late to withdraw); else the round's
--- outcome, or 'L'/'E'.
+-- ARGV[1] generation or -1, ARGV[2] member, ARGV[3] retention ms
+-- Returns '' once withdrawn (its index is handed to the next arrival); 'A' when the
+-- round is complete and its action runs (too late to withdraw); 'L' when this member
+-- is not waiting in the round; else the round's outcome, or 'E'.
 local g = tonumber(ARGV[1])
+if g < 0 then g = int_field('g') or 0 end
 local o = settled(g)
 if o then return o end
 if redis.call('HEXISTS', H, 'a') == 1 then return 'A' end
-if redis.call('ZREM', Z, ARGV[2]) == 0 then return 'L' end
+local field = 'm:' .. ARGV[2]
+local index = redis.call('HGET', H, field)
+if redis.call('ZREM', Z, ARGV[2]) == 0 or not index then return 'L' end
+redis.call('HDEL', H, field)
 local n = (int_field('n') or 1) - 1
 if n <= 0 then
   redis.call('HSET', H, 'n', 0)
   redis.call('HDEL', H, 'k', 'f')
 else
   local free = redis.call('HGET', H, 'f')
-  if free and free ~= '' then free = free .. ' ' .. ARGV[3] else free = ARGV[3] end
+  if free and free ~= '' then free = free .. ' ' .. index else free = index end
   redis.call('HSET', H, 'n', n, 'f', free)
 end
-keep(tonumber(ARGV[4]))
+keep(tonumber(ARGV[3]))
 return ''
 """
 
@@ -258,7 +280,7 @@ if not o and (int_field('n') or 0) == 0 then return cur end
 if not o then break_round(cur, 'reset', {}, ARGV[2]) end
 redis.call('HSET', H, 'g', fmt(cur + 1), 'n', 0)
 redis.call('HDEL', H, 'k', 'f', 'a')
-redis.call('DEL', Z)
+forget_waiters()
 keep(tonumber(ARGV[1]))
 return cur + 1
 """

@@ -9,7 +9,7 @@ import redis
 
 from .exceptions import ProtocolError
 from .keys import EventKeys, encode
-from .rounds import Broken, member_node, parse_outcome
+from .rounds import Broken, Released, member_node, parse_outcome
 
 __all__ = ["EventStatus", "read_status"]
 
@@ -42,6 +42,10 @@ def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def _released(outcome: object, generation: int) -> bool:
+    return isinstance(outcome, Released) and outcome.generation == generation
+
+
 def _describe(
     event: str,
     fields: dict[str, str],
@@ -61,7 +65,7 @@ def _describe(
         state = "broken" if isinstance(parse_outcome(current), Broken) else "released"
     elif arrived > 0:
         state = "filling"
-    elif previous is not None:
+    elif previous is not None and _released(parse_outcome(previous), generation - 1):
         state = "released"
     else:
         state = "idle"

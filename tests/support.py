@@ -6,7 +6,10 @@ and the tests use (``from support import ...``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -219,3 +222,108 @@ def check_rounds(nodes: Sequence[Node], rounds: int, count: int) -> list[list[di
         assert sorted(r["index"] for r in group) == list(range(count)), group
         assert all(r["nodes"] == count for r in group), group
     return grouped
+
+
+# -- processes on this machine (Linux /proc) -----------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name, or None if it is gone.
+
+    The command name may hold spaces and parentheses, so the fields start after the last
+    ``)``: state, ppid, pgrp, ...
+    """
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def process_group(pgid: int) -> set[int]:
+    """PIDs of the live (not zombie) processes in process group ``pgid``."""
+    found = set()
+    for pid in _pids():
+        fields = _stat(pid)
+        if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
+            found.add(pid)
+    return found
+
+
+def children(pid: int) -> set[int]:
+    """PIDs of the live (not zombie) direct children of ``pid``."""
+    found = set()
+    for other in _pids():
+        fields = _stat(other)
+        if fields is not None and fields[0] != "Z" and int(fields[1]) == pid:
+            found.add(other)
+    return found
+
+
+def command_line(pid: int) -> str:
+    """The command line of ``pid``, arguments joined by spaces ("" if it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def server_pids() -> set[int]:
+    """PIDs of the live valkey-server and redis-server processes on this machine."""
+    found = set()
+    for pid in _pids():
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if name in ("valkey-server", "redis-server") and alive(pid):
+            found.add(pid)
+    return found
+
+
+def ignores_sigint(pid: int) -> bool:
+    """Whether ``pid`` has SIGINT ignored (``SigIgn`` in ``/proc/<pid>/status``)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    return False
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` that gives a child the default SIGINT disposition.
+
+    A process started in the background of a non-interactive shell inherits SIGINT
+    ignored; a child that is to be interrupted in a test must not.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def wait_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
+    """Wait until none of ``pids`` is alive; return those still alive after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    left = {pid for pid in pids if alive(pid)}
+    while left and time.monotonic() < deadline:
+        time.sleep(0.02)
+        left = {pid for pid in left if alive(pid)}
+    return left
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL every process of group ``pgid`` (best effort; for test teardown)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)

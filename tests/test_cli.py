@@ -1,0 +1,1033 @@
+"""The ``pyprocsync`` command, run for real: ``python -m pyprocsync ...`` (and once the
+console script) as subprocesses, against real servers.
+
+Each test pins one documented behaviour of the command line (issue 3, sections "CLI" and
+"Bad input"): help, bad input (exit 2, one line, no traceback), the exit codes of
+``sync``, the foreground ``server``, ``status``, ``bench`` and its cleanup after success
+and Ctrl-C. Beside them, in-process tests of what the commands are built on:
+``read_status``, ``format_table``, the statistics, and the interruption of ``sync`` at
+the moment its arrival is counted. Every subprocess has a hard timeout; the durations
+asserted are generous semantic bounds, never speed measurements.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from support import (
+    children,
+    command_line,
+    default_sigint,
+    ignores_sigint,
+    kill_group,
+    process_group,
+    server_pids,
+    wait_for,
+    wait_gone,
+    waiting_members,
+)
+
+import pyprocsync
+from pyprocsync import ProcSync, TimeOutError
+from pyprocsync.bench import format_table
+from pyprocsync.cli import URL_ENV, ExitCode
+from pyprocsync.server import EmbeddedServer
+from pyprocsync.stats import percentile, summary
+from pyprocsync.status import read_status
+
+#: The console script installed next to the interpreter running the tests.
+CONSOLE_SCRIPT = Path(sys.executable).with_name("pyprocsync")
+#: Nothing listens on port 1: connections are refused at once.
+UNREACHABLE = "redis://127.0.0.1:1/0"
+#: Hard limit for one short command (start-up, parse, one round trip).
+QUICK = 30.0
+COMMANDS = ("bench", "sync", "server", "status")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def argv(*args: str, console: bool = False) -> list[str]:
+    """The command line of ``pyprocsync args``: ``python -m`` or the console script."""
+    head = [str(CONSOLE_SCRIPT)] if console else [sys.executable, "-m", "pyprocsync"]
+    return [*head, *args]
+
+
+def environment(url: str | None = None) -> dict[str, str]:
+    """This process's environment, with ``$PYPROCSYNC_REDIS_URL`` set to ``url`` or unset."""
+    env = {k: v for k, v in os.environ.items() if k != URL_ENV}
+    if url is not None:
+        env[URL_ENV] = url
+    return env
+
+
+def run(
+    *args: str, timeout: float = QUICK, url_env: str | None = None, console: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run ``pyprocsync args`` to its end (killed after ``timeout`` s, failing the test)."""
+    try:
+        return subprocess.run(
+            argv(*args, console=console),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=environment(url_env),
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"pyprocsync {' '.join(args)} still running after {timeout} s: {exc}")
+
+
+def assert_one_line_error(stderr: str, *needles: str) -> str:
+    """``stderr`` is exactly one ``pyprocsync: error: ...`` line holding every needle."""
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("pyprocsync: error: "), stderr
+    for needle in needles:
+        assert needle in lines[0], stderr
+    return lines[0]
+
+
+def assert_usage_error(stderr: str, command: str | None, *needles: str) -> str:
+    """``stderr`` is argparse's usage block and then one error line holding every needle.
+
+    No traceback; the usage lines all belong to the usage block of ``command``.
+    """
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    prog = "pyprocsync" if command is None else f"pyprocsync {command}"
+    assert lines[0].startswith(f"usage: {prog} "), stderr
+    assert all(line.startswith(" ") for line in lines[1:-1]), stderr
+    assert lines[-1].startswith(f"{prog}: error: "), stderr
+    for needle in needles:
+        assert needle in lines[-1], stderr
+    return lines[-1]
+
+
+class Background:
+    """A ``pyprocsync`` command running in the background; output goes to files.
+
+    ``session=True`` starts it in a new session (its own process group, which the test
+    can signal as a terminal's Ctrl-C does). SIGINT has its default disposition in it.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *args: str,
+        url_env: str | None = None,
+        console: bool = False,
+        session: bool = False,
+    ) -> None:
+        number = len(list(directory.glob("bg*.out")))
+        self.stdout_path = directory / f"bg{number}.out"
+        self.stderr_path = directory / f"bg{number}.err"
+        self.session = session
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.process = subprocess.Popen(
+                argv(*args, console=console),
+                stdout=out,
+                stderr=err,
+                env=environment(url_env),
+                start_new_session=session,
+                preexec_fn=default_sigint,  # noqa: PLW1509  # only resets one signal
+            )
+        self.started_at = time.monotonic()
+        self.finished_at: float | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def poll(self) -> int | None:
+        code = self.process.poll()
+        if code is not None and self.finished_at is None:
+            self.finished_at = time.monotonic()
+        return code
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the exit status; kill the command and fail after ``timeout`` s."""
+        wait_all([self], timeout)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """Kill the command (and its group, if it has one of its own); reap it."""
+        if self.session:
+            kill_group(self.pid)
+        elif self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+def wait_all(commands: Sequence[Background], timeout: float) -> None:
+    """Wait for ``commands`` to exit, noting when each did (polled every millisecond).
+
+    After ``timeout`` s every command is killed and the test fails.
+    """
+    deadline = time.monotonic() + timeout
+    while any(command.poll() is None for command in commands):
+        if time.monotonic() > deadline:
+            for command in commands:
+                command.kill()
+            details = "\n".join(f"{c.process.args}: {c.stderr}" for c in commands)
+            pytest.fail(f"commands still running after {timeout} s\n{details}")
+        time.sleep(0.001)
+
+
+@pytest.fixture
+def background(tmp_path: Path) -> Iterator[Callable[..., Background]]:
+    """Factory of :class:`Background` commands; none outlives the test."""
+    started: list[Background] = []
+
+    def start(*args: str, **options: Any) -> Background:
+        command = Background(tmp_path, *args, **options)
+        started.append(command)
+        return command
+
+    yield start
+    for command in started:
+        if command.process.poll() is None:
+            os.kill(command.pid, signal.SIGCONT)  # a stopped process cannot die of SIGTERM
+        command.kill()
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def port_bindable(port: int) -> bool:
+    """Whether a new listener could bind 127.0.0.1:``port`` (TIME_WAIT does not count)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def server_child(command: Background, timeout: float = 15.0) -> int:
+    """The valkey/redis-server child of ``command`` (waits until it exists)."""
+    found: list[int] = []
+
+    def look() -> bool:
+        found[:] = sorted(children(command.pid) & server_pids())
+        return bool(found) or command.poll() is not None
+
+    wait_for(look, timeout, "the server child process")
+    assert found, f"no server child; exit {command.poll()}: {command.stderr}"
+    return found[0]
+
+
+def status_rows(stdout: str) -> dict[str, list[str]]:
+    """``pyprocsync status`` output as {event: [generation, arrived/expected, state, age,
+    waiting...]} (event names in these tests hold no spaces)."""
+    lines = stdout.strip().splitlines()
+    assert lines[0].split()[:6] == ["event", "generation", "arrived", "state", "age", "s"]
+    return {line.split()[0]: line.split()[1:] for line in lines[1:]}
+
+
+# -- help and version -----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_top_level_help_lists_every_command() -> None:
+    """``pyprocsync --help`` exits 0 and names the four commands."""
+    done = run("--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: pyprocsync ")
+    for command in COMMANDS:
+        assert command in done.stdout
+    assert done.stderr == ""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("bench", ["--redis", "--nodes", "--rounds", "--delay", "--think", "--json", "--plot"]),
+        ("sync", ["--nodes", "--run", "--timeout", "--delay", "--redis"]),
+        ("server", ["--bind", "--port", "--password"]),
+        ("status", ["--run", "--redis"]),
+    ],
+)
+def test_subcommand_help(command: str, options: list[str]) -> None:
+    """``pyprocsync COMMAND --help`` exits 0 with that command's usage and its options
+    (and ``sync --help`` documents the exit codes)."""
+    done = run(command, "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: pyprocsync {command} ")
+    for option in options:
+        assert option in done.stdout
+    assert URL_ENV in done.stdout or command == "server"
+    if command == "sync":
+        text = " ".join(done.stdout.split())
+        for code in ("2 usage", "3 timeout", "4 too late", "5 broken", "6 connection"):
+            assert code in text
+    assert done.stderr == ""
+
+
+@pytest.mark.timeout(60)
+def test_version_from_module_and_console_script() -> None:
+    """``--version`` prints ``pyprocsync <version>`` and exits 0, both through
+    ``python -m pyprocsync`` and through the installed console script."""
+    assert CONSOLE_SCRIPT.exists(), f"no console script at {CONSOLE_SCRIPT}"
+    for console in (False, True):
+        done = run("--version", console=console)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"pyprocsync {pyprocsync.__version__}"
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+#: ``sync`` and ``bench`` cases name an unreachable server: if a bad value were accepted,
+#: the command would fail with exit 6 at once instead of hanging.
+BAD_INPUT = [
+    # argparse reports unknown arguments of a subcommand with the top-level usage.
+    (["sync", "x", "--nodes", "1", "--redis", UNREACHABLE, "--bogus"], None, "--bogus"),
+    (["bench", "--redis", UNREACHABLE, "--bogus"], None, "--bogus"),
+    (["--bogus", "status", "--run", "r"], None, "--bogus"),
+    (["sync", "x", "--nodes", "0", "--redis", UNREACHABLE], "sync", "--nodes"),
+    (["sync", "x", "--nodes", "two", "--redis", UNREACHABLE], "sync", "--nodes"),
+    (["bench", "--nodes", "0", "--redis", UNREACHABLE], "bench", "--nodes"),
+    (["bench", "--rounds", "x", "--redis", UNREACHABLE], "bench", "--rounds"),
+    (["sync", "x", "--nodes", "1", "--delay", "-1", "--redis", UNREACHABLE], "sync", "--delay"),
+    (["sync", "x", "--nodes", "1", "--delay", "nan", "--redis", UNREACHABLE], "sync", "--delay"),
+    (["sync", "x", "--nodes", "1", "--delay", "inf", "--redis", UNREACHABLE], "sync", "--delay"),
+    (["sync", "x", "--nodes", "1", "--timeout", "0", "--redis", UNREACHABLE], "sync", "--timeout"),
+    (["bench", "--think", "-0.5", "--redis", UNREACHABLE], "bench", "--think"),
+    (["server", "--port", "x"], "server", "--port"),
+    (["server", "--port", "-1"], "server", "--port"),
+    (["sync", "--nodes", "2", "--redis", UNREACHABLE], "sync", "name"),
+    (["status", "--redis", UNREACHABLE], "status", "--run"),
+    (["frobnicate"], None, "frobnicate"),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("args", "command", "names"), BAD_INPUT, ids=[" ".join(case[0]) for case in BAD_INPUT]
+)
+def test_bad_input_is_a_usage_error(args: list[str], command: str | None, names: str) -> None:
+    """Unknown flags, missing arguments and bad numbers exit 2 with one error line naming
+    the offending option or value, after the usage, without a traceback."""
+    done = run(*args)
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert_usage_error(done.stderr, command, names)
+    assert done.stdout == ""
+
+
+@pytest.mark.timeout(60)
+def test_port_out_of_range_is_a_usage_error() -> None:
+    """``server --port 70000`` is a bad number like ``--port -1``: exit 2 with an error
+    naming ``--port``, not an attempt to start a server that fails with an opaque
+    message (the issue: bad numbers give "a one-line error naming the problem")."""
+    before = server_pids()
+    done = run("server", "--port", "70000")
+    assert "Traceback" not in done.stderr
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert "--port" in done.stderr.strip().splitlines()[-1], done.stderr
+    assert server_pids() <= before
+
+
+# -- sync -----------------------------------------------------------------------------------
+
+
+def sync_args(name: str, nodes: int, run_id: str, *options: str) -> list[str]:
+    return ["sync", name, "--nodes", str(nodes), "--run", run_id, *options]
+
+
+@pytest.mark.timeout(60)
+def test_sync_two_processes_exit_together(
+    server: EmbeddedServer, run_id: str, background: Callable[..., Background]
+) -> None:
+    """Two ``pyprocsync sync NAME --nodes 2`` processes both exit 0, close together, and
+    print nothing."""
+    args = sync_args("start", 2, run_id, "--redis", server.url, "--delay", "0.05")
+    pair = [background(*args, "--timeout", "20") for _ in range(2)]
+    wait_all(pair, 30)
+    for command in pair:
+        assert command.process.returncode == 0, command.stderr
+        assert command.stdout == command.stderr == ""
+    finished = [c.finished_at for c in pair]
+    assert None not in finished
+    assert abs(finished[0] - finished[1]) < 0.5
+
+
+@pytest.mark.timeout(60)
+def test_sync_takes_the_url_from_the_environment(
+    server: EmbeddedServer, run_id: str, background: Callable[..., Background]
+) -> None:
+    """Without ``--redis``, ``sync`` uses ``$PYPROCSYNC_REDIS_URL`` (here one process runs
+    the console script); both exit 0 at the release instant: not before the later one
+    started plus the 1 s delay, and close together."""
+    args = sync_args("env", 2, run_id, "--delay", "1.0", "--timeout", "20")
+    pair = [
+        background(*args, url_env=server.url),
+        background(*args, url_env=server.url, console=True),
+    ]
+    wait_all(pair, 30)
+    for command in pair:
+        assert command.process.returncode == 0, command.stderr
+    later_start = max(c.started_at for c in pair)
+    finished = [c.finished_at for c in pair]
+    assert None not in finished
+    assert min(finished) >= later_start + 1.0
+    assert abs(finished[0] - finished[1]) < 0.5
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", ["sync", "status"])
+def test_no_server_given_is_a_usage_error(command: str) -> None:
+    """``sync`` and ``status`` without ``--redis`` or ``$PYPROCSYNC_REDIS_URL`` exit 2 with
+    one line naming both ways to give a server."""
+    args = ["sync", "x", "--nodes", "1"] if command == "sync" else ["status", "--run", "r"]
+    done = run(*args)
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert_one_line_error(done.stderr, "--redis", URL_ENV)
+
+
+@pytest.mark.timeout(60)
+def test_sync_timeout_exits_3(server: EmbeddedServer, run_id: str) -> None:
+    """A lone participant of a 2-node round with ``--timeout 0.5`` exits 3 (timeout)
+    after about half a second, with one line saying it gave up."""
+    started = time.monotonic()
+    done = run(*sync_args("lonely", 2, run_id, "--redis", server.url, "--timeout", "0.5"))
+    elapsed = time.monotonic() - started
+    assert done.returncode == ExitCode.TIMEOUT, done.stderr
+    assert_one_line_error(done.stderr, "'lonely'", "0.5")
+    assert elapsed >= 0.5
+
+
+@pytest.mark.timeout(60)
+def test_sync_broken_round_exits_5(server: EmbeddedServer, run_id: str) -> None:
+    """After a participant timed out (exit 3), the round is broken: a later arrival on
+    the same name and run exits 5 (broken) at once, not after its own timeout."""
+    first = run(*sync_args("fragile", 2, run_id, "--redis", server.url, "--timeout", "0.5"))
+    assert first.returncode == ExitCode.TIMEOUT, first.stderr
+    started = time.monotonic()
+    later = run(*sync_args("fragile", 2, run_id, "--redis", server.url, "--timeout", "20"))
+    assert later.returncode == ExitCode.BROKEN, later.stderr
+    assert_one_line_error(later.stderr, "'fragile'", "broken", "timeout")
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.timeout(60)
+def test_sync_nodes_mismatch_exits_5_for_both(
+    server: EmbeddedServer,
+    run_id: str,
+    client: redis.Redis,
+    background: Callable[..., Background],
+) -> None:
+    """Participants that disagree on ``--nodes`` both exit 5: the later one with the
+    ParameterMismatchError (mapped to "broken"), the waiting one because its round broke
+    (reason "mismatch"), long before its timeout."""
+    first = background(*sync_args("pick", 2, run_id, "--redis", server.url, "--timeout", "20"))
+    wait_for(lambda: waiting_members(client, run_id, "pick"), 15, "the first arrival")
+    second = run(*sync_args("pick", 3, run_id, "--redis", server.url, "--timeout", "20"))
+    assert second.returncode == ExitCode.BROKEN, second.stderr
+    assert_one_line_error(second.stderr, "nodes=2", "nodes=3")
+    assert first.wait(15) == ExitCode.BROKEN, first.stderr
+    assert_one_line_error(first.stderr, "broken", "mismatch")
+
+
+@pytest.mark.timeout(60)
+def test_sync_too_late_exits_4(
+    server: EmbeddedServer,
+    run_id: str,
+    client: redis.Redis,
+    background: Callable[..., Background],
+) -> None:
+    """A participant that learns the release instant only after it passed exits 4 (too
+    late). Made deterministic by stopping the waiting process (SIGSTOP) while the other
+    participant arrives and is released, and resuming it 0.5 s later."""
+    args = sync_args("late", 2, run_id, "--redis", server.url, "--delay", "0.05")
+    waiter = background(*args, "--timeout", "20")
+    wait_for(lambda: waiting_members(client, run_id, "late"), 15, "the first arrival")
+    os.kill(waiter.pid, signal.SIGSTOP)
+    try:
+        last = run(*args, "--timeout", "20")
+        assert last.returncode == 0, last.stderr
+        time.sleep(0.5)
+    finally:
+        os.kill(waiter.pid, signal.SIGCONT)
+    assert waiter.wait(15) == ExitCode.TOO_LATE, waiter.stderr
+    assert_one_line_error(waiter.stderr, "'late'", "increase the delay")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "url", [UNREACHABLE, "redis://:hunter2-secret@127.0.0.1:1/0"], ids=["plain", "password"]
+)
+def test_sync_unreachable_server_exits_6(url: str) -> None:
+    """An unreachable server makes ``sync`` exit 6 (connection) promptly, with one line
+    naming the URL and never its password."""
+    started = time.monotonic()
+    done = run("sync", "x", "--nodes", "2", "--redis", url, "--timeout", "20")
+    assert done.returncode == ExitCode.CONNECTION, done.stderr
+    line = assert_one_line_error(done.stderr, "127.0.0.1:1")
+    assert "hunter2" not in done.stderr + done.stdout
+    if "@" in url:
+        assert "***" in line
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.timeout(60)
+def test_sync_ctrl_c_exits_130_and_withdraws(
+    server: EmbeddedServer,
+    run_id: str,
+    client: redis.Redis,
+    background: Callable[..., Background],
+) -> None:
+    """Ctrl-C (SIGINT) on a waiting ``sync`` exits 130 with a one-line note and no
+    traceback, and withdraws its arrival: the round is again empty, not broken."""
+    waiter = background(*sync_args("cancel", 2, run_id, "--redis", server.url))
+    wait_for(lambda: waiting_members(client, run_id, "cancel"), 15, "the arrival")
+    # Let it take in the reply of its arrival and wait (an interruption before that is
+    # the case of test_interrupt_as_the_arrival_returns_withdraws_it).
+    time.sleep(0.3)
+    os.kill(waiter.pid, signal.SIGINT)
+    assert waiter.wait(15) == ExitCode.INTERRUPTED, waiter.stderr
+    assert "Traceback" not in waiter.stderr
+    assert waiter.stderr.strip() == "pyprocsync: interrupted"
+    [status] = read_status(client, run_id)
+    assert (status.event, status.arrived, status.waiting) == ("cancel", 0, ())
+    assert status.state != "broken"
+
+
+class InterruptedAfterScript(redis.Redis):
+    """A client that raises KeyboardInterrupt once, right after a script ran on the server
+    (as Ctrl-C does when it lands while the script's reply is on its way), if armed."""
+
+    armed = False
+
+    def evalsha(self, *args: Any, **kwargs: Any) -> Any:
+        reply = super().evalsha(*args, **kwargs)
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+        return reply
+
+
+@pytest.mark.timeout(60)
+def test_interrupt_as_the_arrival_returns_withdraws_it(
+    server: EmbeddedServer, client: redis.Redis, run_id: str, make_sync: Callable[..., ProcSync]
+) -> None:
+    """Ctrl-C that lands while the reply of the arrival is on its way (the arrival is
+    counted in Redis, the participant has not yet started waiting) must withdraw the
+    arrival too, as ``sync`` documents ("interrupted before the round is released, its
+    arrival is withdrawn"). The SIGINT test above can hit this window; here the
+    KeyboardInterrupt is raised right after the first script call of ``sync`` (the
+    arrival), deterministically. Then a single other participant of the 2-node round
+    must time out, not be released together with the participant that is gone."""
+    interrupted_client = InterruptedAfterScript(host=server.bind, port=server.port)
+    try:
+        node = make_sync(0.01, client=interrupted_client, node_id="interrupted")
+        interrupted_client.armed = True
+        with pytest.raises(KeyboardInterrupt):
+            node.sync("window", 2, 10)
+        assert not interrupted_client.armed, "sync ran no script"
+        with pytest.raises(TimeOutError):
+            make_sync(0.01).sync("window", 2, 0.5)
+    finally:
+        interrupted_client.close()
+    [status] = read_status(client, run_id)
+    assert (status.event, status.generation, status.state) == ("window", 0, "broken")
+    assert (status.arrived, status.expected) == (1, 2)  # the one that timed out
+
+
+# -- server ---------------------------------------------------------------------------------
+
+
+def wait_listening(command: Background, port: int) -> None:
+    """Wait until the foreground server announced itself and accepts connections."""
+    wait_for(
+        lambda: ("listening" in command.stdout and listening(port)) or command.poll() is not None,
+        15,
+        "the server to listen",
+    )
+    assert command.poll() is None, f"server exited {command.poll()}: {command.stderr}"
+
+
+@pytest.mark.timeout(60)
+def test_server_runs_in_foreground_until_ctrl_c(background: Callable[..., Background]) -> None:
+    """``pyprocsync server --port P`` serves clients on P; SIGINT stops it cleanly: exit
+    130, no traceback, its server process gone and the port free again."""
+    port = free_port()
+    command = background("server", "--port", str(port))
+    wait_listening(command, port)
+    assert f"127.0.0.1:{port}" in command.stdout
+    child = server_child(command)
+    with redis.Redis(port=port, socket_timeout=5) as probe:
+        assert probe.ping()
+    os.kill(command.pid, signal.SIGINT)
+    assert command.wait(20) == ExitCode.INTERRUPTED, command.stderr
+    assert "Traceback" not in command.stderr
+    assert command.stderr.strip() == "pyprocsync: interrupted"
+    assert not wait_gone({child}), "the server process outlived the command"
+    assert not listening(port)
+    assert port_bindable(port)
+
+
+@pytest.mark.timeout(60)
+def test_server_refuses_public_bind_without_password() -> None:
+    """``server --bind 0.0.0.0`` without ``--password`` exits 2 with one line naming
+    ``--password``, and starts nothing."""
+    port = free_port()
+    before = server_pids()
+    done = run("server", "--bind", "0.0.0.0", "--port", str(port))
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert_one_line_error(done.stderr, "0.0.0.0", "--password")
+    assert not listening(port)
+    assert server_pids() <= before
+
+
+@pytest.mark.timeout(60)
+def test_server_password_is_required_and_never_shown(
+    background: Callable[..., Background],
+) -> None:
+    """``server --password PW``: clients without the password are refused, with it they
+    are served; the password appears neither in the command's output nor on the server
+    process's command line."""
+    secret = "s3cret-pw-4711"
+    port = free_port()
+    command = background("server", "--port", str(port), "--password", secret)
+    wait_listening(command, port)
+    child = server_child(command)
+    assert secret not in command_line(child)
+    # A bare PING (redis-py would spend seconds retrying the authentication error).
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as anonymous:
+        anonymous.sendall(b"PING\r\n")
+        assert anonymous.recv(200).startswith(b"-NOAUTH")
+    with redis.Redis(port=port, password=secret, socket_timeout=5) as member:
+        assert member.ping()
+    os.kill(command.pid, signal.SIGINT)
+    assert command.wait(20) == ExitCode.INTERRUPTED, command.stderr
+    assert "***" in command.stdout
+    assert secret not in command.stdout + command.stderr
+
+
+@pytest.mark.timeout(60)
+def test_server_port_in_use_exits_6(server: EmbeddedServer) -> None:
+    """``server --port P`` with P taken (by the session server) exits 6 with one line
+    naming the port, no traceback, leaves no server behind and the other one intact."""
+    before = server_pids()
+    done = run("server", "--port", str(server.port))
+    assert done.returncode == ExitCode.CONNECTION, done.stderr
+    assert_one_line_error(done.stderr, str(server.port))
+    assert not wait_gone(server_pids() - before)
+    with server.client(socket_timeout=5) as probe:
+        assert probe.ping()
+
+
+# -- status ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_status_of_a_run_without_events(server: EmbeddedServer, run_id: str) -> None:
+    """``status --run RUN`` of a run with no events exits 0 with one line saying so."""
+    done = run("status", "--run", run_id, "--redis", server.url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"no events of run {run_id!r} on {server.url}"
+    assert done.stderr == ""
+
+
+@pytest.mark.timeout(60)
+def test_status_unreachable_server_exits_6() -> None:
+    """``status`` against an unreachable server exits 6 with one line naming the URL."""
+    done = run("status", "--run", "r", "--redis", UNREACHABLE)
+    assert done.returncode == ExitCode.CONNECTION, done.stderr
+    assert_one_line_error(done.stderr, UNREACHABLE, "--redis")
+
+
+@pytest.mark.timeout(60)
+def test_status_lists_events_with_generation_counts_and_state(
+    server: EmbeddedServer,
+    run_id: str,
+    client: redis.Redis,
+    make_sync: Callable[..., ProcSync],
+    background: Callable[..., Background],
+) -> None:
+    """``status`` lists every event of the run: generation, arrived/expected, state
+    (``released`` after completed rounds, ``broken`` after a timeout, ``filling`` while a
+    ``pyprocsync sync`` process waits, with that process in the waiting column), age."""
+    node = make_sync(0.01)
+    for _ in range(3):
+        node.sync("released", 1, 10)
+    with pytest.raises(TimeOutError):
+        node.sync("broken", 2, 0.2)
+    waiter = background(*sync_args("filling", 2, run_id, "--redis", server.url, "--delay", "0.05"))
+    wait_for(lambda: waiting_members(client, run_id, "filling"), 15, "the waiting process")
+
+    done = run("status", "--run", run_id, "--redis", server.url)
+    assert done.returncode == 0, done.stderr
+    rows = status_rows(done.stdout)
+    assert sorted(rows) == ["broken", "filling", "released"]
+    assert rows["released"][:3] == ["3", "0/?", "released"]
+    assert rows["broken"][:3] == ["0", "1/2", "broken"]
+    assert rows["filling"][:3] == ["0", "1/2", "filling"]
+    assert f":{waiter.pid}:" in " ".join(rows["filling"][4:])
+    for row in rows.values():
+        assert 0 <= float(row[3]) <= 60
+
+    last = run(*sync_args("filling", 2, run_id, "--redis", server.url, "--delay", "0.05"))
+    assert last.returncode == 0, last.stderr
+    assert waiter.wait(15) == 0, waiter.stderr
+    after = status_rows(run("status", "--run", run_id, "--redis", server.url).stdout)
+    assert after["filling"][:3] == ["1", "0/?", "released"]
+
+
+@pytest.mark.timeout(60)
+def test_read_status_reports_each_state(
+    client: redis.Redis, run_id: str, make_sync: Callable[..., ProcSync]
+) -> None:
+    """``read_status`` gives, by event name: ``released`` (generation = rounds done,
+    nobody waiting), ``broken`` (the timed-out round, 1 of 2 arrived), ``filling`` (with
+    the waiting node's id), and ``released`` again once the filling round completes."""
+    node = make_sync(0.01)
+    assert read_status(client, run_id) == []
+    for _ in range(2):
+        node.sync("done", 1, 10)
+    with pytest.raises(TimeOutError):
+        node.sync("broke", 2, 0.2)
+    outcome: list[BaseException | None] = []
+
+    def wait() -> None:
+        try:
+            make_sync(0.01, node_id="the-waiter").sync("wait", 2, 30)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: waiting_members(client, run_id, "wait"), 15, "the waiting thread")
+        statuses = read_status(client, run_id)
+        assert [s.event for s in statuses] == ["broke", "done", "wait"]
+        broke, done, waiting = statuses
+        assert (done.generation, done.state, done.arrived, done.expected, done.waiting) == (
+            2,
+            "released",
+            0,
+            None,
+            (),
+        )
+        assert (broke.generation, broke.state, broke.arrived, broke.expected) == (
+            0,
+            "broken",
+            1,
+            2,
+        )
+        assert (waiting.generation, waiting.state, waiting.arrived, waiting.expected) == (
+            0,
+            "filling",
+            1,
+            2,
+        )
+        assert waiting.waiting == ("the-waiter",)
+        for status in statuses:
+            assert status.age is not None
+            assert 0 <= status.age <= 60
+        node.sync("wait", 2, 30)
+    finally:
+        thread.join(30)
+    assert outcome == [None]
+    [_, _, released] = read_status(client, run_id)
+    assert (released.event, released.generation, released.state) == ("wait", 1, "released")
+    assert read_status(client, run_id, retention=None)[0].age is None
+
+
+@pytest.mark.timeout(60)
+def test_read_status_lists_only_this_run(client: redis.Redis, run_id: str) -> None:
+    """Events of runs whose ids start like this one's (``RUNx``, ``RUN-2``, ``RUN:x``),
+    and of this run under another prefix, are not listed; event names with ``:``,
+    braces, spaces and glob characters come back as they were given."""
+    odd_name = "a:b {c}*?[d] é"
+    nodes = [
+        ProcSync(client, run_id, 0.01),
+        ProcSync(client, f"{run_id}x", 0.01),
+        ProcSync(client, f"{run_id}-2", 0.01),
+        ProcSync(client, f"{run_id}:x", 0.01),
+        ProcSync(client, run_id, 0.01, prefix="other"),
+    ]
+    try:
+        nodes[0].sync("mine", 1, 10)
+        nodes[0].sync(odd_name, 1, 10)
+        for other in nodes[1:]:
+            other.sync("theirs", 1, 10)
+            other.sync("mine", 1, 10)
+        assert [s.event for s in read_status(client, run_id)] == sorted(["mine", odd_name])
+        assert [s.event for s in read_status(client, run_id, prefix="other")] == [
+            "mine",
+            "theirs",
+        ]
+        assert [s.event for s in read_status(client, f"{run_id}:x")] == ["mine", "theirs"]
+    finally:
+        for node in nodes:
+            node.close()
+
+
+@pytest.mark.timeout(60)
+def test_read_status_after_reset_is_not_released(
+    client: redis.Redis, run_id: str, make_sync: Callable[..., ProcSync]
+) -> None:
+    """A broken round that was reset was never released: ``read_status`` must not call
+    the event ``released`` ("the last round was released and nobody waits yet"); with
+    nobody waiting and the break cleared it is ``idle``."""
+    node = make_sync(0.01)
+    with pytest.raises(TimeOutError):
+        node.sync("again", 2, 0.2)
+    assert node.reset("again") == 1
+    [status] = read_status(client, run_id)
+    assert (status.generation, status.arrived) == (1, 0)
+    assert status.state == "idle"
+
+
+# -- bench ----------------------------------------------------------------------------------
+
+PERCENTILES = {"p50", "p90", "p99", "max"}
+
+
+def check_figures(figures: dict[str, Any], nodes: int, rounds: int, delay: float) -> None:
+    """The ``--json`` figures: the keys issue 3 requires, and sane values."""
+    assert {"nodes", "rounds", "delay", "think", "server", "sync", "limit"} <= set(figures)
+    assert "raw" not in figures
+    assert (figures["nodes"], figures["rounds"]) == (nodes, rounds)
+    assert figures["delay"] == pytest.approx(delay)
+    assert figures["think"] == pytest.approx(0.002)
+    assert isinstance(figures["server"], str)
+    assert figures["server"]
+    sync, limit = figures["sync"], figures["limit"]
+    assert {"spread_us", "late_us", "barriers_per_s", "too_late", "errors"} <= set(sync)
+    assert {"spread_us", "late_us"} <= set(limit)
+    for part in (sync, limit):
+        for name in ("spread_us", "late_us"):
+            values = part[name]
+            assert set(values) == PERCENTILES
+            assert all(math.isfinite(v) for v in values.values()), values
+            assert values["p50"] <= values["p90"] <= values["p99"] <= values["max"]
+        assert part["spread_us"]["p50"] >= 0
+    assert sync["errors"] == 0
+    assert sync.get("completed_rounds", rounds) == rounds
+    assert sync["barriers_per_s"] > 0
+    assert isinstance(sync["too_late"], int)
+    assert 0 <= sync["too_late"] <= nodes * rounds
+
+
+@pytest.mark.timeout(90)
+def test_bench_json_and_quiet(server: EmbeddedServer, tmp_path: Path) -> None:
+    """``bench --redis URL --nodes 2 --rounds 20 --json FILE --quiet`` exits 0, prints
+    nothing, and writes the figures with the required keys for all 20 rounds."""
+    out = tmp_path / "bench.json"
+    done = run(
+        "bench", "--redis", server.url, "--nodes", "2", "--rounds", "20", "--delay", "0.005",
+        "--json", str(out), "--quiet", timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    figures = json.loads(out.read_text())
+    check_figures(figures, 2, 20, 0.005)
+    assert "127.0.0.1" in figures["server"]
+
+
+@pytest.mark.timeout(90)
+def test_bench_prints_the_table(server: EmbeddedServer) -> None:
+    """Without ``--quiet``, ``bench`` prints the table: both measurements, both phases,
+    and the count of completed rounds."""
+    done = run(
+        "bench", "--redis", server.url, "--nodes", "2", "--rounds", "5", "--delay", "0.005",
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    table = done.stdout
+    assert table.startswith("pyprocsync bench: 2 nodes x 5 rounds, delay 0.005 s")
+    for text in ("spread of return instants", "lateness", "limit (no Redis)", "sync / limit"):
+        assert text in table
+    assert "rounds completed: 5/5" in table
+    assert "errors: 0" in table
+
+
+def check_nothing_left(group: int, servers_before: set[int]) -> None:
+    """No process of the command's group is alive, nor any server started meanwhile."""
+    assert not wait_gone(process_group(group)), [command_line(p) for p in process_group(group)]
+    assert not wait_gone(server_pids() - servers_before), "a server process was left running"
+
+
+@pytest.mark.timeout(90)
+def test_bench_with_embedded_server_leaves_nothing_running(
+    background: Callable[..., Background],
+) -> None:
+    """``bench`` without ``--redis`` and without ``$PYPROCSYNC_REDIS_URL`` starts a
+    private server, exits 0 and leaves no server nor worker process behind."""
+    servers_before = server_pids()
+    command = background("bench", "--nodes", "2", "--rounds", "10", session=True)
+    assert command.wait(60) == 0, command.stderr
+    assert "(embedded)" in command.stdout
+    assert "rounds completed: 10/10" in command.stdout
+    check_nothing_left(command.pid, servers_before)
+
+
+@pytest.mark.timeout(90)
+def test_bench_ctrl_c_exits_130_and_leaves_nothing_running(
+    background: Callable[..., Background],
+) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during a long
+    bench with an embedded server exits 130 without a traceback, and no worker or server
+    process remains."""
+    servers_before = server_pids()
+    command = background("bench", "--nodes", "2", "--rounds", "5000", session=True)
+    workers: list[int] = []
+
+    def running() -> bool:
+        # Workers ignore SIGINT once they run the benchmark (the parent decides).
+        group = process_group(command.pid)
+        workers[:] = [p for p in group if "spawn_main" in command_line(p) and ignores_sigint(p)]
+        return (len(workers) >= 2 and bool(group & server_pids())) or command.poll() is not None
+
+    wait_for(running, 30, "the benchmark workers and server")
+    assert command.poll() is None, command.stderr
+    time.sleep(0.3)
+    os.killpg(command.pid, signal.SIGINT)
+    assert command.wait(30) == ExitCode.INTERRUPTED, command.stderr
+    assert "Traceback" not in command.stderr
+    assert "pyprocsync: interrupted" in command.stderr
+    check_nothing_left(command.pid, servers_before)
+
+
+@pytest.mark.timeout(90)
+def test_bench_plot(server: EmbeddedServer, tmp_path: Path) -> None:
+    """``bench --plot FILE.png``: without matplotlib, exit 2 at once with one line naming
+    matplotlib and how to install it (nothing written); with it, a non-empty PNG."""
+    png = tmp_path / "bench.png"
+    args = ["bench", "--redis", server.url, "--nodes", "2", "--rounds", "5", "--plot", str(png)]
+    done = run(*args, "--quiet", timeout=60)
+    if importlib.util.find_spec("matplotlib") is None:
+        assert done.returncode == ExitCode.USAGE, done.stderr
+        assert_one_line_error(done.stderr, "matplotlib", "pyprocsync[plot]")
+        assert not png.exists()
+    else:
+        assert done.returncode == 0, done.stderr
+        assert png.read_bytes().startswith(b"\x89PNG")
+        assert png.stat().st_size > 1000
+
+
+@pytest.mark.timeout(60)
+def test_bench_unreachable_server_exits_6() -> None:
+    """``bench --redis URL`` with nothing listening exits 6 with one line, before it
+    starts any worker."""
+    done = run("bench", "--redis", UNREACHABLE, "--nodes", "2", "--rounds", "5")
+    assert done.returncode == ExitCode.CONNECTION, done.stderr
+    assert_one_line_error(done.stderr, UNREACHABLE, "--redis")
+
+
+# -- format_table and statistics --------------------------------------------------------------
+
+
+def figures_for_table() -> dict[str, Any]:
+    quartet = {"p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0}
+    return {
+        "nodes": 2,
+        "rounds": 3,
+        "delay": 0.01,
+        "think": 0.002,
+        "server": "valkey 8.1 (embedded)",
+        "sync": {
+            "spread_us": quartet,
+            "late_us": {"p50": 10.0, "p90": 20.0, "p99": 30.0, "max": 40.0},
+            "barriers_per_s": 123.4,
+            "too_late": 1,
+            "errors": 1,
+            "completed_rounds": 2,
+            "error_messages": ["round 2: TimeOutError: gave up"],
+        },
+        "limit": {
+            "spread_us": {"p50": 0.5, "p90": 1.0, "p99": 0.0, "max": 8.0},
+            "late_us": quartet,
+        },
+    }
+
+
+def test_format_table() -> None:
+    """``format_table`` shows the configuration, each phase's percentiles with one
+    decimal, sync/limit ratios ("-" where the limit is 0), the totals and the errors."""
+    lines = format_table(figures_for_table()).splitlines()
+    assert lines[0] == (
+        "pyprocsync bench: 2 nodes x 3 rounds, delay 0.01 s, think 0.002 s, "
+        "server valkey 8.1 (embedded)"
+    )
+    rows = {}
+    for line in lines:
+        parts = line.rsplit(maxsplit=4)
+        if len(parts) == 5 and parts[0].strip() in ("sync", "limit (no Redis)", "sync / limit"):
+            rows.setdefault(parts[0].strip(), []).append(parts[1:])
+    assert rows["sync"] == [["1.0", "2.0", "3.0", "4.0"], ["10.0", "20.0", "30.0", "40.0"]]
+    assert rows["limit (no Redis)"] == [["0.5", "1.0", "0.0", "8.0"], ["1.0", "2.0", "3.0", "4.0"]]
+    assert rows["sync / limit"] == [["2.00", "2.00", "-", "0.50"], ["10.00"] * 4]
+    assert lines[-2] == (
+        "barriers/s: 123   too late (> 1 ms): 1   errors: 1   rounds completed: 2/3"
+    )
+    assert lines[-1] == "  error: round 2: TimeOutError: gave up"
+
+
+def test_percentile_nearest_rank() -> None:
+    """``percentile`` takes the nearest rank, ceil(p/100 * n), of sorted data: never an
+    interpolated value; p=0 is the first, p=100 the last."""
+    data = list(range(1, 11))
+    assert [percentile(data, p) for p in (0, 10, 50, 51, 90, 99, 100)] == [1, 1, 5, 6, 9, 10, 10]
+    quarter = [10.0, 20.0, 30.0, 40.0]
+    assert [percentile(quarter, p) for p in (25, 26, 50, 75, 76)] == [10.0, 20.0, 20.0, 30.0, 40.0]
+    assert percentile([7.5], 99) == 7.5
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)
+
+
+def test_summary() -> None:
+    """``summary`` sorts any iterable and gives exactly p50/p90/p99/max by nearest rank;
+    no values give NaN for each."""
+    assert summary(float(v) for v in range(100, 0, -1)) == {
+        "p50": 50.0,
+        "p90": 90.0,
+        "p99": 99.0,
+        "max": 100.0,
+    }
+    assert summary([5, 1, 4, 2, 3]) == {"p50": 3, "p90": 5, "p99": 5, "max": 5}
+    empty = summary([])
+    assert set(empty) == PERCENTILES
+    assert all(math.isnan(v) for v in empty.values())
