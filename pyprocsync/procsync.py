@@ -227,11 +227,15 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         :raises TooLateError: the release instant had passed by more than
             ``late_tolerance`` when this participant learned it.
         :raises ProtocolError: data pyprocsync did not write was found in Redis.
-        :raises redis.exceptions.RedisError: the server could not be reached.
+        :raises ConnectionLostError: the server could not be reached (a dropped pub/sub
+            connection alone is replaced, and the call goes on).
+        :raises redis.exceptions.ResponseError: the server refused a command (out of
+            memory, missing ACL permission).
 
-        If the call is interrupted (``KeyboardInterrupt``, a connection error) before
-        the round is released, its arrival is withdrawn, so the round still needs
-        ``nodes`` live participants.
+        If the call is interrupted (``KeyboardInterrupt``, or any other exception
+        raised inside it) before the round is released, its arrival is withdrawn, so
+        the round still needs ``nodes`` live participants. A participant that lost
+        the server cannot withdraw; its lease lapses after ``liveness`` seconds.
         """
         return self._run(sync_flow(self._settings, event_name, nodes, timeout))
 
