@@ -8,9 +8,10 @@ manager. Two deliberate differences: ``aclose()`` is the asyncio spelling of
 ``close()`` (both exist), and :meth:`Barrier.n_waiting` and :meth:`Barrier.broken`,
 properties of the blocking class, are coroutine methods here (they read Redis).
 
-The release wait yields to the event loop until the last ``spin`` seconds before the
-instant and busy-waits (holding the loop) only for that stretch, because the loop's
-timer wakes up as late as an operating-system sleep.
+The release wait yields to the event loop until ``spin`` plus
+:data:`~pyprocsync.clock.LOOP_TIMER_SLACK_NS` (about 1.5 ms in all) before the instant
+and busy-waits, holding the loop, only for that stretch: the loop's timer fires up to a
+millisecond late.
 
 Cancelling a task that waits in :meth:`ProcSync.sync` before the round is released
 withdraws its arrival (atomically, like an interrupted blocking call), so the round
@@ -38,13 +39,13 @@ from .protocol import Call, Flow, Listen, Operation, Receive, RunAction, SleepUn
 from .results import SyncResult
 from .rounds import reset_flow, sync_flow
 
-__all__ = ["Barrier", "Event", "ProcSync", "adrive"]
+__all__ = ["Barrier", "Event", "ProcSync"]
 
 T = TypeVar("T")
 S = TypeVar("S")
 
 
-async def adrive(flow: Flow[T], execute: Callable[[Operation], Awaitable[object]]) -> T:
+async def _drive(flow: Flow[T], execute: Callable[[Operation], Awaitable[object]]) -> T:
     """Run ``flow`` to its end, awaiting ``execute`` for each operation it yields.
 
     The asyncio counterpart of :func:`pyprocsync.procsync.drive`: an exception raised
@@ -216,7 +217,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         self._listeners.ensure_open()
         await self._load_scripts()
         async with _Participation(self, action) as participation:
-            return await adrive(flow, participation.execute)
+            return await _drive(flow, participation.execute)
 
     async def _load_scripts(self) -> None:
         """Load the scripts before the first arrival (see the blocking shell)."""
@@ -256,6 +257,8 @@ class _ClosingShell(_ClosedOnExit):
 
 def _owning(cls: Callable[..., S], url: str, *args: Any, **kwargs: Any) -> S:
     """Build ``cls(client, ...)`` owning a new client for ``url`` (closed on ``aclose``)."""
+    # If the constructor raises, the client is simply dropped: an asyncio client opens
+    # no connection before its first command, so there is nothing to close.
     instance = cls(aioredis.Redis.from_url(url), *args, **kwargs)
     shell: Any = getattr(instance, "_shell", instance)
     shell._owns_client = True

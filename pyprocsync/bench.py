@@ -186,7 +186,8 @@ def run_bench(
     """Run the benchmark against the server at ``config.url``; return the figures.
 
     :param progress: called now and then with the number of sync rounds done.
-    :returns: the figures as the ``--json`` output holds them.
+    :returns: the figures: what the ``--json`` output holds (except ``server``, which
+        the caller adds) plus ``raw``, the per-round values behind the summaries.
     :raises BenchError: a worker failed to start or stopped answering.
     """
     context = multiprocessing.get_context("spawn")

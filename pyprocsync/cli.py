@@ -1,7 +1,8 @@
 """The ``pyprocsync`` command: ``bench``, ``sync``, ``server`` and ``status``.
 
-Every command takes ``--redis URL``, defaulting to ``$PYPROCSYNC_REDIS_URL``; ``bench``
-starts a private embedded server when neither is given. Errors print one line on
+``bench``, ``sync`` and ``status`` take ``--redis URL``, defaulting to
+``$PYPROCSYNC_REDIS_URL``; ``bench`` starts a private embedded server when neither is
+given. Errors print one line on
 stderr (``pyprocsync: error: ...``) and exit with a code of :class:`ExitCode`.
 """
 
@@ -43,6 +44,7 @@ URL_ENV = "PYPROCSYNC_REDIS_URL"
 class ExitCode(IntEnum):
     """Exit statuses of the ``pyprocsync`` command."""
 
+    #: Success (``sync``: released at the agreed instant).
     OK = 0
     #: Any other failure (bad data in Redis, a benchmark worker failed, ...).
     FAILED = 1
@@ -265,6 +267,8 @@ def _sync(args: argparse.Namespace) -> None:
         raise _Failure(ExitCode.BROKEN, str(exc)) from None
     except InvalidArgumentError as exc:
         raise _Failure(ExitCode.USAGE, str(exc)) from None
+    except ValueError as exc:  # from redis-py: a URL it cannot parse
+        raise _Failure(ExitCode.USAGE, f"bad --redis URL: {exc}") from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise _Failure(ExitCode.CONNECTION, f"cannot reach Redis at {redact(url)}: {exc}") from None
 

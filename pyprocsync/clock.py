@@ -68,7 +68,7 @@ def _spin_until_ns(target_ns: int) -> int:
     for the same instant than there are cores, each one gives the core to the next
     as soon as it has seen the instant, instead of holding it through the code that
     follows. Measured on a 2-core VM with 4 processes (``pyprocsync bench``), this
-    cut the median spread of return instants from ~50 us to ~1 us.
+    cut the median spread of return instants from ~50 us to ~1-3 us.
     """
     now = time_ns()
     while now < target_ns:

@@ -133,13 +133,14 @@ class BrokenBarrierError(ProcSyncError, threading.BrokenBarrierError):
 
     A round breaks when a participant times out, when participants disagree on the
     number of nodes, when a waiting participant stops renewing its lease (it crashed or
-    lost its connection), or when the event is reset. It stays broken for later
+    lost its connection), when the event is reset, when a :class:`~pyprocsync.Barrier`
+    is aborted or its action raises. It stays broken for later
     arrivals until :meth:`~pyprocsync.ProcSync.reset` is called, or until nobody has
     touched the event for its ``retention`` and its state expires.
 
     :ivar reason: why the round broke: ``"timeout"``, ``"mismatch"``, ``"lost"``,
-        ``"reset"`` or ``"state-lost"`` (the event's state vanished from Redis, e.g. a
-        server restart or flush).
+        ``"reset"``, ``"abort"``, ``"action"`` or ``"state-lost"`` (the event's state
+        vanished from Redis, e.g. a server restart or flush).
     :ivar missing: node ids of participants known to be absent (may be empty).
     :ivar arrived: how many participants had arrived when it broke, if known.
     :ivar expected: how many were expected, if known.

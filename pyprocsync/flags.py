@@ -81,7 +81,8 @@ class _FlagWaiter(Waiter[FlagSet | None]):
         return {"event": self.name, "run_id": self.settings.run_id}
 
     def check(self) -> Flow[FlagSet | None]:
-        reply = yield from self.call(Script.FLAG_CHECK, self.keys.all, self.seen)
+        retention = self.settings.retention_ms
+        reply = yield from self.call(Script.FLAG_CHECK, self.keys.all, self.seen, retention)
         _is_set, sets, woken_by = _check_reply(reply)
         if self.seen < 0:
             self.seen = sets
@@ -149,14 +150,12 @@ def _clear(settings: Settings, keys: FlagKeys, where: dict[str, Any]) -> Flow[No
 def is_set_flow(settings: Settings, name: object) -> Flow[bool]:
     """The flow of ``Event.is_set``: read the shared flag."""
     keys, where = _keys_and_context(settings, name)
-    return _is_set(keys, where)
+    return _is_set(settings, keys, where)
 
 
-def _is_set(keys: FlagKeys, where: dict[str, Any]) -> Flow[bool]:
-    is_set, _sets, _last = _check_reply(
-        (yield from call(Script.FLAG_CHECK, keys.all, (-1,), where))
-    )
-    return is_set
+def _is_set(settings: Settings, keys: FlagKeys, where: dict[str, Any]) -> Flow[bool]:
+    reply = yield from call(Script.FLAG_CHECK, keys.all, (-1, settings.retention_ms), where)
+    return _check_reply(reply)[0]
 
 
 def wait_flow(settings: Settings, name: object, timeout: object) -> Flow[bool]:

@@ -243,18 +243,21 @@ _WITHDRAW = """
 -- perhaps before it read ARRIVE's reply: then it passes generation -1, the current one).
 -- KEYS[1] state hash, KEYS[2] lease set
 -- ARGV[1] generation or -1, ARGV[2] member, ARGV[3] retention ms
+-- The last arrival itself may withdraw before it started its action (it was
+-- interrupted while ARRIVE's reply was in flight): the round waits for a new last one.
 -- Returns '' once withdrawn (its index is handed to the next arrival); 'A' when the
--- round is complete and its action runs (too late to withdraw); 'L' when this member
+-- round is complete and another participant runs its action; 'L' when this member
 -- is not waiting in the round; else the round's outcome, or 'E'.
 local g = tonumber(ARGV[1])
 if g < 0 then g = int_field('g') or 0 end
 local o = settled(g)
 if o then return o end
-if redis.call('HEXISTS', H, 'a') == 1 then return 'A' end
+local actor = redis.call('HGET', H, 'a')
+if actor and actor ~= ARGV[2] then return 'A' end
 local field = 'm:' .. ARGV[2]
 local index = redis.call('HGET', H, field)
 if redis.call('ZREM', Z, ARGV[2]) == 0 or not index then return 'L' end
-redis.call('HDEL', H, field)
+redis.call('HDEL', H, field, 'a')
 local n = (int_field('n') or 1) - 1
 if n <= 0 then
   redis.call('HSET', H, 'n', 0)
@@ -364,13 +367,16 @@ return 1
 """
 
 _FLAG_CHECK = """
--- FLAG_CHECK: what a waiter needs to know (Event.wait, Event.is_set).
+-- FLAG_CHECK: what a waiter needs to know (Event.wait, Event.is_set). It renews the
+-- flag's lifetime, so a flag never expires (and restarts its numbering) under a waiter.
 -- KEYS[1] flag hash
--- ARGV[1] sets the waiter saw when it began waiting, or -1 when it begins now
+-- ARGV[1] sets the waiter saw when it began waiting, or -1 when it begins now,
+-- ARGV[2] retention ms
 -- Returns {v, s, o}: o is the last set if the flag is set now or was set more than
 -- ARGV[1] times (the waiter is woken), else ''.
 local seen = tonumber(ARGV[1])
 local v, s = int_field('v') or 0, int_field('s') or 0
+if redis.call('EXISTS', H) == 1 then keep(tonumber(ARGV[2])) end
 local o = redis.call('HGET', H, 'o') or ''
 if v == 1 or (seen >= 0 and s > seen) then return {v, s, o} end
 return {v, s, ''}
