@@ -1,0 +1,216 @@
+"""One participant of the Event, Barrier and asyncio tests: ``python tests/primitive_helper.py``.
+
+``MODE`` is one of:
+
+* ``event-wait``: call ``Event.wait(--timeout)`` ``--rounds`` times; each record holds
+  ``value`` (what ``wait`` returned). With ``--ready-key``, the process INCRs that Redis
+  key once its first wait has read the flag (from then on it is "already waiting").
+* ``event-op``: call ``Event.<--op>()`` once (``set``, ``clear`` or ``is_set``); the record
+  holds ``value``.
+* ``barrier``: call ``Barrier.wait(--timeout)`` ``--rounds`` times; each record holds
+  ``index``. ``--action`` gives every participant the same action (see :func:`action`).
+* ``barrier-op``: call ``Barrier.<--op>()`` once (``abort`` or ``reset``).
+* ``sync``: call ``ProcSync.sync(--name, --parties, --timeout)`` ``--rounds`` times; each
+  record holds the :class:`~pyprocsync.SyncResult` fields.
+
+``--flavour asyncio`` uses the classes of :mod:`pyprocsync.asyncio` (with an ``async def``
+action) instead of the blocking ones. Every record is one JSON line on stdout with
+``round``, ``ok`` and ``returned_ns`` (``time.time_ns()`` right after the call returned);
+a call that raised gives ``ok: false`` with the exception's class and attributes (as
+``node_helper.py`` writes them), and the helper stops with exit status 0, so that the
+test judges the outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from node_helper import error_record
+
+import pyprocsync
+import pyprocsync.asyncio as aio
+from pyprocsync.protocol import Call
+from pyprocsync.scripts import Script
+
+
+class ActionFailedError(RuntimeError):
+    """What ``--action raise`` raises."""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("mode", choices=("event-wait", "event-op", "barrier", "barrier-op", "sync"))
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--flavour", choices=("blocking", "asyncio"), default="blocking")
+    parser.add_argument("--parties", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=None)
+    parser.add_argument("--delay", type=float, default=None)
+    parser.add_argument("--on-late", choices=("raise", "proceed"), default="raise")
+    parser.add_argument("--op", default=None)
+    parser.add_argument("--action", choices=("none", "record", "raise"), default="none")
+    parser.add_argument("--action-key", default=None, help="Redis list the action appends to")
+    parser.add_argument("--action-sleep", type=float, default=0.0)
+    parser.add_argument("--ready-key", default=None)
+    return parser.parse_args(argv)
+
+
+def options(args: argparse.Namespace) -> dict[str, Any]:
+    chosen: dict[str, Any] = {"run_id": args.run_id, "on_late": args.on_late}
+    if args.delay is not None:
+        chosen["delay"] = args.delay
+    return chosen
+
+
+def action(args: argparse.Namespace, client: redis.Redis) -> Callable[[], None] | None:
+    """``record``: (after ``--action-sleep``) RPUSH ``{"ns": time_ns(), "pid": pid}`` to
+    ``--action-key`` as the action's last step; ``raise``: raise ActionFailedError."""
+    if args.action == "none":
+        return None
+
+    def run() -> None:
+        time.sleep(args.action_sleep)
+        if args.action == "raise":
+            raise ActionFailedError("the action failed")
+        client.rpush(args.action_key, json.dumps({"ns": time.time_ns(), "pid": os.getpid()}))
+
+    return run
+
+
+def async_action(args: argparse.Namespace, client: aioredis.Redis) -> Callable[[], Any] | None:
+    """:func:`action` as an ``async def`` function."""
+    if args.action == "none":
+        return None
+
+    async def run() -> None:
+        await asyncio.sleep(args.action_sleep)
+        if args.action == "raise":
+            raise ActionFailedError("the action failed")
+        await client.rpush(args.action_key, json.dumps({"ns": time.time_ns(), "pid": os.getpid()}))
+
+    return run
+
+
+def announce_first_check(shell: Any, client: Any, key: str, *, is_async: bool) -> None:
+    """INCR ``key`` (kept 60 s) once ``shell`` ran its first FLAG_CHECK: the waiter waits."""
+    execute = shell._execute
+    done: list[bool] = []
+
+    def first_check(op: object) -> bool:
+        if isinstance(op, Call) and op.script is Script.FLAG_CHECK and not done:
+            done.append(True)
+            return True
+        return False
+
+    if is_async:
+
+        async def execute_async(op: Any) -> object:
+            reply = await execute(op)
+            if first_check(op):
+                await client.incr(key)
+                await client.expire(key, 60)
+            return reply
+
+        shell._execute = execute_async
+    else:
+
+        def execute_blocking(op: Any) -> object:
+            reply = execute(op)
+            if first_check(op):
+                client.incr(key)
+                client.expire(key, 60)
+            return reply
+
+        shell._execute = execute_blocking
+
+
+def emit(record: dict[str, Any], number: int) -> None:
+    record.update(round=number, returned_ns=time.time_ns())
+    print(json.dumps(record), flush=True)
+
+
+def value_record(value: object) -> dict[str, Any]:
+    if isinstance(value, pyprocsync.SyncResult):
+        return {"ok": True, **dataclasses.asdict(value)}
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {"ok": True, "index": value}
+    return {"ok": True, "value": value}
+
+
+def make_call(args: argparse.Namespace, client: Any, module: Any) -> tuple[Any, Any]:
+    """The object the mode uses and the function one round calls."""
+    is_async = module is aio
+    if args.mode in ("event-wait", "event-op"):
+        event = module.Event(client, args.name, **options(args))
+        if args.mode == "event-op":
+            return event, getattr(event, args.op)
+        if args.ready_key:
+            announce_first_check(event._shell, client, args.ready_key, is_async=is_async)
+        return event, lambda: event.wait(args.timeout)
+    if args.mode in ("barrier", "barrier-op"):
+        make_action = async_action if is_async else action
+        barrier = module.Barrier(
+            client, args.name, args.parties, make_action(args, client), **options(args)
+        )
+        if args.mode == "barrier-op":
+            return barrier, getattr(barrier, args.op)
+        return barrier, lambda: barrier.wait(args.timeout)
+    sync = module.ProcSync(client, **options(args))
+    return sync, lambda: sync.sync(args.name, args.parties, args.timeout)
+
+
+def run_blocking(args: argparse.Namespace) -> None:
+    client = redis.Redis.from_url(args.url)
+    try:
+        instance, call = make_call(args, client, pyprocsync)
+        with instance:
+            for number in range(args.rounds):
+                try:
+                    record = value_record(call())
+                except BaseException as exc:
+                    emit(error_record(exc), number)
+                    return
+                emit(record, number)
+    finally:
+        client.close()
+
+
+async def run_asyncio(args: argparse.Namespace) -> None:
+    client = aioredis.Redis.from_url(args.url)
+    try:
+        instance, call = make_call(args, client, aio)
+        async with instance:
+            for number in range(args.rounds):
+                try:
+                    record = value_record(await call())
+                except BaseException as exc:
+                    emit(error_record(exc), number)
+                    return
+                emit(record, number)
+    finally:
+        await client.aclose()
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.flavour == "asyncio":
+        asyncio.run(run_asyncio(args))
+    else:
+        run_blocking(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
