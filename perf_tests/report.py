@@ -29,7 +29,7 @@ import redis
 from _common import PERCENTILES, ExitCode, Failure, check_reachable, fmt, nan_to_none, redact, run
 from node import records_key
 
-from pyprocsync.bench import LATE_TOLERANCE
+from pyprocsync.bench import LATE_OVER_US
 from pyprocsync.stats import summary
 
 PROG = "report"
@@ -122,7 +122,7 @@ def analyse(records: list[dict[str, Any]]) -> dict[str, Any]:
                     "raw": summary(raw_late[i]),
                     "corrected": summary(corrected_late[i]),
                 },
-                "too_late": sum(1 for late in raw_late[i] if late > LATE_TOLERANCE * 1e6),
+                "late_over_1ms": sum(1 for late in raw_late[i] if late > LATE_OVER_US),
                 "errors": r["errors"],
             }
             for i, r in enumerate(records)
@@ -175,11 +175,11 @@ def format_report(result: dict[str, Any], run_id: str) -> str:
         ("raw", "lateness by each node's own clock: return - agreed instant (us)"),
         ("corrected", "lateness on the server's clock, corrected by the offsets (us)"),
     ):
-        lines += ["", title, header + f"{'too late':>10}" * (kind == "raw")]
+        lines += ["", title, header + f"{'> 1 ms':>10}" * (kind == "raw")]
         for node in result["nodes"]:
             text = row(node["node_id"], node["late_us"][kind])
             if kind == "raw":
-                text += f"{node['too_late']:>10}"
+                text += f"{node['late_over_1ms']:>10}"
             lines.append(text)
     if result["rounds_disagreeing"]:
         lines.append(f"\n{result['rounds_disagreeing']} rounds had different agreed instants")

@@ -973,6 +973,7 @@ def figures_for_table() -> dict[str, Any]:
             "late_us": {"p50": 10.0, "p90": 20.0, "p99": 30.0, "max": 40.0},
             "barriers_per_s": 123.4,
             "too_late": 1,
+            "late_over_1ms": 5,
             "errors": 1,
             "completed_rounds": 2,
             "error_messages": ["round 2: TimeOutError: gave up"],
@@ -1001,7 +1002,8 @@ def test_format_table() -> None:
     assert rows["limit (no Redis)"] == [["0.5", "1.0", "0.0", "8.0"], ["1.0", "2.0", "3.0", "4.0"]]
     assert rows["sync / limit"] == [["2.00", "2.00", "-", "0.50"], ["10.00"] * 4]
     assert lines[-2] == (
-        "barriers/s: 123   too late (> 1 ms): 1   errors: 1   rounds completed: 2/3"
+        "barriers/s: 123   too late (TooLateError): 1   returned > 1 ms late: 5   "
+        "errors: 1   rounds completed: 2/3"
     )
     assert lines[-1] == "  error: round 2: TimeOutError: gave up"
 
