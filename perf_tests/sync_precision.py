@@ -275,7 +275,7 @@ def main() -> int:
         f"median of {args.repeat} runs, server {server}",
         machine_line(info),
         "ratio = sync / limit; limit = same processes waking at instants agreed in advance "
-        "(no Redis); too late = returns > 1 ms after the agreed instant, per run",
+        "(no Redis); too late = TooLateError (learned after the instant + 1 ms), per run",
     ]
     print(format_summary(results, header))
     with open(out / "summary.json", "w", encoding="utf-8") as file:
