@@ -35,7 +35,7 @@ from . import clock
 from .base import BarrierBase, EventBase, ProcSyncBase
 from .exceptions import ProcSyncError, TimeOutError
 from .listeners import ListenerPool, private_pool_settings
-from .protocol import Call, Flow, Listen, Operation, Receive, RunAction, SleepUntil
+from .protocol import Call, Flow, Listen, Operation, Receive, RunAction, ServerTime, SleepUntil
 from .results import SyncResult
 from .rounds import reset_flow, sync_flow
 
@@ -192,7 +192,8 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         Exactly :meth:`pyprocsync.ProcSync.sync`, awaited. Cancelling the task before
         the release withdraws the arrival.
         """
-        return await self._run(sync_flow(self._settings, event_name, nodes, timeout))
+        flow = sync_flow(self._settings, self._clocks, event_name, nodes, timeout)
+        return await self._run(flow)
 
     async def reset(self, event_name: str) -> int:
         """Exactly :meth:`pyprocsync.ProcSync.reset`, awaited."""
@@ -241,7 +242,11 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         if isinstance(op, Call):
             return await self._scripts[op.script](keys=op.keys, args=op.args)
         if isinstance(op, SleepUntil):
-            return await clock.async_sleep_until_ns(op.at_ns, op.spin_ns)
+            return await clock.async_sleep_until_ns(
+                op.at_ns, op.spin_ns, on_monotonic=op.on_monotonic
+            )
+        if isinstance(op, ServerTime):
+            return await self._client.time()
         raise TypeError(f"{op!r} needs a listener")
 
 

@@ -12,10 +12,11 @@ from typing import Any
 from . import flags, params, rounds
 from .exceptions import ArgumentTypeError, BrokenBarrierError, TimeOutError
 from .listeners import ListenerPool
-from .params import OnLate, Settings
+from .params import ClockMode, OnLate, Settings
 from .protocol import Flow
 from .results import SyncResult
 from .scripts import Script
+from .servertime import ClockState
 
 __all__ = ["BarrierBase", "EventBase", "ProcSyncBase"]
 
@@ -39,6 +40,9 @@ class ProcSyncBase:
         spin: float = 0.0005,
         node_id: str | None = None,
         prefix: str = "pyprocsync",
+        clock: ClockMode = "system",
+        clock_samples: int = 5,
+        clock_refresh: float = 1.0,
     ) -> None:
         self._settings = Settings.create(
             run_id=run_id,
@@ -50,7 +54,11 @@ class ProcSyncBase:
             spin=spin,
             node_id=node_id,
             prefix=prefix,
+            clock=clock,
+            clock_samples=clock_samples,
+            clock_refresh=clock_refresh,
         )
+        self._clocks = ClockState()
         self._client = redis_client
         self._owns_client = False
         self._scripts = {script: redis_client.register_script(script.value) for script in Script}
@@ -108,7 +116,7 @@ class EventBase:
         return flags.is_set_flow(self._shell._settings, self._name)
 
     def _wait_flow(self, timeout: float | None) -> Flow[bool]:
-        return flags.wait_flow(self._shell._settings, self._name, timeout)
+        return flags.wait_flow(self._shell._settings, self._shell._clocks, self._name, timeout)
 
     def __repr__(self) -> str:
         return f"<{type(self).__qualname__} name={self._name!r} run_id={self._shell.run_id!r}>"
@@ -156,6 +164,7 @@ class BarrierBase:
     def _wait_flow(self, timeout: float | None) -> Flow[SyncResult]:
         return rounds.sync_flow(
             self._shell._settings,
+            self._shell._clocks,
             self._name,
             self._parties,
             self._timeout if timeout is None else timeout,

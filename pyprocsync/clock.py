@@ -27,6 +27,7 @@ __all__ = [
     "MAX_SLEEP_NS",
     "async_sleep_until_ns",
     "monotonic",
+    "monotonic_ns",
     "sleep_until_ns",
     "time_ns",
 ]
@@ -47,12 +48,21 @@ def monotonic() -> float:
     return time.monotonic()
 
 
-def _coarse_sleep_ns(target_ns: int, spin_ns: int) -> int:
+def monotonic_ns() -> int:
+    """Return the monotonic clock in nanoseconds (for instants in server-clock mode)."""
+    return time.monotonic_ns()
+
+
+def _now(on_monotonic: bool) -> int:
+    return monotonic_ns() if on_monotonic else time_ns()
+
+
+def _coarse_sleep_ns(target_ns: int, spin_ns: int, on_monotonic: bool = False) -> int:
     """Return how long to sleep before the next look at the clock; 0 means spin now.
 
     A negative result means the target has been reached.
     """
-    remaining = target_ns - time_ns()
+    remaining = target_ns - _now(on_monotonic)
     if remaining <= 0:
         return -1
     if remaining <= spin_ns:
@@ -60,8 +70,8 @@ def _coarse_sleep_ns(target_ns: int, spin_ns: int) -> int:
     return min(remaining - spin_ns, MAX_SLEEP_NS)
 
 
-def _spin_until_ns(target_ns: int) -> int:
-    """Busy-wait until the wall clock reaches ``target_ns``; return the reading then.
+def _spin_until_ns(target_ns: int, on_monotonic: bool = False) -> int:
+    """Busy-wait until the clock reaches ``target_ns``; return the reading then.
 
     Every look at the clock is followed by ``sched_yield``, and so is the moment the
     target is seen: when more processes (or threads: the call releases the GIL) wait
@@ -70,30 +80,31 @@ def _spin_until_ns(target_ns: int) -> int:
     follows. Measured on a 2-core VM with 4 processes (``pyprocsync bench``), this
     cut the median spread of return instants from ~50 us to ~1-3 us.
     """
-    now = time_ns()
+    now = _now(on_monotonic)
     while now < target_ns:
         _yield()
-        now = time_ns()
+        now = _now(on_monotonic)
     _yield()
     return now
 
 
-def sleep_until_ns(target_ns: int, spin_ns: int) -> int:
+def sleep_until_ns(target_ns: int, spin_ns: int, *, on_monotonic: bool = False) -> int:
     """Block until the wall clock reads ``target_ns``; return the wall clock at return.
 
-    :param target_ns: the instant, epoch nanoseconds.
+    :param target_ns: the instant, epoch nanoseconds (with ``on_monotonic``: a reading
+        of :func:`monotonic_ns`, which wall-clock steps do not move).
     :param spin_ns: how long before the instant to stop sleeping and busy-wait.
     """
-    while (step := _coarse_sleep_ns(target_ns, spin_ns)) > 0:
+    while (step := _coarse_sleep_ns(target_ns, spin_ns, on_monotonic)) > 0:
         time.sleep(step / 1e9)
-    return _spin_until_ns(target_ns)
+    return _spin_until_ns(target_ns, on_monotonic)
 
 
 #: How late an event loop's timer may fire: selectors wait in whole milliseconds.
 LOOP_TIMER_SLACK_NS = 1_000_000
 
 
-async def async_sleep_until_ns(target_ns: int, spin_ns: int) -> int:
+async def async_sleep_until_ns(target_ns: int, spin_ns: int, *, on_monotonic: bool = False) -> int:
     """Like :func:`sleep_until_ns`, for a coroutine.
 
     The coarse stage yields to the event loop until ``spin_ns`` plus
@@ -101,6 +112,6 @@ async def async_sleep_until_ns(target_ns: int, spin_ns: int) -> int:
     millisecond late, since selectors wait in whole milliseconds); the rest is a busy
     wait that holds the loop, about 1.5 ms with the default spin.
     """
-    while (step := _coarse_sleep_ns(target_ns, spin_ns + LOOP_TIMER_SLACK_NS)) > 0:
+    while (step := _coarse_sleep_ns(target_ns, spin_ns + LOOP_TIMER_SLACK_NS, on_monotonic)) > 0:
         await asyncio.sleep(step / 1e9)
-    return _spin_until_ns(target_ns)
+    return _spin_until_ns(target_ns, on_monotonic)

@@ -28,6 +28,7 @@ from .keys import FlagKeys
 from .params import Settings
 from .protocol import RECHECK, Flow, Signal, Waiter, call, text
 from .scripts import Script
+from .servertime import ClockState
 
 __all__ = [
     "FlagSet",
@@ -41,22 +42,28 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class FlagSet:
-    """The ``sets``-th set of a flag, releasing its waiters at ``at_us`` (epoch µs)."""
+    """The ``sets``-th set of a flag, releasing its waiters at ``at_us`` (epoch µs).
+
+    ``server_clock``: the instant is on the Redis server's clock, else on the setter's.
+    """
 
     sets: int
     at_us: int
     lead_us: int
+    server_clock: bool = False
 
 
 def parse_set(announcement: str) -> FlagSet:
-    """Decode ``S <sets> <release µs> <lead µs>``.
+    """Decode ``S <sets> <release µs> <lead µs>`` (and `` s`` for a server-clock instant).
 
     :raises ProtocolError: ``announcement`` is not a set pyprocsync writes.
     """
-    kind, *numbers = announcement.split(" ")
+    kind, *fields = announcement.split(" ")
+    server_clock = fields[3:] == ["s"]
+    numbers = fields[:3] if server_clock else fields
     if kind == "S" and len(numbers) == 3 and all(n.isascii() and n.isdigit() for n in numbers):
         sets, at_us, lead_us = (int(n) for n in numbers)
-        return FlagSet(sets, at_us, lead_us)
+        return FlagSet(sets, at_us, lead_us, server_clock)
     raise ProtocolError(f"not a pyprocsync flag set: {announcement[:80]!r}")
 
 
@@ -72,9 +79,11 @@ def _check_reply(reply: Any) -> tuple[bool, int, FlagSet | None]:
 class _FlagWaiter(Waiter[FlagSet | None]):
     """One ``Event.wait`` call; its outcome is the set that woke it (None: timed out)."""
 
-    def __init__(self, settings: Settings, name: str, timeout: float | None) -> None:
+    def __init__(
+        self, settings: Settings, clocks: ClockState, name: str, timeout: float | None
+    ) -> None:
         self.keys = FlagKeys.of(settings.prefix, settings.run_id, name)
-        super().__init__(settings, name, self.keys.channel, timeout)
+        super().__init__(settings, clocks, name, self.keys.channel, timeout)
         self.seen = -1  # sets when waiting began; -1 until the first check
 
     def where(self) -> dict[str, Any]:
@@ -99,6 +108,8 @@ class _FlagWaiter(Waiter[FlagSet | None]):
         return (yield from self.check())  # a set that raced the deadline still counts
 
     def run(self) -> Flow[bool]:
+        if self.settings.clock == "server":
+            yield from self.prepare_clock()
         if not (yield from self.listen()):
             return False
         woken_by = yield from self.check()
@@ -108,11 +119,9 @@ class _FlagWaiter(Waiter[FlagSet | None]):
         if woken_by is None:
             return False
         # A waiter that was waiting when the set happened is late if it learned of it
-        # after the instant; one that came later simply does not wait for a past instant.
+        # after the instant; one that came later returns at once if the instant passed.
         yield from self.await_instant(
-            woken_by.at_us,
-            woken_by.lead_us if waited or woken_by.at_us * 1000 > clock.time_ns() else 0,
-            learned_late_is_error=waited,
+            woken_by.at_us, woken_by.lead_us, woken_by.server_clock, learned_late_is_error=waited
         )
         return True
 
@@ -126,13 +135,16 @@ def _keys_and_context(settings: Settings, name: object) -> tuple[FlagKeys, dict[
 
 
 def set_flow(settings: Settings, name: object) -> Flow[None]:
-    """The flow of ``Event.set``: set the flag, releasing waiters at now + delay."""
+    """The flow of ``Event.set``: set the flag, releasing waiters at now + delay.
+
+    In server-clock mode, "now" is the server's clock.
+    """
     keys, where = _keys_and_context(settings, name)
     return _set(settings, keys, where)
 
 
 def _set(settings: Settings, keys: FlagKeys, where: dict[str, Any]) -> Flow[None]:
-    now_us = clock.time_ns() // 1000
+    now_us = -1 if settings.clock == "server" else clock.time_ns() // 1000
     args = (now_us, settings.delay_us, settings.retention_ms, keys.channel)
     parse_set(text((yield from call(Script.FLAG_SET, keys.all, args, where))))
 
@@ -158,10 +170,10 @@ def _is_set(settings: Settings, keys: FlagKeys, where: dict[str, Any]) -> Flow[b
     return _check_reply(reply)[0]
 
 
-def wait_flow(settings: Settings, name: object, timeout: object) -> Flow[bool]:
+def wait_flow(settings: Settings, clocks: ClockState, name: object, timeout: object) -> Flow[bool]:
     """The flow of ``Event.wait``: True once the flag is (or was meanwhile) set.
 
     :raises InvalidArgumentError: an argument is invalid (nothing was sent).
     """
     checked = params.text("name", name, empty=False)
-    return _FlagWaiter(settings, checked, params.timeout(timeout)).run()
+    return _FlagWaiter(settings, clocks, checked, params.timeout(timeout)).run()

@@ -21,9 +21,10 @@ from typing import Literal
 
 from .exceptions import ArgumentTypeError, InvalidArgumentError
 
-__all__ = ["OnLate", "Settings", "default_node_id"]
+__all__ = ["ClockMode", "OnLate", "Settings", "default_node_id"]
 
 OnLate = Literal["raise", "proceed"]
+ClockMode = Literal["system", "server"]
 
 
 def text(name: str, value: object, *, empty: bool = True) -> str:
@@ -115,6 +116,9 @@ class Settings:
     spin_ns: int
     node_id: str | None
     prefix: str
+    clock: ClockMode = "system"
+    clock_samples: int = 5
+    clock_refresh_ns: int = 1_000_000_000
 
     @classmethod
     def create(
@@ -129,8 +133,13 @@ class Settings:
         spin: object,
         node_id: object,
         prefix: object,
+        clock: object = "system",
+        clock_samples: object = 5,
+        clock_refresh: object = 1.0,
     ) -> Settings:
         """Validate the constructor arguments of a ProcSync and build its settings."""
+        if clock not in ("system", "server"):
+            raise InvalidArgumentError(f"clock must be 'system' or 'server', got {clock!r}")
         if on_late not in ("raise", "proceed"):
             raise InvalidArgumentError(f"on_late must be 'raise' or 'proceed', got {on_late!r}")
         prefix = text("prefix", prefix, empty=False)
@@ -152,6 +161,9 @@ class Settings:
             spin_ns=round(lead("spin", spin) * 1e9),
             node_id=None if node_id is None else text("node_id", node_id, empty=False),
             prefix=prefix,
+            clock=clock,  # checked above
+            clock_samples=count("clock_samples", clock_samples),
+            clock_refresh_ns=round(positive("clock_refresh", clock_refresh) * 1e9),
         )
 
     @property

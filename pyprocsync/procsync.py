@@ -13,7 +13,7 @@ from . import clock
 from .base import ProcSyncBase
 from .exceptions import ProcSyncError
 from .listeners import ListenerPool, private_pool_settings
-from .protocol import Call, Flow, Listen, Operation, Receive, RunAction, SleepUntil
+from .protocol import Call, Flow, Listen, Operation, Receive, RunAction, ServerTime, SleepUntil
 from .results import SyncResult
 from .rounds import reset_flow, sync_flow
 
@@ -237,7 +237,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         the round still needs ``nodes`` live participants. A participant that lost
         the server cannot withdraw; its lease lapses after ``liveness`` seconds.
         """
-        return self._run(sync_flow(self._settings, event_name, nodes, timeout))
+        return self._run(sync_flow(self._settings, self._clocks, event_name, nodes, timeout))
 
     def reset(self, event_name: str) -> int:
         """Break the current round of ``event_name`` if anyone waits in it, and open the next.
@@ -300,7 +300,9 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         if isinstance(op, Call):
             return self._scripts[op.script](keys=op.keys, args=op.args)
         if isinstance(op, SleepUntil):
-            return clock.sleep_until_ns(op.at_ns, op.spin_ns)
+            return clock.sleep_until_ns(op.at_ns, op.spin_ns, on_monotonic=op.on_monotonic)
+        if isinstance(op, ServerTime):
+            return self._client.time()
         raise TypeError(f"{op!r} needs a listener")
 
 

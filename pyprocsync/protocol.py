@@ -25,7 +25,7 @@ import abc
 import enum
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -36,13 +36,18 @@ from .exceptions import ConnectionLostError, ProtocolError, TooLateError
 from .params import Settings
 from .scripts import CORRUPT_MARKER, Script
 
+if TYPE_CHECKING:  # servertime builds on this module
+    from .servertime import ClockEstimate, ClockState
+
 __all__ = [
     "Call",
     "Flow",
+    "Instant",
     "Listen",
     "Operation",
     "Receive",
     "RunAction",
+    "ServerTime",
     "Signal",
     "SleepUntil",
     "Waiter",
@@ -89,10 +94,19 @@ class Receive:
 
 @dataclass(frozen=True, slots=True)
 class SleepUntil:
-    """Wait until the wall clock reads ``at_ns``; the result is the wall clock then (ns)."""
+    """Wait until the wall clock (``on_monotonic``: the monotonic clock) reads ``at_ns``.
+
+    The result is that clock's reading at return (ns).
+    """
 
     at_ns: int
     spin_ns: int
+    on_monotonic: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTime:
+    """Read the server's clock (``TIME``); the result is the reply, ``[seconds, µs]``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +114,21 @@ class RunAction:
     """Run the barrier's action (the result is ignored; what it raises is thrown in)."""
 
 
-Operation = Call | Listen | Receive | SleepUntil | RunAction
+Operation = Call | Listen | Receive | SleepUntil | RunAction | ServerTime
+
+
+@dataclass(frozen=True, slots=True)
+class Instant:
+    """How a participant met a release instant."""
+
+    #: The instant on this host's wall clock, epoch ns.
+    release_ns: int
+    #: How long after the instant it returned, ns (measured on the clock it waited on).
+    late_ns: int
+    #: The clock estimate the instant was converted with (server-clock instants only).
+    estimate: ClockEstimate | None
+
+
 Flow = Generator[Operation, Any, T]
 
 #: Errors of the link to the server (the shells' pub/sub connections never retry).
@@ -158,8 +186,16 @@ class Waiter(abc.ABC, Generic[O]):
     means (:meth:`accept`) and what happens at the deadline (:meth:`on_deadline`).
     """
 
-    def __init__(self, settings: Settings, name: str, channel: str, timeout: float | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clocks: ClockState,
+        name: str,
+        channel: str,
+        timeout: float | None,
+    ) -> None:
         self.settings = settings
+        self.clocks = clocks
         self.name = name
         self.channel = channel
         self.timeout = timeout
@@ -268,19 +304,51 @@ class Waiter(abc.ABC, Generic[O]):
             return (yield from self.check())
         return judged
 
-    def await_instant(self, at_us: int, lead_us: int, *, learned_late_is_error: bool) -> Flow[int]:
-        """Return at the instant ``at_us`` (or at once if ``lead_us`` is 0); wall ns then.
+    def prepare_clock(self) -> Flow[None]:
+        """Before changing any state: in server-clock mode, make sure of a fresh clock
+        estimate; in system-clock mode, check this host's clock once per instance."""
+        settings = self.settings
+        if settings.clock == "server":
+            yield from self.clocks.fresh(settings.clock_refresh_ns, settings.clock_samples)
+        elif settings.delay_us > 0:
+            yield from self.clocks.check_system_clock(
+                settings.clock_samples, settings.delay_us * 1000
+            )
+
+    def now_us_for_scripts(self) -> int:
+        """The caller's "now" that scripts base instants on: this host's wall clock, or
+        ``-1`` in server-clock mode (the script then reads the server's)."""
+        return -1 if self.settings.clock == "server" else clock.time_ns() // 1000
+
+    def await_instant(
+        self, at_us: int, lead_us: int, server_clock: bool, *, learned_late_is_error: bool
+    ) -> Flow[Instant]:
+        """Return at the instant ``at_us`` (or at once if ``lead_us`` is 0).
+
+        ``server_clock`` says the instant is on the server's clock: it is converted with
+        the clock estimate and awaited on the monotonic clock, which wall-clock steps do
+        not move. A passed instant returns at once.
 
         :raises TooLateError: ``learned_late_is_error`` and the instant had passed by
             more than the tolerance (with ``on_late="raise"``).
         """
         at_ns = at_us * 1000
-        now = clock.time_ns()
-        if lead_us == 0:
-            return now
-        late_ns = now - at_ns
+        estimate = None
+        if server_clock:
+            settings = self.settings
+            estimate = yield from self.clocks.fresh(
+                settings.clock_refresh_ns, settings.clock_samples
+            )
+            target = estimate.server_to_monotonic(at_ns)
+            release_ns = estimate.server_to_wall(at_ns)
+            now = clock.monotonic_ns()
+        else:
+            target = release_ns = at_ns
+            now = clock.time_ns()
+        late_ns = now - target
         if (
-            learned_late_is_error
+            lead_us > 0
+            and learned_late_is_error
             and late_ns > self.settings.late_tolerance_ns
             and self.settings.on_late == "raise"
         ):
@@ -288,8 +356,10 @@ class Waiter(abc.ABC, Generic[O]):
                 f"{self.name!r} was to be released {late_ns / 1e6:.3f} ms before this "
                 "participant learned of it; increase the delay or check the clocks",
                 late_by=late_ns / 1e9,
-                release_at=at_ns / 1e9,
+                release_at=release_ns / 1e9,
                 **self.where(),
             )
-        returned: int = yield SleepUntil(at_ns, self.settings.spin_ns)
-        return returned
+        if lead_us > 0:
+            returned: int = yield SleepUntil(target, self.settings.spin_ns, server_clock)
+            late_ns = returned - target
+        return Instant(release_ns, late_ns, estimate)

@@ -34,3 +34,8 @@ class SyncResult:
     late_by: float
     #: The lead time the round was released with (the last arriver's ``delay``).
     delay: float
+    #: With an instant on the server's clock (``clock="server"``): the Redis server's
+    #: clock minus this host's wall clock, seconds, as estimated; ``None`` otherwise.
+    clock_offset: float | None = None
+    #: How far ``clock_offset`` may be off (half the best round trip), seconds.
+    clock_uncertainty: float | None = None

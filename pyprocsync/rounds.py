@@ -35,7 +35,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from . import clock, params
+from . import params
 from .exceptions import (
     BrokenBarrierError,
     ParameterMismatchError,
@@ -48,6 +48,7 @@ from .params import Settings
 from .protocol import RECHECK, Flow, Receive, RunAction, Signal, Waiter, call, text
 from .results import SyncResult
 from .scripts import Script
+from .servertime import ClockState
 
 __all__ = [
     "Broken",
@@ -64,11 +65,16 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Released:
-    """A round released at ``at_us`` (epoch µs) with lead time ``lead_us``."""
+    """A round released at ``at_us`` (epoch µs) with lead time ``lead_us``.
+
+    ``server_clock``: the instant is on the Redis server's clock (server-clock mode),
+    else on the last arriver's.
+    """
 
     generation: int
     at_us: int
     lead_us: int
+    server_clock: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +128,10 @@ def parse_outcome(announcement: str) -> Outcome:
     try:
         kind, _, rest = announcement.partition(" ")
         if kind == "R":
-            gen, at_us, lead_us = rest.split(" ")
-            return Released(_nonneg(gen), _nonneg(at_us), _nonneg(lead_us))
+            gen, at_us, lead_us, *basis = rest.split(" ")
+            if basis not in ([], ["s"]):
+                raise ValueError(announcement)
+            return Released(_nonneg(gen), _nonneg(at_us), _nonneg(lead_us), basis == ["s"])
         if kind == "B":
             gen, reason, arrived, expected, missing = rest.split(" ", 4)
             members = json.loads(missing)
@@ -147,6 +155,7 @@ class _Participant(Waiter[Outcome]):
     def __init__(
         self,
         settings: Settings,
+        clocks: ClockState,
         event: str,
         nodes: int,
         timeout: float | None,
@@ -154,7 +163,7 @@ class _Participant(Waiter[Outcome]):
         has_action: bool = False,
     ) -> None:
         self.keys = EventKeys.of(settings.prefix, settings.run_id, event)
-        super().__init__(settings, event, self.keys.channel, timeout)
+        super().__init__(settings, clocks, event, self.keys.channel, timeout)
         self.nodes = nodes
         self.has_action = has_action
         node_id = settings.node_id or params.default_node_id()
@@ -216,6 +225,7 @@ class _Participant(Waiter[Outcome]):
     # -- transitions ---------------------------------------------------------------
 
     def run(self) -> Flow[SyncResult]:
+        yield from self.prepare_clock()
         if not (yield from self.listen()):
             raise self._timed_out(None, None)  # nothing was counted: the round is untouched
         try:
@@ -239,7 +249,7 @@ class _Participant(Waiter[Outcome]):
                 self.member,
                 settings.liveness_ms,
                 settings.retention_ms,
-                clock.time_ns() // 1000,
+                self.now_us_for_scripts(),
                 settings.delay_us,
                 self.channel,
                 int(self.has_action),
@@ -304,7 +314,7 @@ class _Participant(Waiter[Outcome]):
             Script.RELEASE,
             self.generation,
             self.member,
-            clock.time_ns() // 1000,
+            self.now_us_for_scripts(),
             settings.delay_us,
             settings.retention_ms,
             self.channel,
@@ -362,22 +372,26 @@ class _Participant(Waiter[Outcome]):
     def _release(self, outcome: Outcome) -> Flow[SyncResult]:
         if isinstance(outcome, Broken):
             raise self._broken(outcome)
-        returned = yield from self.await_instant(
-            outcome.at_us, outcome.lead_us, learned_late_is_error=True
+        met = yield from self.await_instant(
+            outcome.at_us, outcome.lead_us, outcome.server_clock, learned_late_is_error=True
         )
+        estimate = met.estimate
         return SyncResult(
             event=self.name,
             generation=outcome.generation,
             index=self.index,
             nodes=self.nodes,
-            release_at=outcome.at_us / 1e6,
-            late_by=(returned - outcome.at_us * 1000) / 1e9,
+            release_at=met.release_ns // 1000 / 1e6,
+            late_by=met.late_ns / 1e9,
             delay=outcome.lead_us / 1e6,
+            clock_offset=None if estimate is None else estimate.wall_offset_ns / 1e9,
+            clock_uncertainty=None if estimate is None else estimate.uncertainty_ns / 1e9,
         )
 
 
 def sync_flow(
     settings: Settings,
+    clocks: ClockState,
     event: object,
     nodes: object,
     timeout: object,
@@ -393,6 +407,7 @@ def sync_flow(
     """
     return _Participant(
         settings,
+        clocks,
         params.text("event_name", event, empty=False),
         params.count("nodes", nodes),
         params.timeout(timeout),

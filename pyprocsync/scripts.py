@@ -22,7 +22,8 @@ State of one event (names in :mod:`pyprocsync.keys`), a hash with fields:
 ``o0`` .. ``o7``
     the outcomes of the last eight rounds, slot ``generation % 8``:
     ``R <gen> <release µs> <lead µs>`` (released at that epoch instant of the last
-    arriver's clock) or ``B <gen> <reason> <arrived> <expected> <missing JSON>``
+    arriver's clock; followed by `` s`` when the instant is on the server's clock, in
+    server-clock mode) or ``B <gen> <reason> <arrived> <expected> <missing JSON>``
     (broken). The current round is broken exactly when its slot holds its outcome.
 
 plus a sorted set of the waiting participants' leases (member ``<12 hex>:<node id>``,
@@ -67,6 +68,13 @@ end
 local function server_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- "Now" for an instant: the caller's clock (µs), or with -1 the server's, marked ' s'.
+local function now_us(given)
+  if given >= 0 then return given, '' end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2]), ' s'
 end
 
 local function int_field(field)
@@ -140,7 +148,8 @@ _ARRIVE = """
 -- ARRIVE: join the current round of the event.
 -- KEYS[1] state hash, KEYS[2] lease set
 -- ARGV[1] nodes, ARGV[2] member, ARGV[3] liveness ms, ARGV[4] retention ms,
--- ARGV[5] caller's wall clock at arrival, epoch µs, ARGV[6] lead µs, ARGV[7] channel,
+-- ARGV[5] caller's wall clock at arrival, epoch µs (-1: use the server's clock),
+-- ARGV[6] lead µs, ARGV[7] channel,
 -- ARGV[8] 1 if the caller, when last, runs an action before the release (else 0)
 -- Returns {status, generation, index, outcome}:
 --   {0, g, index, ''}        joined; waiting for the others
@@ -190,7 +199,8 @@ if free and free ~= '' then
 end
 n = n + 1
 if n >= k and not hold then
-  o = decide(g, 'R ' .. fmt(g) .. ' ' .. fmt(arrival_us + lead_us) .. ' ' .. fmt(lead_us), channel)
+  local at, basis = now_us(arrival_us)
+  o = decide(g, 'R ' .. fmt(g) .. ' ' .. fmt(at + lead_us) .. ' ' .. fmt(lead_us) .. basis, channel)
   redis.call('HSET', H, 'g', fmt(g + 1), 'n', 0)
   redis.call('HDEL', H, 'k', 'f')
   keep(retention)
@@ -292,8 +302,8 @@ return cur + 1
 _RELEASE = """
 -- RELEASE: the last arrival ran its action; release the round now.
 -- KEYS[1] state hash, KEYS[2] lease set
--- ARGV[1] generation, ARGV[2] member (the actor), ARGV[3] caller's wall clock, epoch µs,
--- ARGV[4] lead µs, ARGV[5] retention ms, ARGV[6] channel
+-- ARGV[1] generation, ARGV[2] member (the actor), ARGV[3] caller's wall clock, epoch µs
+-- (-1: the server's), ARGV[4] lead µs, ARGV[5] retention ms, ARGV[6] channel
 -- Returns the round's outcome: 'R ...' now, or the one decided while the action ran
 -- (a timeout or a lapsed lease broke it); 'L'/'E' as CHECK.
 local g = tonumber(ARGV[1])
@@ -301,8 +311,8 @@ local o = settled(g)
 if o then return o end
 if redis.call('HGET', H, 'a') ~= ARGV[2] then return 'L' end
 local lead_us = tonumber(ARGV[4])
-o = decide(g, 'R ' .. fmt(g) .. ' ' .. fmt(tonumber(ARGV[3]) + lead_us) .. ' ' .. fmt(lead_us),
-  ARGV[6])
+local at, basis = now_us(tonumber(ARGV[3]))
+o = decide(g, 'R ' .. fmt(g) .. ' ' .. fmt(at + lead_us) .. ' ' .. fmt(lead_us) .. basis, ARGV[6])
 redis.call('HSET', H, 'g', fmt(g + 1), 'n', 0)
 redis.call('HDEL', H, 'k', 'f', 'a')
 keep(tonumber(ARGV[5]))
@@ -334,8 +344,10 @@ return {g, int_field('n') or 0, int_field('k') or 0, outcome_of(g) or ''}
 
 _FLAG_SET = """
 -- FLAG_SET: set the flag (Event.set). Setting a set flag changes nothing.
--- KEYS[1] flag hash: v (0/1), s (sets so far), o (last set: 'S <s> <at µs> <lead µs>')
--- ARGV[1] caller's wall clock, epoch µs, ARGV[2] lead µs, ARGV[3] retention ms,
+-- KEYS[1] flag hash: v (0/1), s (sets so far), o (last set: 'S <s> <at µs> <lead µs>',
+-- with ' s' when the instant is on the server's clock)
+-- ARGV[1] caller's wall clock, epoch µs (-1: the server's), ARGV[2] lead µs,
+-- ARGV[3] retention ms,
 -- ARGV[4] channel
 -- Returns the flag's last set: the new one (also published) or the one in force.
 local v, s = int_field('v') or 0, int_field('s') or 0
@@ -348,7 +360,8 @@ if v == 1 then
 end
 s = s + 1
 local lead_us = tonumber(ARGV[2])
-local o = 'S ' .. fmt(s) .. ' ' .. fmt(tonumber(ARGV[1]) + lead_us) .. ' ' .. fmt(lead_us)
+local at, basis = now_us(tonumber(ARGV[1]))
+local o = 'S ' .. fmt(s) .. ' ' .. fmt(at + lead_us) .. ' ' .. fmt(lead_us) .. basis
 redis.call('HSET', H, 'v', 1, 's', fmt(s), 'o', o)
 redis.call('PUBLISH', ARGV[4], o)
 keep(tonumber(ARGV[3]))

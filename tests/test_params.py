@@ -29,6 +29,12 @@ from pyprocsync import (
 )
 from pyprocsync.protocol import Listen
 from pyprocsync.rounds import sync_flow
+from pyprocsync.servertime import ClockState
+
+
+def quiet_clocks() -> ClockState:
+    """A clock state that skips the once-per-instance system-clock check (no TIME calls)."""
+    return ClockState(check_system_clock=False)
 
 
 @pytest.fixture
@@ -313,7 +319,7 @@ def test_unreachable_server_is_reached_only_by_valid_calls(unreachable: redis.Re
 def test_sync_flow_validates_on_creation() -> None:
     """The I/O-free flow validates when it is created, before its first operation."""
     with pytest.raises(InvalidArgumentError):
-        sync_flow(settings(), "event", 0, None)
-    flow = sync_flow(settings(), "event", np.int64(2), np.float64(1.0))
+        sync_flow(settings(), quiet_clocks(), "event", 0, None)
+    flow = sync_flow(settings(), quiet_clocks(), "event", np.int64(2), np.float64(1.0))
     assert isinstance(next(flow), Listen)
     flow.close()

@@ -36,12 +36,18 @@ from pyprocsync.keys import EventKeys
 from pyprocsync.protocol import Call, Listen, Receive, SleepUntil
 from pyprocsync.rounds import Broken, Released, parse_outcome, reset_flow, sync_flow
 from pyprocsync.scripts import CORRUPT_MARKER, Script
+from pyprocsync.servertime import ClockState
 
 RUN, EVENT = "run", "step"
 KEYS = EventKeys.of("pyprocsync", RUN, EVENT)
 CHANNEL = KEYS.channel
 T0_NS = 1_700_000_000_000_000_000  # fake wall clock at the start of each test
 T0_US = T0_NS // 1000
+
+
+def quiet_clocks() -> ClockState:
+    """A clock state that skips the once-per-instance system-clock check (no TIME calls)."""
+    return ClockState(check_system_clock=False)
 
 
 class FakeClock:
@@ -139,7 +145,7 @@ class Stepper:
 def start(settings: params.Settings | None = None, nodes: int = 2,
           timeout: float | None = None) -> Stepper:  # fmt: skip
     """A participant that subscribed (confirmation received) and is about to ARRIVE."""
-    stepper = Stepper(sync_flow(settings or make_settings(), EVENT, nodes, timeout))
+    stepper = Stepper(sync_flow(settings or make_settings(), quiet_clocks(), EVENT, nodes, timeout))
     assert stepper.op == Listen(CHANNEL)
     stepper.send(True)
     stepper.expect_receive()
@@ -168,7 +174,7 @@ def heartbeat_expires(stepper: Stepper, fake: FakeClock) -> None:
 def test_subscribes_before_arriving(fake_clock: FakeClock) -> None:
     """The channel is subscribed and confirmed before ARRIVE, so no announcement can slip
     between arriving and listening."""
-    stepper = Stepper(sync_flow(make_settings(), EVENT, 2, None))
+    stepper = Stepper(sync_flow(make_settings(), quiet_clocks(), EVENT, 2, None))
     assert stepper.op == Listen(CHANNEL)
     stepper.send(True)
     stepper.expect_receive()
@@ -189,7 +195,7 @@ def test_subscribes_before_arriving(fake_clock: FakeClock) -> None:
 def test_existing_subscription_arrives_at_once(fake_clock: FakeClock) -> None:
     """When the listener was already subscribed (``Listen`` returns False), the flow does
     not wait for a confirmation that will never come."""
-    stepper = Stepper(sync_flow(make_settings(), EVENT, 2, None))
+    stepper = Stepper(sync_flow(make_settings(), quiet_clocks(), EVENT, 2, None))
     stepper.send(False)
     stepper.expect_call(Script.ARRIVE)
 
@@ -472,7 +478,7 @@ def test_abandon_undecided_reply_is_a_protocol_error(fake_clock: FakeClock) -> N
 def test_timeout_before_subscription_confirmed(fake_clock: FakeClock) -> None:
     """A timeout that expires while the subscription is unconfirmed raises TimeOutError
     without arriving (nothing to withdraw)."""
-    stepper = Stepper(sync_flow(make_settings(), EVENT, 2, 0.2))
+    stepper = Stepper(sync_flow(make_settings(), quiet_clocks(), EVENT, 2, 0.2))
     stepper.send(True)
     assert stepper.expect_receive().timeout == pytest.approx(0.2)
     fake_clock.advance(0.2)
@@ -696,7 +702,7 @@ def test_reset_flow() -> None:
 
 def test_procsync_error_context(fake_clock: FakeClock) -> None:
     """Errors raised before the generation is known carry generation None."""
-    stepper = Stepper(sync_flow(make_settings(), EVENT, 2, 0.1))
+    stepper = Stepper(sync_flow(make_settings(), quiet_clocks(), EVENT, 2, 0.1))
     stepper.send(True)
     fake_clock.advance(1)
     with pytest.raises(ProcSyncError) as info:

@@ -1,0 +1,154 @@
+"""This host's clocks against the Redis server's clock, estimated from ``TIME`` round trips.
+
+Each sample reads this host's monotonic and wall clocks, asks the server for ``TIME``
+and reads both clocks again. Assuming the reply was taken halfway through the round
+trip (Cristian's method, as NTP does), the server's clock minus this host's clock is
+``server - (before + after) / 2``, uncertain by half the round trip. The estimate keeps
+the sample with the shortest round trip, the least disturbed one.
+
+In server-clock mode the protocol agrees release instants in server time and each
+participant converts them with its offset to the *monotonic* clock, so a step of its
+wall clock during the wait changes nothing. The offset to the wall clock is kept too:
+it turns the instant into ``SyncResult.release_at`` and feeds the system-mode check
+that warns when this host's clock disagrees with the server's by more than the lead
+time.
+
+.. versionadded:: 1.0
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from . import clock
+from .exceptions import ProcSyncError, ProtocolError
+from .protocol import Flow, ServerTime, text
+
+__all__ = ["ClockEstimate", "ClockState", "estimate_flow", "parse_time"]
+
+log = logging.getLogger("pyprocsync.clock")
+
+
+@dataclass(frozen=True, slots=True)
+class ClockEstimate:
+    """This host's clocks against the server's, from the best of several samples.
+
+    .. versionadded:: 1.0
+    """
+
+    #: Server time minus this host's monotonic clock, ns.
+    monotonic_offset_ns: int
+    #: Server time minus this host's wall clock, ns (positive: the server is ahead).
+    wall_offset_ns: int
+    #: Half the shortest round trip, ns: how far the offsets may be off.
+    uncertainty_ns: int
+    #: Round trips of all samples, ns, in the order taken.
+    rtts_ns: tuple[int, ...]
+    #: When it was made, this host's monotonic clock, ns.
+    taken_at_ns: int
+
+    def server_to_monotonic(self, server_ns: int) -> int:
+        """Convert a server-time instant to this host's monotonic clock."""
+        return server_ns - self.monotonic_offset_ns
+
+    def server_to_wall(self, server_ns: int) -> int:
+        """Convert a server-time instant to this host's wall clock."""
+        return server_ns - self.wall_offset_ns
+
+
+def parse_time(reply: Any) -> int:
+    """Decode a ``TIME`` reply into nanoseconds since the epoch.
+
+    :raises ProtocolError: the reply is not ``[seconds, microseconds]``.
+    """
+    try:
+        seconds, micros = (int(text(part) if isinstance(part, bytes) else part) for part in reply)
+    except (TypeError, ValueError):
+        raise ProtocolError(f"unexpected TIME reply: {reply!r}") from None
+    if seconds < 0 or not 0 <= micros < 1_000_000:
+        raise ProtocolError(f"unexpected TIME reply: {reply!r}")
+    return seconds * 1_000_000_000 + micros * 1000
+
+
+def estimate_flow(samples: int) -> Flow[ClockEstimate]:
+    """Take ``samples`` TIME round trips and return the estimate of the shortest one."""
+    best: tuple[int, int, int] | None = None  # (rtt, monotonic offset, wall offset)
+    rtts = []
+    for _ in range(samples):
+        mono_before, wall_before = clock.monotonic_ns(), clock.time_ns()
+        server_ns = parse_time((yield ServerTime()))
+        mono_after, wall_after = clock.monotonic_ns(), clock.time_ns()
+        rtt = mono_after - mono_before
+        rtts.append(rtt)
+        if best is None or rtt < best[0]:
+            best = (
+                rtt,
+                server_ns - (mono_before + mono_after) // 2,
+                server_ns - (wall_before + wall_after) // 2,
+            )
+    if best is None:
+        raise ValueError("samples must be at least 1")
+    rtt, mono_offset, wall_offset = best
+    # The server's TIME has a resolution of 1 µs: add it to the round-trip bound.
+    return ClockEstimate(
+        mono_offset, wall_offset, rtt // 2 + 1000, tuple(rtts), clock.monotonic_ns()
+    )
+
+
+class ClockState:
+    """The latest estimate of one shell instance, renewed when older than ``refresh_ns``.
+
+    Shared by the calls (threads, tasks) of the instance; a renewal by one call is used
+    by all. The first estimate in system-clock mode is also checked against the lead
+    time (see :meth:`check_system_clock`).
+    """
+
+    def __init__(self, *, check_system_clock: bool = True) -> None:
+        self._estimate: ClockEstimate | None = None
+        self._lock = threading.Lock()
+        self._checked = not check_system_clock
+
+    @property
+    def estimate(self) -> ClockEstimate | None:
+        """The latest estimate, or ``None`` before the first."""
+        return self._estimate
+
+    def fresh(self, refresh_ns: int, samples: int) -> Flow[ClockEstimate]:
+        """Return an estimate younger than ``refresh_ns``, taking a new one if needed."""
+        current = self._estimate
+        if current is not None and clock.monotonic_ns() - current.taken_at_ns < refresh_ns:
+            return current
+        estimate = yield from estimate_flow(samples)
+        with self._lock:
+            if self._estimate is None or self._estimate.taken_at_ns < estimate.taken_at_ns:
+                self._estimate = estimate
+        return estimate
+
+    def check_system_clock(self, samples: int, lead_ns: int) -> Flow[None]:
+        """Once per instance: warn if this host's clock is off the server's by > ``lead_ns``.
+
+        In system-clock mode the last arrival's clock fixes the instant; a host whose
+        clock disagrees with the others by more than the lead time learns of instants
+        that have passed (TooLateError). The server's clock stands in for the others'.
+        """
+        if self._checked:
+            return
+        self._checked = True
+        try:
+            estimate = yield from self.fresh(0, samples)
+        except ProcSyncError as exc:  # advisory only: the call itself reports real trouble
+            log.debug("could not compare this host's clock with the server's: %s", exc)
+            return
+        if abs(estimate.wall_offset_ns) > lead_ns:
+            log.warning(
+                "this host's clock is %.3f ms %s the Redis server's (+- %.3f ms), more than "
+                "the lead time of %.3f ms: expect TooLateError; synchronize the clocks "
+                '(NTP/PTP) or use clock="server"',
+                abs(estimate.wall_offset_ns) / 1e6,
+                "behind" if estimate.wall_offset_ns > 0 else "ahead of",
+                estimate.uncertainty_ns / 1e6,
+                lead_ns / 1e6,
+            )
