@@ -26,7 +26,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -182,7 +182,9 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
     _listener_client: aioredis.Redis | None
 
     @classmethod
-    def from_url(cls, url: str, run_id: str = "", delay: float = 1.0, **options: Any) -> ProcSync:
+    def from_url(
+        cls, url: str, run_id: str = "", delay: float | Literal["auto"] = 1.0, **options: Any
+    ) -> ProcSync:
         """Make an instance with its own client for ``url``; :meth:`aclose` closes it."""
         return _owning(cls, url, run_id, delay, **options)
 

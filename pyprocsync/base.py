@@ -7,7 +7,7 @@ flows built here; this module does no I/O.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from . import flags, params, rounds
 from .exceptions import ArgumentTypeError, BrokenBarrierError, TimeOutError
@@ -31,7 +31,7 @@ class ProcSyncBase:
         self,
         redis_client: Any,
         run_id: str = "",
-        delay: float = 1.0,
+        delay: float | Literal["auto"] = 1.0,
         *,
         liveness: float = 5.0,
         retention: float = 60.0,
@@ -43,6 +43,7 @@ class ProcSyncBase:
         clock: ClockMode = "system",
         clock_samples: int = 5,
         clock_refresh: float = 1.0,
+        auto_floor: float = 0.001,
     ) -> None:
         self._settings = Settings.create(
             run_id=run_id,
@@ -57,6 +58,7 @@ class ProcSyncBase:
             clock=clock,
             clock_samples=clock_samples,
             clock_refresh=clock_refresh,
+            auto_floor=auto_floor,
         )
         self._clocks = ClockState()
         self._client = redis_client
@@ -72,9 +74,9 @@ class ProcSyncBase:
         return self._settings.run_id
 
     @property
-    def delay(self) -> float:
+    def delay(self) -> float | Literal["auto"]:
         """The lead time, in seconds, this instance announces when it arrives last."""
-        return self._settings.delay_us / 1e6
+        return "auto" if self._settings.auto_delay else self._settings.delay_us / 1e6
 
     def __repr__(self) -> str:
         return f"<{type(self).__qualname__} run_id={self.run_id!r} delay={self.delay}>"
@@ -99,6 +101,7 @@ class EventBase:
         **options: Any,
     ) -> None:
         self._name = params.text("name", name, empty=False)
+        params.lead("delay", delay)  # a number: "auto" sizes leads from rounds, not sets
         self._shell: Any = self._shell_type(redis_client, run_id, delay, **options)
 
     @property
@@ -140,7 +143,7 @@ class BarrierBase:
         timeout: float | None = None,
         *,
         run_id: str = "",
-        delay: float = 0.05,
+        delay: float | Literal["auto"] = 0.05,
         **options: Any,
     ) -> None:
         self._name = params.text("name", name, empty=False)

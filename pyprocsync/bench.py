@@ -69,16 +69,19 @@ class BenchConfig:
     url: str
     nodes: int = 4
     rounds: int = 300
-    delay: float = 0.01
+    #: Seconds, or ``"auto"`` (chosen from measured latency; the figures report it).
+    delay: float | str = 0.01
     think: float = 0.002
     spin: float = 0.0005
     timeout: float = 30.0
+    clock: str = "system"
     run_id: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex}")
 
     @property
     def period(self) -> float:
         """Spacing of the limit phase's instants: about one sync round."""
-        return max(self.delay, 0.001) + self.think
+        lead = self.delay if isinstance(self.delay, float) else 0.001
+        return max(lead, 0.001) + self.think
 
 
 @dataclass
@@ -94,6 +97,7 @@ class _NodeRecord:
     release_us: list[float]
     errors: list[str]
     too_late: int = 0
+    delays_us: list[float] = field(default_factory=list)
 
 
 def _die_with_parent() -> None:
@@ -113,8 +117,9 @@ def _worker(config: BenchConfig, rank: int, out: Any) -> None:
     node = ProcSync(
         client,
         config.run_id,
-        config.delay,
+        config.delay,  # type: ignore[arg-type]  # a number or "auto", as BenchConfig says
         spin=config.spin,
+        clock=config.clock,  # type: ignore[arg-type]
         node_id=f"bench-{rank}",
     )
     try:
@@ -129,6 +134,7 @@ def _worker(config: BenchConfig, rank: int, out: Any) -> None:
             try:
                 result = node.sync(_EVENT, config.nodes, config.timeout)
                 late_s, release_s = result.late_by, result.release_at
+                record.delays_us.append(result.delay * 1e6)
             except TooLateError as exc:  # the round was released: go on with the next
                 record.too_late += 1
                 late_s, release_s = exc.late_by or 0.0, exc.release_at or 0.0
@@ -239,6 +245,7 @@ def _figures(config: BenchConfig, records: list[_NodeRecord]) -> dict[str, Any]:
             "late_over_1ms": sum(1 for late in sync_late if late > LATE_OVER_US),
             "errors": len(errors),
             "completed_rounds": complete,
+            "delay_us": summary(d for r in records for d in r.delays_us),
             "error_messages": errors[:10],
         },
         "limit": {
@@ -289,6 +296,12 @@ def format_table(figures: dict[str, Any]) -> str:
         f"errors: {sync['errors']}   "
         f"rounds completed: {sync['completed_rounds']}/{figures['rounds']}",
     ]
+    if figures["delay"] == "auto" and "delay_us" in sync:
+        chosen = sync["delay_us"]
+        lines.append(
+            "lead times chosen (delay auto, us): "
+            + "  ".join(f"{p} {chosen[p]:.0f}" for p in ("p50", "p90", "p99", "max"))
+        )
     lines += [f"  error: {message}" for message in sync["error_messages"]]
     return "\n".join(lines)
 

@@ -100,6 +100,12 @@ def _number(
 
 
 _count = _number(int, 1, "a whole number >= 1")
+
+
+def _seconds_or_auto(text: str) -> float | str:
+    return "auto" if text == "auto" else float(_seconds(text))
+
+
 _seconds = _number(float, 0.0, "a number of seconds >= 0")
 _positive = _number(float, 1e-9, "a number of seconds > 0")
 _port = _number(int, 0, "a port number (0-65535)", 65535)
@@ -134,7 +140,16 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--nodes", type=_count, default=4, help="processes (default 4)")
     bench.add_argument("--rounds", type=_count, default=300, help="rounds (default 300)")
     bench.add_argument(
-        "--delay", type=_seconds, default=0.01, help="lead time in seconds (default 0.01)"
+        "--delay",
+        type=_seconds_or_auto,
+        default=0.01,
+        help="lead time in seconds, or 'auto' (default 0.01)",
+    )
+    bench.add_argument(
+        "--clock",
+        choices=("system", "server"),
+        default="system",
+        help="agree instants on each host's clock or the server's (default system)",
     )
     bench.add_argument(
         "--think",
@@ -236,6 +251,7 @@ def _bench(args: argparse.Namespace) -> None:
             delay=args.delay,
             think=args.think,
             spin=args.spin,
+            clock=args.clock,
         )
         figures = run_bench(config, progress=progress_bar(args.rounds))
         figures["server"] = server_label(url, embedded is not None)

@@ -119,6 +119,12 @@ class Settings:
     clock: ClockMode = "system"
     clock_samples: int = 5
     clock_refresh_ns: int = 1_000_000_000
+    auto_floor_us: int = 1000
+
+    @property
+    def auto_delay(self) -> bool:
+        """Whether the lead time is chosen from measured latency (``delay="auto"``)."""
+        return self.delay_us < 0
 
     @classmethod
     def create(
@@ -136,6 +142,7 @@ class Settings:
         clock: object = "system",
         clock_samples: object = 5,
         clock_refresh: object = 1.0,
+        auto_floor: object = 0.001,
     ) -> Settings:
         """Validate the constructor arguments of a ProcSync and build its settings."""
         if clock not in ("system", "server"):
@@ -153,7 +160,7 @@ class Settings:
             )
         return cls(
             run_id=text("run_id", run_id),
-            delay_us=round(lead("delay", delay) * 1e6),
+            delay_us=-1 if delay == "auto" else round(lead("delay", delay) * 1e6),
             liveness_ms=max(1, round(liveness_s * 1e3)),
             retention_ms=round(retention_s * 1e3),
             late_tolerance_ns=round(lead("late_tolerance", late_tolerance) * 1e9),
@@ -164,6 +171,7 @@ class Settings:
             clock=clock,  # checked above
             clock_samples=count("clock_samples", clock_samples),
             clock_refresh_ns=round(positive("clock_refresh", clock_refresh) * 1e9),
+            auto_floor_us=round(lead("auto_floor", auto_floor) * 1e6),
         )
 
     @property

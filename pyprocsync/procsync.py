@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import redis
 from redis.client import PubSub
@@ -192,7 +192,9 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
     _listener_client: redis.Redis | None
 
     @classmethod
-    def from_url(cls, url: str, run_id: str = "", delay: float = 1.0, **options: Any) -> ProcSync:
+    def from_url(
+        cls, url: str, run_id: str = "", delay: float | Literal["auto"] = 1.0, **options: Any
+    ) -> ProcSync:
         """Connect to the Redis at ``url`` (``redis://``, ``rediss://``, ``unix://``).
 
         The instance owns that client: :meth:`close` closes it. ``options`` are the

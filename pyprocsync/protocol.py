@@ -332,7 +332,7 @@ class Waiter(abc.ABC, Generic[O]):
         :raises TooLateError: ``learned_late_is_error`` and the instant had passed by
             more than the tolerance (with ``on_late="raise"``).
         """
-        at_ns = at_us * 1000
+        at_ns, lead_ns = at_us * 1000, lead_us * 1000
         estimate = None
         if server_clock:
             settings = self.settings
@@ -346,6 +346,10 @@ class Waiter(abc.ABC, Generic[O]):
             target = release_ns = at_ns
             now = clock.time_ns()
         late_ns = now - target
+        # How long the news took from the decision (instant - lead) to this participant:
+        # reported at the next arrival, it sizes automatic lead times.
+        uncertainty = 0 if estimate is None else estimate.uncertainty_ns
+        self.clocks.latency_us[self.name] = max(0, late_ns + lead_ns + uncertainty) // 1000
         if (
             lead_us > 0
             and learned_late_is_error

@@ -253,6 +253,8 @@ class _Participant(Waiter[Outcome]):
                 settings.delay_us,
                 self.channel,
                 int(self.has_action),
+                self.clocks.latency_us.get(self.name, 0),
+                settings.auto_floor_us,
             )
             try:
                 status, generation, index, announcement = reply
@@ -318,6 +320,7 @@ class _Participant(Waiter[Outcome]):
             settings.delay_us,
             settings.retention_ms,
             self.channel,
+            settings.auto_floor_us,
         )
         outcome = self._decision(reply)
         if outcome is None:

@@ -13,6 +13,10 @@ State of one event (names in :mod:`pyprocsync.keys`), a hash with fields:
     arrivals in the current round, and how many it needs (set by its first arrival).
 ``f``
     arrival indices given back by withdrawn participants, space separated.
+``L``
+    with ``delay="auto"``: the slowest recent announcement, µs: how long participants
+    took to learn of a release after it was decided (each reports its last one when it
+    arrives; every automatically led release lowers it by 1/32).
 ``m:<member>``
     the arrival index of each participant waiting in the current round (so an
     interrupted participant can withdraw even if it never read its index).
@@ -75,6 +79,15 @@ local function now_us(given)
   if given >= 0 then return given, '' end
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2]), ' s'
+end
+
+-- The lead time: the given one, or (given -1) the automatic one: twice the slowest
+-- recent announcement (field L, which every released round lowers by 1/32), at least
+-- the floor. Releasing with it decays L, so a past spike is forgotten in some rounds.
+local function lead(given, latency, floor)
+  if given >= 0 then return given end
+  redis.call('HSET', H, 'L', fmt(math.floor(latency * 31 / 32)))
+  return math.max(floor, 2 * latency)
 end
 
 local function int_field(field)
@@ -149,8 +162,10 @@ _ARRIVE = """
 -- KEYS[1] state hash, KEYS[2] lease set
 -- ARGV[1] nodes, ARGV[2] member, ARGV[3] liveness ms, ARGV[4] retention ms,
 -- ARGV[5] caller's wall clock at arrival, epoch µs (-1: use the server's clock),
--- ARGV[6] lead µs, ARGV[7] channel,
--- ARGV[8] 1 if the caller, when last, runs an action before the release (else 0)
+-- ARGV[6] lead µs (-1: automatic, see lead()), ARGV[7] channel,
+-- ARGV[8] 1 if the caller, when last, runs an action before the release (else 0),
+-- ARGV[9] how long the caller took to learn of this event's last release, µs (0: none),
+-- ARGV[10] the automatic lead's floor, µs
 -- Returns {status, generation, index, outcome}:
 --   {0, g, index, ''}        joined; waiting for the others
 --   {0, g, index, 'R ...'}   joined as the last arrival: the round is released
@@ -164,6 +179,7 @@ local nodes, member = tonumber(ARGV[1]), ARGV[2]
 local liveness, retention = tonumber(ARGV[3]), tonumber(ARGV[4])
 local arrival_us, lead_us, channel = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local hold = ARGV[8] == '1'
+local reported, floor = tonumber(ARGV[9]), tonumber(ARGV[10])
 local g = int_field('g') or 0
 local o = outcome_of(g)
 if o then
@@ -177,6 +193,11 @@ if #gone > 0 then
   o = break_round(g, 'lost', gone, channel)
   keep(retention)
   return {1, g, -1, o}
+end
+local latency = int_field('L') or 0
+if reported > latency then
+  latency = reported
+  redis.call('HSET', H, 'L', fmt(latency))
 end
 local n = int_field('n') or 0
 local k = int_field('k')
@@ -199,6 +220,7 @@ if free and free ~= '' then
 end
 n = n + 1
 if n >= k and not hold then
+  lead_us = lead(lead_us, latency, floor)
   local at, basis = now_us(arrival_us)
   o = decide(g, 'R ' .. fmt(g) .. ' ' .. fmt(at + lead_us) .. ' ' .. fmt(lead_us) .. basis, channel)
   redis.call('HSET', H, 'g', fmt(g + 1), 'n', 0)
@@ -303,14 +325,15 @@ _RELEASE = """
 -- RELEASE: the last arrival ran its action; release the round now.
 -- KEYS[1] state hash, KEYS[2] lease set
 -- ARGV[1] generation, ARGV[2] member (the actor), ARGV[3] caller's wall clock, epoch µs
--- (-1: the server's), ARGV[4] lead µs, ARGV[5] retention ms, ARGV[6] channel
+-- (-1: the server's), ARGV[4] lead µs (-1: automatic), ARGV[5] retention ms,
+-- ARGV[6] channel, ARGV[7] the automatic lead's floor, µs
 -- Returns the round's outcome: 'R ...' now, or the one decided while the action ran
 -- (a timeout or a lapsed lease broke it); 'L'/'E' as CHECK.
 local g = tonumber(ARGV[1])
 local o = settled(g)
 if o then return o end
 if redis.call('HGET', H, 'a') ~= ARGV[2] then return 'L' end
-local lead_us = tonumber(ARGV[4])
+local lead_us = lead(tonumber(ARGV[4]), int_field('L') or 0, tonumber(ARGV[7]))
 local at, basis = now_us(tonumber(ARGV[3]))
 o = decide(g, 'R ' .. fmt(g) .. ' ' .. fmt(at + lead_us) .. ' ' .. fmt(lead_us) .. basis, ARGV[6])
 redis.call('HSET', H, 'g', fmt(g + 1), 'n', 0)

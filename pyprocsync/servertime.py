@@ -99,14 +99,18 @@ def estimate_flow(samples: int) -> Flow[ClockEstimate]:
 
 
 class ClockState:
-    """The latest estimate of one shell instance, renewed when older than ``refresh_ns``.
+    """What one shell instance measured about time, shared by its calls (threads, tasks).
 
-    Shared by the calls (threads, tasks) of the instance; a renewal by one call is used
-    by all. The first estimate in system-clock mode is also checked against the lead
-    time (see :meth:`check_system_clock`).
+    The latest clock estimate, renewed when older than ``refresh_ns`` (a renewal by one
+    call serves all); the one-time check of this host's clock in system-clock mode (see
+    :meth:`check_system_clock`); and, per event name, how long the last announcement
+    took to reach this instance (:attr:`latency_us`), reported at the next arrival so
+    that ``delay="auto"`` can size the lead time.
     """
 
     def __init__(self, *, check_system_clock: bool = True) -> None:
+        #: Per event name: µs from the last release's decision to this instance knowing it.
+        self.latency_us: dict[str, int] = {}
         self._estimate: ClockEstimate | None = None
         self._lock = threading.Lock()
         self._checked = not check_system_clock
