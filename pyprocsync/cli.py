@@ -1,6 +1,6 @@
-"""The ``pyprocsync`` command: ``bench``, ``sync``, ``server`` and ``status``.
+"""The ``pyprocsync`` command: ``bench``, ``sync``, ``server``, ``status`` and ``clock``.
 
-``bench``, ``sync`` and ``status`` take ``--redis URL``, defaulting to
+``bench``, ``sync``, ``status`` and ``clock`` take ``--redis URL``, defaulting to
 ``$PYPROCSYNC_REDIS_URL``; ``bench`` starts a private embedded server when neither is
 given. Errors print one line on
 stderr (``pyprocsync: error: ...``) and exit with a code of :class:`ExitCode`.
@@ -32,8 +32,10 @@ from .exceptions import (
     TimeOutError,
     TooLateError,
 )
-from .procsync import ProcSync
+from .procsync import ProcSync, drive
 from .server import EmbeddedServer, ServerError
+from .servertime import estimate_flow
+from .stats import summary
 from .status import read_status
 
 __all__ = ["ExitCode", "main"]
@@ -58,6 +60,8 @@ class ExitCode(IntEnum):
     BROKEN = 5
     #: The Redis server could not be reached, or the embedded server could not start.
     CONNECTION = 6
+    #: ``clock``: this host's clock is off the server's by more than ``--max-offset``.
+    CLOCK_OFF = 7
     #: Interrupted with Ctrl-C.
     INTERRUPTED = 130
 
@@ -205,6 +209,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--run", required=True, help="run id")
     _redis_option(status, "")
+
+    clock_cmd = commands.add_parser(
+        "clock",
+        help="this host's clock against the server's: offset, round trips, uncertainty",
+        description="Estimate this host's clock offset to the Redis server from TIME round "
+        "trips (the one with the shortest round trip wins). Exit 7 when the offset exceeds "
+        "--max-offset: check before a run whose delay must cover clock disagreement.",
+    )
+    _redis_option(clock_cmd, "")
+    clock_cmd.add_argument(
+        "--samples", type=_count, default=20, help="round trips to take (default 20)"
+    )
+    clock_cmd.add_argument(
+        "--max-offset",
+        type=_seconds,
+        help="exit 7 when |offset| exceeds this many seconds (default: never)",
+    )
     return parser
 
 
@@ -334,11 +355,37 @@ def _status(args: argparse.Namespace) -> None:
         )
 
 
+def _clock(args: argparse.Namespace) -> None:
+    url = _require_url(args.redis)
+    _check_reachable(url)
+    with redis.Redis.from_url(url) as client:
+        estimate = drive(estimate_flow(args.samples), lambda _op: client.time())
+    rtts = summary(rtt / 1e3 for rtt in estimate.rtts_ns)
+    offset_ms = estimate.wall_offset_ns / 1e6
+    print(f"server {redact(url)}: {args.samples} TIME round trips")
+    print(
+        f"offset (server - this host): {offset_ms:+.3f} ms  "
+        f"+- {estimate.uncertainty_ns / 1e6:.3f} ms "
+        f"({'server ahead' if offset_ms >= 0 else 'server behind'})"
+    )
+    print(
+        "round trip (us): " + "  ".join(f"{p} {rtts[p]:.0f}" for p in ("p50", "p90", "p99", "max"))
+    )
+    if args.max_offset is not None and abs(estimate.wall_offset_ns) > args.max_offset * 1e9:
+        raise _Failure(
+            ExitCode.CLOCK_OFF,
+            f"this host's clock is {abs(offset_ms):.3f} ms off the server's, more than "
+            f"--max-offset {args.max_offset} s: synchronize the clocks (NTP/PTP) or use "
+            'clock="server"',
+        )
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "bench": _bench,
     "sync": _sync,
     "server": _server,
     "status": _status,
+    "clock": _clock,
 }
 
 
