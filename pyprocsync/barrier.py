@@ -27,8 +27,9 @@ class Barrier(BarrierBase, ClosingShell):
     ``BrokenBarrierError`` and makes the barrier usable again. :attr:`n_waiting` and
     :attr:`broken` read the shared state.
 
-    All participants are released at one instant: the last arrival's wall clock (after
-    its action) plus ``delay``, like :meth:`ProcSync.sync`.
+    All participants are released at one instant: the last arrival's wall clock (or the
+    server's, with ``clock="server"``), read after its action, plus ``delay``, like
+    :meth:`ProcSync.sync`.
 
     :param redis_client: a :class:`redis.Redis` (it stays the caller's).
     :param name: the barrier's name, a non-empty ``str``. A barrier shares its rounds
@@ -39,10 +40,11 @@ class Barrier(BarrierBase, ClosingShell):
     :param timeout: the default timeout of :meth:`wait`, seconds or ``None``.
     :param run_id: the run it belongs to.
     :param delay: lead time of the release instant (default 0.05 s: enough for a
-        local network; raise it for slower links, 0 for no common instant).
+        local network; raise it for slower links, 0 for no common instant, ``"auto"``
+        to size it from measured latency).
     :param options: the keyword options of :class:`ProcSync` (``liveness``,
         ``retention``, ``late_tolerance``, ``on_late``, ``spin``, ``node_id``,
-        ``prefix``).
+        ``prefix``, ``clock``, ``clock_samples``, ``clock_refresh``, ``auto_floor``).
     :raises InvalidArgumentError: an argument is invalid (nothing was sent).
 
     .. note::

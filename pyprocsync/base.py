@@ -75,7 +75,8 @@ class ProcSyncBase:
 
     @property
     def delay(self) -> float | Literal["auto"]:
-        """The lead time, in seconds, this instance announces when it arrives last."""
+        """The lead time, in seconds, this instance announces when it arrives last, or
+        ``"auto"``."""
         return "auto" if self._settings.auto_delay else self._settings.delay_us / 1e6
 
     def __repr__(self) -> str:

@@ -80,7 +80,7 @@ class BenchConfig:
     @property
     def period(self) -> float:
         """Spacing of the limit phase's instants: about one sync round."""
-        lead = self.delay if isinstance(self.delay, float) else 0.001
+        lead = 0.001 if isinstance(self.delay, str) else self.delay
         return max(lead, 0.001) + self.think
 
 
@@ -262,6 +262,14 @@ def _figures(config: BenchConfig, records: list[_NodeRecord]) -> dict[str, Any]:
     }
 
 
+def _lead(figures: dict[str, Any]) -> str:
+    """The lead time and clock of a run, as the table and the plot title say them."""
+    delay = figures["delay"]
+    lead = "auto" if isinstance(delay, str) else f"{delay} s"
+    clock = figures.get("config", {}).get("clock", "system")
+    return lead if clock == "system" else f"{lead} (server clock)"
+
+
 def format_table(figures: dict[str, Any]) -> str:
     """Render the figures as the table ``pyprocsync bench`` prints."""
     cols = ("p50", "p90", "p99", "max")
@@ -277,7 +285,7 @@ def format_table(figures: dict[str, Any]) -> str:
     header = f"  {'':<22}" + "".join(f"{c:>10}" for c in cols)
     lines = [
         f"pyprocsync bench: {figures['nodes']} nodes x {figures['rounds']} rounds, "
-        f"delay {figures['delay']} s, think {figures['think']} s, server {figures['server']}",
+        f"delay {_lead(figures)}, think {figures['think']} s, server {figures['server']}",
         "",
         "spread of return instants per round (us)",
         header,
@@ -343,7 +351,7 @@ def plot(figures: dict[str, Any], path: str) -> None:
     ax_time.set_ylabel("µs")
     ax_time.legend()
     fig.suptitle(
-        f"pyprocsync bench: {figures['nodes']} nodes, delay {figures['delay']} s, "
+        f"pyprocsync bench: {figures['nodes']} nodes, delay {_lead(figures)}, "
         f"think {figures['think']} s"
     )
     fig.tight_layout()

@@ -185,7 +185,16 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--run", default="", help="run id (default: empty)")
     sync.add_argument("--timeout", type=_positive, help="seconds to wait (default: forever)")
     sync.add_argument(
-        "--delay", type=_seconds, default=1.0, help="lead time in seconds (default 1.0)"
+        "--delay",
+        type=_seconds_or_auto,
+        default=1.0,
+        help="lead time in seconds, or 'auto' (default 1.0)",
+    )
+    sync.add_argument(
+        "--clock",
+        choices=("system", "server"),
+        default="system",
+        help="agree the instant on each host's clock or the server's (default system)",
     )
     _redis_option(sync, "")
 
@@ -294,7 +303,7 @@ def _bench(args: argparse.Namespace) -> None:
 def _sync(args: argparse.Namespace) -> None:
     url = _require_url(args.redis)
     try:
-        with ProcSync.from_url(url, args.run, args.delay) as node:
+        with ProcSync.from_url(url, args.run, args.delay, clock=args.clock) as node:
             node.sync(args.name, args.nodes, args.timeout)
     except TimeOutError as exc:
         raise _Failure(ExitCode.TIMEOUT, str(exc)) from None

@@ -4,9 +4,10 @@ The rest of the package reads time only through this module's functions, looked 
 call time, so a test can replace :func:`time_ns` or :func:`monotonic` with a fake clock
 (``monkeypatch.setattr(pyprocsync.clock, "time_ns", fake)``) and every part follows.
 
-Release instants are wall-clock (epoch) nanoseconds on this host, because participants
-on different machines can only agree on an instant through their synchronized wall
-clocks. Timeouts and deadlines use the monotonic clock, which wall-clock steps do not move.
+Release instants are wall-clock (epoch) nanoseconds on this host when the hosts' clocks
+are trusted to agree (``clock="system"``); in server-clock mode they are converted to
+this host's monotonic clock (see :mod:`pyprocsync.servertime`). Timeouts and deadlines
+use the monotonic clock, which wall-clock steps do not move.
 
 Waiting for an instant happens in two stages: a coarse stage that sleeps in steps of at
 most :data:`MAX_SLEEP_NS` and aims each step anew at the wall clock (so a clock step
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import time
 
 __all__ = [
@@ -33,6 +35,20 @@ __all__ = [
 ]
 
 _yield = getattr(os, "sched_yield", lambda: time.sleep(0))
+
+
+def _sleep(seconds: float) -> None:
+    """``time.sleep``, or a ``select`` timeout where it fails.
+
+    Under libfaketime with ``FAKETIME_DONT_FAKE_MONOTONIC=1`` (used to test clock skew),
+    CPython's absolute monotonic ``clock_nanosleep`` fails with EINVAL; a relative
+    ``select`` timeout still sleeps.
+    """
+    try:
+        time.sleep(seconds)
+    except OSError:
+        select.select([], [], [], seconds)
+
 
 #: Longest single sleep of the coarse stage: a wall-clock step is noticed within it.
 MAX_SLEEP_NS = 50_000_000
@@ -89,14 +105,14 @@ def _spin_until_ns(target_ns: int, on_monotonic: bool = False) -> int:
 
 
 def sleep_until_ns(target_ns: int, spin_ns: int, *, on_monotonic: bool = False) -> int:
-    """Block until the wall clock reads ``target_ns``; return the wall clock at return.
+    """Block until the wall clock reads ``target_ns``; return that clock at return.
 
     :param target_ns: the instant, epoch nanoseconds (with ``on_monotonic``: a reading
         of :func:`monotonic_ns`, which wall-clock steps do not move).
     :param spin_ns: how long before the instant to stop sleeping and busy-wait.
     """
     while (step := _coarse_sleep_ns(target_ns, spin_ns, on_monotonic)) > 0:
-        time.sleep(step / 1e9)
+        _sleep(step / 1e9)
     return _spin_until_ns(target_ns, on_monotonic)
 
 

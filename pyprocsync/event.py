@@ -21,7 +21,8 @@ class Event(EventBase, ClosingShell):
     follows at once (sets are numbered in Redis). :meth:`is_set` reads the shared flag.
 
     With ``delay > 0`` the waiters woken by one :meth:`set` all return at one instant,
-    the setter's wall clock plus ``delay``, like :meth:`ProcSync.sync`. A call to
+    the setter's wall clock (or the server's, with ``clock="server"``) plus ``delay``,
+    like :meth:`ProcSync.sync`. A call to
     :meth:`wait` while the flag is set returns at that instant if it is still ahead,
     else at once.
 
@@ -30,10 +31,11 @@ class Event(EventBase, ClosingShell):
         :meth:`ProcSync.sync` point or a :class:`Barrier` of the same name.
     :param run_id: the run it belongs to.
     :param delay: lead time between :meth:`set` and the instant its waiters return
-        (default 0: each returns as soon as it learns of the set).
+        (default 0: each returns as soon as it learns of the set); a number, not
+        ``"auto"``.
     :param options: the keyword options of :class:`ProcSync` (``liveness``,
         ``retention``, ``late_tolerance``, ``on_late``, ``spin``, ``node_id``,
-        ``prefix``).
+        ``prefix``, ``clock``, ``clock_samples``, ``clock_refresh``).
     :raises InvalidArgumentError: an argument is invalid (nothing was sent).
 
     .. note::

@@ -7,7 +7,8 @@ sets when it begins, and any later set wakes it, even if ``clear()`` follows at 
 
 A waiter subscribes first, then reads the flag (FLAG_CHECK): set now, or set since it
 began, means it is woken. Otherwise it blocks on the subscription; an announcement
-``S <sets> <release µs> <lead µs>`` with more sets than it saw wakes it; anything else
+``S <sets> <release µs> <lead µs>`` (`` s`` added when the instant is on the server's
+clock) with more sets than it saw wakes it; anything else
 makes it read the flag again (as do reconnections and every heartbeat). At the
 deadline it reads the flag one last time, so ``wait`` returns False only when no set
 happened in time.

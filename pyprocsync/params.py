@@ -76,6 +76,12 @@ def lead(name: str, value: object) -> float:
     return result
 
 
+def _delay(value: object) -> float:
+    if isinstance(value, str):
+        raise ArgumentTypeError(f"delay must be a number of seconds or 'auto', got {value!r}")
+    return lead("delay", value)
+
+
 def positive(name: str, value: object) -> float:
     """Check a duration that must be finite and > 0."""
     result = seconds(name, value)
@@ -160,7 +166,7 @@ class Settings:
             )
         return cls(
             run_id=text("run_id", run_id),
-            delay_us=-1 if delay == "auto" else round(lead("delay", delay) * 1e6),
+            delay_us=-1 if delay == "auto" else round(_delay(delay) * 1e6),
             liveness_ms=max(1, round(liveness_s * 1e3)),
             retention_ms=round(retention_s * 1e3),
             late_tolerance_ns=round(lead("late_tolerance", late_tolerance) * 1e9),

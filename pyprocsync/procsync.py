@@ -146,7 +146,8 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
     ``ProcSync(redis_client, run_id, delay).sync(name, nodes)`` blocks until ``nodes``
     participants (in any process on any machine that uses the same Redis, ``run_id``
     and ``name``) have called it, then all of them return at one agreed wall-clock
-    instant: the last arriver's clock plus its ``delay``.
+    instant: the last arriver's clock (with ``clock="server"``: the Redis server's)
+    plus its ``delay``.
 
     One instance may be used by many threads at once; each ``sync`` call is one
     participant. The instance does no I/O until the first call.
@@ -160,6 +161,8 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         (finite, >= 0). It must cover the time the announcement needs to reach every
         participant, and the disagreement of their clocks. ``0`` releases everyone as
         soon as they learn that the last participant arrived (no common instant).
+        ``"auto"`` sizes it from measured latency: twice the slowest recent
+        announcement, at least ``auto_floor`` (see :doc:`/clocks`).
     :param liveness: seconds a waiting participant's lease lasts; it is renewed every
         ``liveness / 5`` s while waiting. A participant whose lease lapses (process
         killed, host or network gone) breaks the round for the others with
@@ -174,11 +177,17 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         when the instant passed by more than ``late_tolerance``; ``"proceed"`` returns
         at once instead (see :attr:`SyncResult.late_by`).
     :param spin: seconds before the release instant at which the wait stops sleeping
-        and busy-waits on the wall clock (see :mod:`pyprocsync.clock`).
+        and busy-waits on the clock (see :mod:`pyprocsync.clock`).
     :param node_id: this participant's name in error reports and in Redis;
         default ``host:pid:thread``.
     :param prefix: first part of every key and channel name, to keep applications that
         share a Redis apart. Must not contain ``{`` or ``}``.
+    :param clock: ``"system"`` (default) trusts the hosts' synchronized wall clocks;
+        ``"server"`` agrees instants on the Redis server's clock and converts them with
+        an offset estimated from ``TIME`` round trips (see :doc:`/clocks`).
+    :param clock_samples: round trips per offset estimate (>= 1).
+    :param clock_refresh: seconds after which an offset estimate is renewed.
+    :param auto_floor: the smallest lead time ``delay="auto"`` chooses, seconds.
     :raises InvalidArgumentError: an argument is invalid.
 
     .. versionchanged:: 1.0
@@ -206,10 +215,10 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         """Wait until ``nodes`` participants reached ``event_name``; return at the agreed instant.
 
         Each call is one participant of the event's current round. When the last of
-        ``nodes`` participants arrives it fixes the release instant (its wall clock plus
-        its ``delay``); every participant then returns at that instant by its own wall
-        clock. The next call with the same name joins the next round, so a name can be
-        used in a loop.
+        ``nodes`` participants arrives it fixes the release instant (its wall clock, or
+        the server's in server-clock mode, plus its ``delay``); every participant then
+        returns at that instant by its own clock. The next call with the same name joins
+        the next round, so a name can be used in a loop.
 
         :param event_name: the synchronization point, a non-empty ``str``.
         :param nodes: how many participants the round needs, an int >= 1. All

@@ -310,10 +310,10 @@ class Waiter(abc.ABC, Generic[O]):
         settings = self.settings
         if settings.clock == "server":
             yield from self.clocks.fresh(settings.clock_refresh_ns, settings.clock_samples)
-        elif settings.delay_us > 0:
-            yield from self.clocks.check_system_clock(
-                settings.clock_samples, settings.delay_us * 1000
-            )
+        else:
+            lead_us = settings.auto_floor_us if settings.auto_delay else settings.delay_us
+            if lead_us > 0:
+                yield from self.clocks.check_system_clock(settings.clock_samples, lead_us * 1000)
 
     def now_us_for_scripts(self) -> int:
         """The caller's "now" that scripts base instants on: this host's wall clock, or

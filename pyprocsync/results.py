@@ -11,8 +11,10 @@ __all__ = ["SyncResult"]
 class SyncResult:
     """The record of one participant passing one round of a synchronization point.
 
-    Every participant of one round gets the same ``event``, ``generation``,
-    ``release_at`` and ``delay``; ``index`` differs, ``late_by`` is this participant's own.
+    Every participant of one round gets the same ``event``, ``generation`` and
+    ``delay``, and the same ``release_at`` (in server-clock mode: the same instant,
+    converted to each host's clock); ``index`` differs, ``late_by`` is this
+    participant's own.
 
     .. versionadded:: 1.0
     """
@@ -26,16 +28,18 @@ class SyncResult:
     index: int
     #: How many participants the round had.
     nodes: int
-    #: The agreed release instant, epoch seconds (this host's wall clock, which the
-    #: protocol assumes agrees with the other participants' clocks).
+    #: The agreed release instant, epoch seconds on this host's wall clock (in
+    #: system-clock mode the protocol assumes it agrees with the other hosts' clocks).
     release_at: float
     #: Seconds this participant returned after ``release_at``, measured at return.
     #: With ``delay == 0`` it is the time it took to learn of the release.
     late_by: float
-    #: The lead time the round was released with (the last arriver's ``delay``).
+    #: The lead time the round was released with (the last arriver's ``delay``, or the
+    #: lead ``delay="auto"`` chose).
     delay: float
     #: With an instant on the server's clock (``clock="server"``): the Redis server's
-    #: clock minus this host's wall clock, seconds, as estimated; ``None`` otherwise.
+    #: clock minus this host's wall clock, seconds, as estimated; ``None`` for an
+    #: instant on the last arriver's clock.
     clock_offset: float | None = None
     #: How far ``clock_offset`` may be off (half the best round trip), seconds.
     clock_uncertainty: float | None = None

@@ -10,7 +10,8 @@ One participant in one round goes through these states::
 * LISTENING: the event's channel is subscribed before the arrival (see
   :class:`pyprocsync.protocol.Waiter`).
 * ARRIVING: the ARRIVE script counts the arrival atomically; the last arrival decides
-  the release instant (its wall clock + its delay), stores it and publishes it. If the
+  the release instant (its wall clock, or in server-clock mode the server's, plus its
+  delay or the automatic lead), stores it and publishes it. If the
   round is full while its action runs, the arrival waits for that round's outcome and
   arrives again (it belongs to the next round).
 * ACTING: a last arrival that has a barrier action runs it while the others wait, then

@@ -14,9 +14,9 @@ State of one event (names in :mod:`pyprocsync.keys`), a hash with fields:
 ``f``
     arrival indices given back by withdrawn participants, space separated.
 ``L``
-    with ``delay="auto"``: the slowest recent announcement, µs: how long participants
-    took to learn of a release after it was decided (each reports its last one when it
-    arrives; every automatically led release lowers it by 1/32).
+    the slowest recent announcement, µs: how long participants took to learn of a
+    release after it was decided (each reports its last one when it arrives); it sizes
+    the lead of ``delay="auto"``, and every automatically led release lowers it by 1/32.
 ``m:<member>``
     the arrival index of each participant waiting in the current round (so an
     interrupted participant can withdraw even if it never read its index).
@@ -82,8 +82,8 @@ local function now_us(given)
 end
 
 -- The lead time: the given one, or (given -1) the automatic one: twice the slowest
--- recent announcement (field L, which every released round lowers by 1/32), at least
--- the floor. Releasing with it decays L, so a past spike is forgotten in some rounds.
+-- recent announcement (field L), at least the floor. Each automatically led release
+-- lowers L by 1/32, so a past spike is forgotten after some tens of rounds.
 local function lead(given, latency, floor)
   if given >= 0 then return given end
   redis.call('HSET', H, 'L', fmt(math.floor(latency * 31 / 32)))

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import clock
-from .exceptions import ProcSyncError, ProtocolError
-from .protocol import Flow, ServerTime, text
+from .exceptions import ConnectionLostError, ProcSyncError, ProtocolError
+from .protocol import LINK_ERRORS, Flow, ServerTime, text
 
 __all__ = ["ClockEstimate", "ClockState", "estimate_flow", "parse_time"]
 
@@ -43,7 +43,8 @@ class ClockEstimate:
     monotonic_offset_ns: int
     #: Server time minus this host's wall clock, ns (positive: the server is ahead).
     wall_offset_ns: int
-    #: Half the shortest round trip, ns: how far the offsets may be off.
+    #: Half the shortest round trip plus the server clock's 1 µs resolution, ns: how
+    #: far the offsets may be off.
     uncertainty_ns: int
     #: Round trips of all samples, ns, in the order taken.
     rtts_ns: tuple[int, ...]
@@ -79,7 +80,11 @@ def estimate_flow(samples: int) -> Flow[ClockEstimate]:
     rtts = []
     for _ in range(samples):
         mono_before, wall_before = clock.monotonic_ns(), clock.time_ns()
-        server_ns = parse_time((yield ServerTime()))
+        try:
+            reply = yield ServerTime()
+        except LINK_ERRORS as exc:
+            raise ConnectionLostError(f"lost the connection to Redis reading TIME: {exc}") from exc
+        server_ns = parse_time(reply)
         mono_after, wall_after = clock.monotonic_ns(), clock.time_ns()
         rtt = mono_after - mono_before
         rtts.append(rtt)
@@ -100,6 +105,9 @@ def estimate_flow(samples: int) -> Flow[ClockEstimate]:
 
 class ClockState:
     """What one shell instance measured about time, shared by its calls (threads, tasks).
+
+    .. versionadded:: 1.0
+
 
     The latest clock estimate, renewed when older than ``refresh_ns`` (a renewal by one
     call serves all); the one-time check of this host's clock in system-clock mode (see
