@@ -46,6 +46,7 @@ from typing import IO, Any
 from _common import (
     PERCENTILES,
     Failure,
+    count_arg,
     fmt,
     fmt_ratio,
     machine,
@@ -56,6 +57,7 @@ from _common import (
     ratio,
     redis_server,
     run,
+    seconds_arg,
 )
 
 from pyprocsync.bench import LATE_OVER_US, BenchConfig, progress_bar, run_bench, server_label
@@ -146,28 +148,8 @@ finally:
 """
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not >= 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
-    return value
-
-
 def _positive(text: str) -> float:
-    value = _seconds(text)
+    value = seconds_arg(text)
     if value == 0:
         raise argparse.ArgumentTypeError("0.1.0 needs a delay > 0")
     return value
@@ -185,18 +167,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="Redis server URL; default: start a private embedded server",
     )
-    parser.add_argument("--nodes", type=_count, default=4, help="processes (default 4)")
-    parser.add_argument("--rounds", type=_count, default=300, help="rounds (default 300)")
+    parser.add_argument("--nodes", type=count_arg, default=4, help="processes (default 4)")
+    parser.add_argument("--rounds", type=count_arg, default=300, help="rounds (default 300)")
     parser.add_argument(
         "--delay", type=_positive, default=0.01, help="lead time in seconds, > 0 (default 0.01)"
     )
     parser.add_argument(
         "--think",
-        type=_seconds,
+        type=seconds_arg,
         default=0.002,
         help="seconds each node idles after a release (default 0.002)",
     )
-    parser.add_argument("--repeat", type=_count, default=3, help="measurements of each (default 3)")
+    parser.add_argument(
+        "--repeat", type=count_arg, default=3, help="measurements of each (default 3)"
+    )
     parser.add_argument("--json", metavar="FILE", help="write both sets of figures to FILE")
     parser.add_argument(
         "--keep-venv",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 from _common import (
     PERCENTILES,
     Failure,
+    count_arg,
     fmt,
     fmt_ratio,
     machine,
@@ -38,31 +38,12 @@ from _common import (
     ratio,
     redis_server,
     run,
+    seconds_arg,
 )
 
 from pyprocsync.bench import BenchConfig, plot, progress_bar, run_bench, server_label
 
 PROG = "sync_precision"
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not >= 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--nodes",
-        type=_count,
+        type=count_arg,
         nargs="+",
         default=[2, 4, 8],
         metavar="N",
@@ -87,27 +68,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--delays",
-        type=_seconds,
+        type=seconds_arg,
         nargs="+",
         default=[0.002, 0.005, 0.01],
         metavar="SECONDS",
         help="lead times (default: 0.002 0.005 0.01)",
     )
-    parser.add_argument("--rounds", type=_count, default=300, help="rounds per run (default 300)")
+    parser.add_argument(
+        "--rounds", type=count_arg, default=300, help="rounds per run (default 300)"
+    )
     parser.add_argument(
         "--think",
-        type=_seconds,
+        type=seconds_arg,
         default=0.002,
         help="seconds each node idles after a release (default 0.002)",
     )
     parser.add_argument(
         "--spin",
-        type=_seconds,
+        type=seconds_arg,
         default=0.0005,
         help="seconds of busy-waiting before the instant (default 0.0005)",
     )
     parser.add_argument(
-        "--repeat", type=_count, default=3, help="runs per configuration (default 3)"
+        "--repeat", type=count_arg, default=3, help="runs per configuration (default 3)"
     )
     parser.add_argument(
         "--out",
