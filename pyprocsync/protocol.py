@@ -309,7 +309,9 @@ class Waiter(abc.ABC, Generic[O]):
         estimate; in system-clock mode, check this host's clock once per instance."""
         settings = self.settings
         if settings.clock == "server":
-            yield from self.clocks.fresh(settings.clock_refresh_ns, settings.clock_samples)
+            yield from self.clocks.fresh(
+                settings.clock_refresh_ns, settings.clock_samples, self.where()
+            )
         else:
             lead_us = settings.auto_floor_us if settings.auto_delay else settings.delay_us
             if lead_us > 0:
@@ -337,7 +339,7 @@ class Waiter(abc.ABC, Generic[O]):
         if server_clock:
             settings = self.settings
             estimate = yield from self.clocks.fresh(
-                settings.clock_refresh_ns, settings.clock_samples
+                settings.clock_refresh_ns, settings.clock_samples, self.where()
             )
             target = estimate.server_to_monotonic(at_ns)
             release_ns = estimate.server_to_wall(at_ns)

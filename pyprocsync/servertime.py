@@ -65,17 +65,23 @@ def parse_time(reply: Any) -> int:
 
     :raises ProtocolError: the reply is not ``[seconds, microseconds]``.
     """
+    if not isinstance(reply, (list, tuple)):
+        raise ProtocolError(f"unexpected TIME reply: {reply!r}")
     try:
         seconds, micros = (int(text(part) if isinstance(part, bytes) else part) for part in reply)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ProtocolError(f"unexpected TIME reply: {reply!r}") from None
     if seconds < 0 or not 0 <= micros < 1_000_000:
         raise ProtocolError(f"unexpected TIME reply: {reply!r}")
     return seconds * 1_000_000_000 + micros * 1000
 
 
-def estimate_flow(samples: int) -> Flow[ClockEstimate]:
-    """Take ``samples`` TIME round trips and return the estimate of the shortest one."""
+def estimate_flow(samples: int, where: dict[str, Any] | None = None) -> Flow[ClockEstimate]:
+    """Take ``samples`` TIME round trips and return the estimate of the shortest one.
+
+    :param where: context (``event``, ``run_id``) for the errors it raises.
+    :raises ConnectionLostError: the server could not be reached.
+    """
     best: tuple[int, int, int] | None = None  # (rtt, monotonic offset, wall offset)
     rtts = []
     for _ in range(samples):
@@ -83,7 +89,9 @@ def estimate_flow(samples: int) -> Flow[ClockEstimate]:
         try:
             reply = yield ServerTime()
         except LINK_ERRORS as exc:
-            raise ConnectionLostError(f"lost the connection to Redis reading TIME: {exc}") from exc
+            raise ConnectionLostError(
+                f"lost the connection to Redis reading TIME: {exc}", **(where or {})
+            ) from exc
         server_ns = parse_time(reply)
         mono_after, wall_after = clock.monotonic_ns(), clock.time_ns()
         rtt = mono_after - mono_before
@@ -128,12 +136,14 @@ class ClockState:
         """The latest estimate, or ``None`` before the first."""
         return self._estimate
 
-    def fresh(self, refresh_ns: int, samples: int) -> Flow[ClockEstimate]:
+    def fresh(
+        self, refresh_ns: int, samples: int, where: dict[str, Any] | None = None
+    ) -> Flow[ClockEstimate]:
         """Return an estimate younger than ``refresh_ns``, taking a new one if needed."""
         current = self._estimate
         if current is not None and clock.monotonic_ns() - current.taken_at_ns < refresh_ns:
             return current
-        estimate = yield from estimate_flow(samples)
+        estimate = yield from estimate_flow(samples, where)
         with self._lock:
             if self._estimate is None or self._estimate.taken_at_ns < estimate.taken_at_ns:
                 self._estimate = estimate
