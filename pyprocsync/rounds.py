@@ -46,7 +46,7 @@ from .exceptions import (
 )
 from .keys import EventKeys
 from .params import Settings
-from .protocol import RECHECK, Flow, Receive, RunAction, Signal, Waiter, call, text
+from .protocol import LINK_ERRORS, RECHECK, Flow, Receive, RunAction, Signal, Waiter, call, text
 from .results import SyncResult
 from .scripts import Script
 from .servertime import ClockState
@@ -295,7 +295,14 @@ class _Participant(Waiter[Outcome]):
             if remaining is None
             else min(remaining, self.settings.heartbeat_s)
         )
-        while (announcement := self.classify((yield Receive(wait)))) is not None:
+        while True:
+            try:
+                announcement = self.classify((yield Receive(wait)))
+            except LINK_ERRORS:
+                yield from self.listen(renew=True)  # then arrive again: ARRIVE reads the state
+                return
+            if announcement is None:
+                return
             if isinstance(announcement, str):
                 with contextlib.suppress(ProtocolError):
                     if parse_outcome(announcement).generation >= generation:
