@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 import redis
 
 import pyprocsync
+from pyprocsync import cli
 from pyprocsync.bench import BenchError
 from pyprocsync.cli import ExitCode, redact
 from pyprocsync.exceptions import ProcSyncError
@@ -100,16 +101,9 @@ def run(prog: str, body: Callable[[], int]) -> NoReturn:
 def check_reachable(url: str) -> None:
     """Raise :class:`Failure` unless the server at ``url`` answers PING."""
     try:
-        with redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5) as client:
-            client.ping()
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise Failure(
-            f"cannot reach Redis at {redact(url)}: {exc} (check --redis)", ExitCode.CONNECTION
-        ) from None
-    except redis.RedisError as exc:
-        raise Failure(f"Redis at {redact(url)} refused: {exc}", ExitCode.CONNECTION) from None
-    except ValueError as exc:
-        raise Failure(f"bad --redis URL: {exc}", ExitCode.USAGE) from None
+        cli.check_reachable(url)
+    except cli.CommandError as exc:
+        raise Failure(str(exc), exc.code) from None
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ from .servertime import estimate_flow
 from .stats import summary
 from .status import read_status
 
-__all__ = ["ExitCode", "main"]
+__all__ = ["CommandError", "ExitCode", "check_reachable", "main"]
 
 URL_ENV = "PYPROCSYNC_REDIS_URL"
 
@@ -66,8 +66,8 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130
 
 
-class _Failure(Exception):
-    """A failure that ends the command with ``code`` and a one-line ``message``."""
+class CommandError(Exception):
+    """A failure that ends a command with ``code`` and a one-line ``message``."""
 
     def __init__(self, code: ExitCode, message: str) -> None:
         super().__init__(message)
@@ -240,22 +240,23 @@ def _parser() -> argparse.ArgumentParser:
 
 def _require_url(url: str | None) -> str:
     if not url:
-        raise _Failure(ExitCode.USAGE, f"no server given: pass --redis URL or set ${URL_ENV}")
+        raise CommandError(ExitCode.USAGE, f"no server given: pass --redis URL or set ${URL_ENV}")
     return url
 
 
-def _check_reachable(url: str) -> None:
+def check_reachable(url: str) -> None:
+    """Raise :class:`CommandError` unless the server at ``url`` answers PING."""
     try:
         with redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5) as client:
             client.ping()
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise _Failure(
+        raise CommandError(
             ExitCode.CONNECTION, f"cannot reach Redis at {redact(url)}: {exc} (check --redis)"
         ) from None
     except redis.RedisError as exc:
-        raise _Failure(ExitCode.CONNECTION, f"Redis at {redact(url)} refused: {exc}") from None
+        raise CommandError(ExitCode.CONNECTION, f"Redis at {redact(url)} refused: {exc}") from None
     except ValueError as exc:
-        raise _Failure(ExitCode.USAGE, f"bad --redis URL: {exc}") from None
+        raise CommandError(ExitCode.USAGE, f"bad --redis URL: {exc}") from None
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -263,14 +264,14 @@ def _bench(args: argparse.Namespace) -> None:
         try:
             import matplotlib  # noqa: F401, PLC0415
         except ImportError:
-            raise _Failure(
+            raise CommandError(
                 ExitCode.USAGE, "--plot needs matplotlib: pip install 'pyprocsync[plot]'"
             ) from None
     embedded = None
     url = args.redis
     try:
         if url:
-            _check_reachable(url)
+            check_reachable(url)
         else:
             embedded = EmbeddedServer().start()
             url = embedded.url
@@ -297,7 +298,7 @@ def _bench(args: argparse.Namespace) -> None:
     if args.plot:
         plot(figures, args.plot)
     if figures["sync"]["errors"]:
-        raise _Failure(ExitCode.FAILED, f"{figures['sync']['errors']} sync calls failed")
+        raise CommandError(ExitCode.FAILED, f"{figures['sync']['errors']} sync calls failed")
 
 
 def _sync(args: argparse.Namespace) -> None:
@@ -306,17 +307,19 @@ def _sync(args: argparse.Namespace) -> None:
         with ProcSync.from_url(url, args.run, args.delay, clock=args.clock) as node:
             node.sync(args.name, args.nodes, args.timeout)
     except TimeOutError as exc:
-        raise _Failure(ExitCode.TIMEOUT, str(exc)) from None
+        raise CommandError(ExitCode.TIMEOUT, str(exc)) from None
     except TooLateError as exc:
-        raise _Failure(ExitCode.TOO_LATE, str(exc)) from None
+        raise CommandError(ExitCode.TOO_LATE, str(exc)) from None
     except (BrokenBarrierError, ParameterMismatchError) as exc:
-        raise _Failure(ExitCode.BROKEN, str(exc)) from None
+        raise CommandError(ExitCode.BROKEN, str(exc)) from None
     except InvalidArgumentError as exc:
-        raise _Failure(ExitCode.USAGE, str(exc)) from None
+        raise CommandError(ExitCode.USAGE, str(exc)) from None
     except ValueError as exc:  # from redis-py: a URL it cannot parse
-        raise _Failure(ExitCode.USAGE, f"bad --redis URL: {exc}") from None
+        raise CommandError(ExitCode.USAGE, f"bad --redis URL: {exc}") from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise _Failure(ExitCode.CONNECTION, f"cannot reach Redis at {redact(url)}: {exc}") from None
+        raise CommandError(
+            ExitCode.CONNECTION, f"cannot reach Redis at {redact(url)}: {exc}"
+        ) from None
 
 
 def _is_loopback(address: str) -> bool:
@@ -325,7 +328,7 @@ def _is_loopback(address: str) -> bool:
 
 def _server(args: argparse.Namespace) -> None:
     if not _is_loopback(args.bind) and not args.password:
-        raise _Failure(
+        raise CommandError(
             ExitCode.USAGE,
             f"refusing to listen on {args.bind} without a password: pass --password "
             "(or bind to 127.0.0.1)",
@@ -337,7 +340,7 @@ def _server(args: argparse.Namespace) -> None:
         print(f"pyprocsync server listening on {redact(server.url)} (Ctrl-C stops it)", flush=True)
         while server.process is not None and server.process.poll() is None:
             time.sleep(0.5)
-        raise _Failure(ExitCode.FAILED, "the server exited on its own")
+        raise CommandError(ExitCode.FAILED, "the server exited on its own")
     finally:
         server.stop()
 
@@ -348,7 +351,7 @@ def _raise_interrupt() -> NoReturn:
 
 def _status(args: argparse.Namespace) -> None:
     url = _require_url(args.redis)
-    _check_reachable(url)
+    check_reachable(url)
     with redis.Redis.from_url(url) as client:
         statuses = read_status(client, args.run)
     if not statuses:
@@ -366,7 +369,7 @@ def _status(args: argparse.Namespace) -> None:
 
 def _clock(args: argparse.Namespace) -> None:
     url = _require_url(args.redis)
-    _check_reachable(url)
+    check_reachable(url)
     with redis.Redis.from_url(url) as client:
         estimate = drive(estimate_flow(args.samples), lambda _op: client.time())
     rtts = summary(rtt / 1e3 for rtt in estimate.rtts_ns)
@@ -381,7 +384,7 @@ def _clock(args: argparse.Namespace) -> None:
         "round trip (us): " + "  ".join(f"{p} {rtts[p]:.0f}" for p in ("p50", "p90", "p99", "max"))
     )
     if args.max_offset is not None and abs(estimate.wall_offset_ns) > args.max_offset * 1e9:
-        raise _Failure(
+        raise CommandError(
             ExitCode.CLOCK_OFF,
             f"this host's clock is {abs(offset_ms):.3f} ms off the server's, more than "
             f"--max-offset {args.max_offset} s: synchronize the clocks (NTP/PTP) or use "
@@ -403,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         _COMMANDS[args.command](args)
-    except _Failure as failure:
+    except CommandError as failure:
         print(f"pyprocsync: error: {failure}", file=sys.stderr)
         return failure.code
     except ServerError as exc:
