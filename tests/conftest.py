@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis
+from primitive_support import HelperRunner
 from support import NodeRunner, make_client
 
 from pyprocsync import ProcSync
@@ -99,5 +100,13 @@ def make_sync(client: redis.Redis, run_id: str) -> Iterator[Callable[..., ProcSy
 def run_nodes(server: EmbeddedServer, run_id: str, tmp_path: Path) -> Iterator[NodeRunner]:
     """Runs participant subprocesses against the session server in this test's run."""
     runner = NodeRunner(server.url, run_id, tmp_path)
+    yield runner
+    runner.kill_all()
+
+
+@pytest.fixture
+def procs(server: EmbeddedServer, run_id: str, tmp_path: Path) -> Iterator[HelperRunner]:
+    """Runs ``primitive_helper.py`` participants in this test's run."""
+    runner = HelperRunner(server.url, run_id, tmp_path)
     yield runner
     runner.kill_all()

@@ -22,8 +22,15 @@ from typing import Any
 import pytest
 import redis
 
+from pyprocsync import params
 from pyprocsync.keys import EventKeys
 from pyprocsync.server import EmbeddedServer
+
+#: "Promptly": far below the timeouts (``LONG``) the other participants wait with.
+PROMPT = 2.0
+#: A timeout no test expects to expire.
+LONG = 30
+
 
 HELPER = Path(__file__).with_name("node_helper.py")
 
@@ -327,3 +334,20 @@ def kill_group(pgid: int) -> None:
     """SIGKILL every process of group ``pgid`` (best effort; for test teardown)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+def make_settings(**overrides: Any) -> params.Settings:
+    """Validated settings as a ProcSync's defaults make them, with ``overrides``."""
+    options: dict[str, Any] = {
+        "run_id": "run",
+        "delay": 1.0,
+        "liveness": 5.0,
+        "retention": 60.0,
+        "late_tolerance": 0.001,
+        "on_late": "raise",
+        "spin": 0.0005,
+        "node_id": None,
+        "prefix": "pyprocsync",
+    }
+    options.update(overrides)
+    return params.Settings.create(**options)

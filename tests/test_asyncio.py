@@ -15,8 +15,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -32,7 +31,7 @@ from primitive_support import (
     spawn,
     wait_counter,
 )
-from support import check_rounds, event_keys, make_client, wait_for
+from support import LONG, PROMPT, check_rounds, event_keys, make_client, wait_for
 
 import pyprocsync
 import pyprocsync.asyncio
@@ -48,19 +47,9 @@ from pyprocsync.asyncio import Barrier, Event, ProcSync
 from pyprocsync.protocol import SleepUntil
 from pyprocsync.server import EmbeddedServer
 
-PROMPT = 2.0
-LONG = 30
 #: Bound on ``late_by`` with delay > 0: the release is awaited precisely; 50 ms leaves
 #: room for a loaded 2-core machine (this is not a precision test).
 LATE_BOUND = 0.05
-
-
-@pytest.fixture
-def procs(server: EmbeddedServer, run_id: str, tmp_path: Path) -> Iterator[HelperRunner]:
-    """Runs ``primitive_helper.py`` participants in this test's run."""
-    runner = HelperRunner(server.url, run_id, tmp_path)
-    yield runner
-    runner.kill_all()
 
 
 def check_round(results: list[SyncResult], nodes: int, generation: int) -> None:

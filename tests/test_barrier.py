@@ -13,13 +13,22 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from primitive_support import HelperRunner
-from support import Node, event_keys, in_threads, join, make_client, start_thread, wait_for
+from support import (
+    LONG,
+    PROMPT,
+    Node,
+    event_keys,
+    in_threads,
+    join,
+    make_client,
+    start_thread,
+    wait_for,
+)
 
 from pyprocsync import (
     ArgumentTypeError,
@@ -32,17 +41,6 @@ from pyprocsync import (
 )
 from pyprocsync.keys import encode
 from pyprocsync.server import EmbeddedServer
-
-PROMPT = 2.0
-LONG = 30
-
-
-@pytest.fixture
-def procs(server: EmbeddedServer, run_id: str, tmp_path: Path) -> Iterator[HelperRunner]:
-    """Runs ``primitive_helper.py`` participants in this test's run."""
-    runner = HelperRunner(server.url, run_id, tmp_path)
-    yield runner
-    runner.kill_all()
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 from support import event_keys, in_threads, make_client, start_thread, wait_for, waiting_members
+from support import make_settings as support_settings
 
 import pyprocsync.asyncio as aio
 from pyprocsync import (
@@ -155,19 +156,9 @@ def world(monkeypatch: pytest.MonkeyPatch) -> FakeWorld:
 
 
 def make_settings(**overrides: Any) -> params.Settings:
-    options: dict[str, Any] = {
-        "run_id": RUN,
-        "delay": 0.3,
-        "liveness": 10.0,  # heartbeat every 2 s
-        "retention": 60.0,
-        "late_tolerance": 0.001,
-        "on_late": "raise",
-        "spin": 0.0005,
-        "node_id": "node-a",
-        "prefix": "pyprocsync",
-    }
-    options.update(overrides)
-    return params.Settings.create(**options)
+    # liveness 10 s: heartbeat every 2 s
+    defaults = {"run_id": RUN, "delay": 0.3, "liveness": 10.0, "node_id": "node-a"}
+    return support_settings(**{**defaults, **overrides})
 
 
 def subscribed() -> dict[str, Any]:

@@ -14,13 +14,22 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from primitive_support import HelperRunner, flag_keys, ready_counter, wait_counter
-from support import Node, Outcome, event_keys, join, make_client, start_thread, wait_for
+from support import (
+    LONG,
+    PROMPT,
+    Node,
+    Outcome,
+    event_keys,
+    join,
+    make_client,
+    start_thread,
+    wait_for,
+)
 
 from pyprocsync import (
     ArgumentTypeError,
@@ -32,18 +41,6 @@ from pyprocsync import (
     ProtocolError,
 )
 from pyprocsync.server import EmbeddedServer
-
-#: "Promptly": far below the timeouts the waiters use.
-PROMPT = 2.0
-LONG = 30
-
-
-@pytest.fixture
-def procs(server: EmbeddedServer, run_id: str, tmp_path: Path) -> Iterator[HelperRunner]:
-    """Runs ``primitive_helper.py`` participants in this test's run."""
-    runner = HelperRunner(server.url, run_id, tmp_path)
-    yield runner
-    runner.kill_all()
 
 
 @pytest.fixture

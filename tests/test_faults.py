@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import redis
 from support import (
+    LONG,
+    PROMPT,
     NodeRunner,
     event_keys,
     in_threads,
@@ -41,11 +43,6 @@ from pyprocsync import (
 )
 from pyprocsync.keys import encode
 from pyprocsync.server import EmbeddedServer
-
-#: "Promptly": far below the 30 s timeout the other participants wait with.
-PROMPT = 2.0
-LONG = 30
-
 
 # -- timeouts (defects 2 and 3) ------------------------------------------------------------
 

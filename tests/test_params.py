@@ -18,6 +18,7 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from support import make_settings
 
 from pyprocsync import (
     ArgumentTypeError,
@@ -55,19 +56,7 @@ def unreachable() -> redis.Redis:
 
 
 def settings(**overrides: Any) -> params.Settings:
-    options: dict[str, Any] = {
-        "run_id": "run",
-        "delay": 0.1,
-        "liveness": 5.0,
-        "retention": 60.0,
-        "late_tolerance": 0.001,
-        "on_late": "raise",
-        "spin": 0.0005,
-        "node_id": None,
-        "prefix": "pyprocsync",
-    }
-    options.update(overrides)
-    return params.Settings.create(**options)
+    return make_settings(**{"delay": 0.1, **overrides})
 
 
 # -- the exception classes ------------------------------------------------------------------

@@ -19,6 +19,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from support import make_settings as support_settings
 
 from pyprocsync import (
     BrokenBarrierError,
@@ -74,19 +75,7 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
 
 def make_settings(**overrides: Any) -> params.Settings:
-    options: dict[str, Any] = {
-        "run_id": RUN,
-        "delay": 0.0,
-        "liveness": 5.0,  # heartbeat every 1 s
-        "retention": 60.0,
-        "late_tolerance": 0.001,
-        "on_late": "raise",
-        "spin": 0.0005,
-        "node_id": "node-a",
-        "prefix": "pyprocsync",
-    }
-    options.update(overrides)
-    return params.Settings.create(**options)
+    return support_settings(**{"run_id": RUN, "delay": 0.0, "node_id": "node-a", **overrides})
 
 
 def message(data: str | bytes, channel: str = CHANNEL, kind: str = "message") -> dict[str, Any]:
