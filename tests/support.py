@@ -351,3 +351,26 @@ def make_settings(**overrides: Any) -> params.Settings:
     }
     options.update(overrides)
     return params.Settings.create(**options)
+
+
+def run_command(
+    argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to its end, capturing its text output; fail the test after ``timeout``."""
+    try:
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, env=env, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{' '.join(argv)} still running after {timeout} s: {exc}")
+
+
+def assert_one_line_error(stderr: str, *needles: str) -> str:
+    """``stderr`` is exactly one ``pyprocsync: error: ...`` line holding every needle."""
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("pyprocsync: error: "), stderr
+    for needle in needles:
+        assert needle in lines[0], stderr
+    return lines[0]

@@ -29,12 +29,14 @@ from typing import Any
 import pytest
 import redis
 from support import (
+    assert_one_line_error,
     children,
     command_line,
     default_sigint,
     ignores_sigint,
     kill_group,
     process_group,
+    run_command,
     server_pids,
     wait_for,
     wait_gone,
@@ -79,28 +81,7 @@ def run(
     *args: str, timeout: float = QUICK, url_env: str | None = None, console: bool = False
 ) -> subprocess.CompletedProcess[str]:
     """Run ``pyprocsync args`` to its end (killed after ``timeout`` s, failing the test)."""
-    try:
-        return subprocess.run(
-            argv(*args, console=console),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=environment(url_env),
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"pyprocsync {' '.join(args)} still running after {timeout} s: {exc}")
-
-
-def assert_one_line_error(stderr: str, *needles: str) -> str:
-    """``stderr`` is exactly one ``pyprocsync: error: ...`` line holding every needle."""
-    assert "Traceback" not in stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("pyprocsync: error: "), stderr
-    for needle in needles:
-        assert needle in lines[0], stderr
-    return lines[0]
+    return run_command(argv(*args, console=console), env=environment(url_env), timeout=timeout)
 
 
 def assert_usage_error(stderr: str, command: str | None, *needles: str) -> str:

@@ -46,7 +46,16 @@ from hypothesis import strategies as st
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
-from support import event_keys, in_threads, make_client, start_thread, wait_for, waiting_members
+from support import (
+    assert_one_line_error,
+    event_keys,
+    in_threads,
+    make_client,
+    run_command,
+    start_thread,
+    wait_for,
+    waiting_members,
+)
 from support import make_settings as support_settings
 
 import pyprocsync.asyncio as aio
@@ -1255,22 +1264,7 @@ def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 30
 ) -> subprocess.CompletedProcess[str]:
     """Run ``pyprocsync args`` as a subprocess (killed after ``timeout``, failing the test)."""
-    argv = [sys.executable, "-m", "pyprocsync", *args]
-    try:
-        return subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, env=env, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"pyprocsync {' '.join(args)} still running after {timeout} s: {exc}")
-
-
-def one_line_error(stderr: str, *needles: str) -> None:
-    assert "Traceback" not in stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("pyprocsync: error: "), stderr
-    for needle in needles:
-        assert needle in lines[0], stderr
+    return run_command([sys.executable, "-m", "pyprocsync", *args], env=env, timeout=timeout)
 
 
 OFFSET_LINE = re.compile(
@@ -1330,7 +1324,7 @@ def test_clock_command_exits_7_past_max_offset(
         assert float(match.group(1)) == pytest.approx(-250.0, abs=5.0)
         assert match.group(3) == "behind"
         if code == ExitCode.CLOCK_OFF:
-            one_line_error(done.stderr, "--max-offset 0.1", "ms off the server's")
+            assert_one_line_error(done.stderr, "--max-offset 0.1", "ms off the server's")
         else:
             assert done.stderr == ""
 
@@ -1368,9 +1362,9 @@ def test_clock_command_without_server_or_unreachable(
     server that refuses connections: exit 6 with one error line naming the URL."""
     monkeypatch.delenv(URL_ENV, raising=False)
     assert cli_main(["clock"]) == ExitCode.USAGE
-    one_line_error(capsys.readouterr().err, "--redis")
+    assert_one_line_error(capsys.readouterr().err, "--redis")
     assert cli_main(["clock", "--redis", "redis://127.0.0.1:1/0"]) == ExitCode.CONNECTION
-    one_line_error(capsys.readouterr().err, "127.0.0.1:1")
+    assert_one_line_error(capsys.readouterr().err, "127.0.0.1:1")
 
 
 @pytest.mark.timeout(120)
