@@ -6,7 +6,6 @@ description, medians across repeated runs, and table formatting.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
@@ -25,7 +24,7 @@ import redis
 import pyprocsync
 from pyprocsync import cli
 from pyprocsync.bench import BenchError
-from pyprocsync.cli import ExitCode, redact
+from pyprocsync.cli import ExitCode, count_arg, redact, seconds_arg
 from pyprocsync.exceptions import ProcSyncError
 from pyprocsync.server import EmbeddedServer, ServerError
 
@@ -227,26 +226,4 @@ def nan_to_none(value: Any) -> Any:
         return {k: nan_to_none(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [nan_to_none(v) for v in value]
-    return value
-
-
-def count_arg(text: str) -> int:
-    """argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not >= 1")
-    return value
-
-
-def seconds_arg(text: str) -> float:
-    """argparse type: a finite number of seconds >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
     return value

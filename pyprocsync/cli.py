@@ -38,7 +38,7 @@ from .servertime import estimate_flow
 from .stats import summary
 from .status import read_status
 
-__all__ = ["CommandError", "ExitCode", "check_reachable", "main"]
+__all__ = ["CommandError", "ExitCode", "check_reachable", "count_arg", "main", "seconds_arg"]
 
 URL_ENV = "PYPROCSYNC_REDIS_URL"
 
@@ -103,14 +103,16 @@ def _number(
     return parse
 
 
-_count = _number(int, 1, "a whole number >= 1")
+#: argparse type: a whole number >= 1.
+count_arg = _number(int, 1, "a whole number >= 1")
 
 
 def _seconds_or_auto(text: str) -> float | str:
-    return "auto" if text == "auto" else float(_seconds(text))
+    return "auto" if text == "auto" else float(seconds_arg(text))
 
 
-_seconds = _number(float, 0.0, "a number of seconds >= 0")
+#: argparse type: a finite number of seconds >= 0.
+seconds_arg = _number(float, 0.0, "a number of seconds >= 0")
 _positive = _number(float, 1e-9, "a number of seconds > 0")
 _port = _number(int, 0, "a port number (0-65535)", 65535)
 
@@ -121,6 +123,15 @@ def _redis_option(parser: argparse.ArgumentParser, what: str) -> None:
         metavar="URL",
         default=os.environ.get(URL_ENV),
         help=f"Redis server URL (redis://, rediss://, unix://); default ${URL_ENV}{what}",
+    )
+
+
+def _clock_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--clock",
+        choices=("system", "server"),
+        default="system",
+        help="agree instants on each host's clock or the server's (default system)",
     )
 
 
@@ -141,29 +152,24 @@ def _parser() -> argparse.ArgumentParser:
         "a limit reference: the same processes waiting for instants agreed in advance.",
     )
     _redis_option(bench, "; without either, a private embedded server is started")
-    bench.add_argument("--nodes", type=_count, default=4, help="processes (default 4)")
-    bench.add_argument("--rounds", type=_count, default=300, help="rounds (default 300)")
+    bench.add_argument("--nodes", type=count_arg, default=4, help="processes (default 4)")
+    bench.add_argument("--rounds", type=count_arg, default=300, help="rounds (default 300)")
     bench.add_argument(
         "--delay",
         type=_seconds_or_auto,
         default=0.01,
         help="lead time in seconds, or 'auto' (default 0.01)",
     )
-    bench.add_argument(
-        "--clock",
-        choices=("system", "server"),
-        default="system",
-        help="agree instants on each host's clock or the server's (default system)",
-    )
+    _clock_option(bench)
     bench.add_argument(
         "--think",
-        type=_seconds,
+        type=seconds_arg,
         default=0.002,
         help="seconds each node idles after a release (default 0.002; 0: back to back)",
     )
     bench.add_argument(
         "--spin",
-        type=_seconds,
+        type=seconds_arg,
         default=0.0005,
         help="seconds of busy-waiting before the instant (default 0.0005)",
     )
@@ -181,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
         "failure, 2 usage error, 1 other failure.",
     )
     sync.add_argument("name", help="the synchronization point")
-    sync.add_argument("--nodes", type=_count, required=True, help="participants to wait for")
+    sync.add_argument("--nodes", type=count_arg, required=True, help="participants to wait for")
     sync.add_argument("--run", default="", help="run id (default: empty)")
     sync.add_argument("--timeout", type=_positive, help="seconds to wait (default: forever)")
     sync.add_argument(
@@ -190,12 +196,7 @@ def _parser() -> argparse.ArgumentParser:
         default=1.0,
         help="lead time in seconds, or 'auto' (default 1.0)",
     )
-    sync.add_argument(
-        "--clock",
-        choices=("system", "server"),
-        default="system",
-        help="agree the instant on each host's clock or the server's (default system)",
-    )
+    _clock_option(sync)
     _redis_option(sync, "")
 
     server = commands.add_parser(
@@ -228,11 +229,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     _redis_option(clock_cmd, "")
     clock_cmd.add_argument(
-        "--samples", type=_count, default=20, help="round trips to take (default 20)"
+        "--samples", type=count_arg, default=20, help="round trips to take (default 20)"
     )
     clock_cmd.add_argument(
         "--max-offset",
-        type=_seconds,
+        type=seconds_arg,
         help="exit 7 when |offset| exceeds this many seconds (default: never)",
     )
     return parser
