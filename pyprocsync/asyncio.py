@@ -23,23 +23,29 @@ it leaves the round as it is: released for the others.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 
-from . import clock
+from . import clock, listener_task
 from .base import BarrierBase, EventBase, ProcSyncBase
-from .exceptions import ProcSyncError, TimeOutError
-from .listeners import ListenerPool, private_pool_settings
+from .exceptions import TimeOutError
+from .listener_task import TaskListener, receive
+from .members import leave_flow, renew_flow
 from .protocol import Call, Flow, Listen, Operation, Receive, RunAction, ServerTime, SleepUntil
 from .results import SyncResult
 from .rounds import reset_flow, sync_flow
 
 __all__ = ["Barrier", "Event", "ProcSync"]
+
+log = logging.getLogger("pyprocsync")
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -65,85 +71,70 @@ async def _drive(flow: Flow[T], execute: Callable[[Operation], Awaitable[object]
             reply, error = None, exc
 
 
-def _listener_client(client: aioredis.Redis) -> aioredis.Redis:
-    """A client for listeners: ``client``'s settings in a non-retrying pool of its own."""
-    settings = private_pool_settings(getattr(client, "connection_pool", None))
-    if settings is None:
-        return client
-    try:
-        return aioredis.Redis(connection_pool=aioredis.ConnectionPool(**settings))
-    except TypeError:  # connections that need more than their settings: share the pool
-        return client
-
-
-class _Listener:
-    """A pub/sub connection and the one channel it is subscribed to (if any)."""
-
-    __slots__ = ("_client", "channel", "pubsub")
-
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._client = client
-        self.pubsub: PubSub = client.pubsub()
-        self.channel: str | None = None
-
-    async def listen(self, channel: str, renew: bool) -> bool:
-        """Cover ``channel``: True when a SUBSCRIBE was sent, False if it was subscribed."""
-        if renew:
-            await self.pubsub.aclose()  # type: ignore[no-untyped-call]
-            self.pubsub = self._client.pubsub()
-            self.channel = None
-        if self.channel == channel:
-            while await self.pubsub.get_message(timeout=0) is not None:
-                pass
-            return False
-        if self.channel is not None:
-            await self.pubsub.unsubscribe(self.channel)
-            self.channel = None
-        await self.pubsub.subscribe(channel)
-        self.channel = channel
-        return True
-
-
 class _Participation:
-    """Carries out the operations of one call with a borrowed listener."""
+    """Carries out the operations of one call; its pub/sub messages come through a
+    mailbox registered with the shared listener."""
 
-    def __init__(self, owner: ProcSync, action: Callable[[], object] | None) -> None:
+    def __init__(
+        self, owner: ProcSync, listener: TaskListener, action: Callable[[], object] | None
+    ) -> None:
         self._owner = owner
+        self._listener = listener
         self._action = action
-        self._listener: _Listener | None = None
+        self._mailbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._channel: str | None = None
 
     async def execute(self, op: Operation) -> object:
         if isinstance(op, RunAction):
             result = None if self._action is None else self._action()
             return await result if inspect.isawaitable(result) else result
         if isinstance(op, SleepUntil):
-            # The outcome is known: hand the listener back now, so the instant is not
-            # followed by bookkeeping.
-            await self.give_back(reusable=True)
+            # The outcome is known: unregister now, so the instant is not followed by
+            # bookkeeping.
+            await self.leave()
         elif isinstance(op, Listen):
-            if self._listener is None:
-                self._listener = self._owner._take_listener(op.channel)
-            return await self._listener.listen(op.channel, op.renew)
-        if isinstance(op, Receive) and self._listener is not None:
-            return await self._listener.pubsub.get_message(timeout=op.timeout)
+            self._channel = op.channel
+            return await self._listener.listen(op.channel, self._mailbox, op.renew)
+        elif isinstance(op, Receive):
+            return await receive(self._mailbox, op.timeout)
         return await self._owner._execute(op)
 
-    async def __aenter__(self) -> _Participation:
-        return self
+    async def leave(self) -> None:
+        """Unregister the mailbox (if it is registered)."""
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await self._listener.leave(channel, self._mailbox)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.give_back(reusable=exc is None or isinstance(exc, ProcSyncError))
 
-    async def give_back(self, *, reusable: bool) -> None:
-        if self._listener is not None:
-            for surplus in self._owner._listeners.give_back(self._listener, reusable):
-                await surplus.pubsub.aclose()  # type: ignore[no-untyped-call]
-            self._listener = None
+class _Membership:
+    """:class:`pyprocsync.procsync._Membership` for asyncio: a task renews it."""
+
+    def __init__(self, owner: ProcSync) -> None:
+        self._owner = owner
+        self.member_id = owner._settings.member_id
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await _drive(renew_flow(self._owner._settings, self.member_id), self._owner._execute)
+        self._task = asyncio.get_running_loop().create_task(self._beat(), name="pyprocsync-member")
+
+    async def _beat(self) -> None:
+        settings = self._owner._settings
+        while True:
+            await asyncio.sleep(settings.heartbeat_s)
+            try:
+                await _drive(renew_flow(settings, self.member_id), self._owner._execute)
+            except Exception as exc:  # noqa: BLE001  # retried at the next beat
+                log.debug("renewing the membership of %r failed: %r", self.member_id, exc)
+
+    async def stop(self) -> None:
+        """Stop renewing and remove the registration (best effort)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await _drive(leave_flow(self._owner._settings, self.member_id), self._owner._execute)
 
 
 class _ClosedOnExit:
@@ -177,16 +168,25 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
     .. versionadded:: 1.0
     """
 
-    _client: aioredis.Redis
-    _listeners: ListenerPool[_Listener]
-    _listener_client: aioredis.Redis | None
+    _client: aioredis.Redis | RedisCluster
+    _cluster_type = RedisCluster
+    _membership: _Membership | None = None
 
     @classmethod
     def from_url(
-        cls, url: str, run_id: str = "", delay: float | Literal["auto"] = 1.0, **options: Any
+        cls,
+        url: str,
+        run_id: str = "",
+        delay: float | Literal["auto"] = 1.0,
+        *,
+        cluster: bool = False,
+        **options: Any,
     ) -> ProcSync:
-        """Make an instance with its own client for ``url``; :meth:`aclose` closes it."""
-        return _owning(cls, url, run_id, delay, **options)
+        """Make an instance with its own client for ``url``; :meth:`aclose` closes it.
+
+        With ``cluster=True`` the client is a :class:`redis.asyncio.cluster.RedisCluster`.
+        """
+        return _owning(cls, url, run_id, delay, cluster=cluster, **options)
 
     async def sync(self, event_name: str, nodes: int, timeout: float | None = None) -> SyncResult:
         """Wait until ``nodes`` participants reached ``event_name``; return at the agreed instant.
@@ -202,42 +202,47 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         return await self._run(reset_flow(self._settings, event_name))
 
     async def aclose(self) -> None:
-        """Close the pub/sub connections of this instance (and its client, if it owns one).
+        """Give back this instance's share of the loop's pub/sub listener (and close its
+        client, if it owns one).
 
         Calls in progress in other tasks finish; new calls raise
         :class:`~pyprocsync.ProcSyncError`. Closing twice is harmless.
         """
-        for listener in self._listeners.close():
-            await listener.pubsub.aclose()  # type: ignore[no-untyped-call]
-        if self._listener_client not in (None, self._client):
-            # Listeners still in use are closed when their calls end.
-            await self._listener_client.connection_pool.disconnect(inuse_connections=False)
+        if self._mark_closed():
+            await listener_task.release(self._client)
+        if self._membership is not None:
+            await self._membership.stop()
         if self._owns_client:
             await self._client.aclose()
 
     async def _run(self, flow: Flow[T], action: Callable[[], object] | None = None) -> T:
         """Drive ``flow`` to its result; ``action`` (plain or async) serves its RunAction."""
-        self._listeners.ensure_open()
-        await self._load_scripts()
-        async with _Participation(self, action) as participation:
+        listener = self._open_call(lambda: listener_task.acquire(self._client))
+        participation = _Participation(self, listener, action)
+        try:
+            await self._load_scripts(listener)
+            if self._settings.member and self._membership is None:
+                self._membership = _Membership(self)
+                await self._membership.start()
             return await _drive(flow, participation.execute)
+        finally:
+            await participation.leave()
+            await listener_task.release(self._client)
 
-    async def _load_scripts(self) -> None:
-        """Load the scripts before the first arrival (see the blocking shell)."""
-        if not self._scripts_loaded:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for script in self._scripts.values():
-                    pipe.script_load(script.script)
-                await pipe.execute()
-            self._scripts_loaded = True
-
-    def _take_listener(self, channel: str) -> _Listener:
-        listener = self._listeners.take(channel)
-        if listener is None:
-            if self._listener_client is None:
-                self._listener_client = _listener_client(self._client)
-            listener = _Listener(self._listener_client)
-        return listener
+    async def _load_scripts(self, listener: TaskListener) -> None:
+        """Register and load the scripts before the first arrival (see the blocking
+        shell)."""
+        if not self._scripts:
+            scripts = self._register_scripts(await listener.sharded())
+            if self._cluster:
+                for script in scripts.values():
+                    await self._client.script_load(script.script)
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for script in scripts.values():
+                        pipe.script_load(script.script)
+                    await pipe.execute()
+            self._scripts = scripts
 
     async def _execute(self, op: Operation) -> object:
         """Carry out an operation that needs no listener."""
@@ -249,7 +254,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
             )
         if isinstance(op, ServerTime):
             return await self._client.time()
-        raise TypeError(f"{op!r} needs a listener")
+        raise TypeError(f"{op!r} needs a participation")
 
 
 class _ClosingShell(_ClosedOnExit):
@@ -262,11 +267,12 @@ class _ClosingShell(_ClosedOnExit):
         await self._shell.aclose()
 
 
-def _owning(cls: Callable[..., S], url: str, *args: Any, **kwargs: Any) -> S:
+def _owning(cls: Callable[..., S], url: str, *args: Any, cluster: bool = False, **kwargs: Any) -> S:
     """Build ``cls(client, ...)`` owning a new client for ``url`` (closed on ``aclose``)."""
     # If the constructor raises, the client is simply dropped: an asyncio client opens
     # no connection before its first command, so there is nothing to close.
-    instance = cls(aioredis.Redis.from_url(url), *args, **kwargs)
+    client = (RedisCluster if cluster else aioredis.Redis).from_url(url)
+    instance = cls(client, *args, **kwargs)
     shell: Any = getattr(instance, "_shell", instance)
     shell._owns_client = True
     return instance

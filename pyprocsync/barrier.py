@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
-
 from .base import BarrierBase
 from .exceptions import TimeOutError
 from .procsync import ClosingShell, ProcSync, _owning
@@ -63,8 +61,12 @@ class Barrier(BarrierBase, ClosingShell):
 
     @classmethod
     def from_url(cls, url: str, name: str, parties: int, **kwargs: Any) -> Barrier:
-        """Make a Barrier with its own client for ``url``; :meth:`close` closes it."""
-        return _owning(cls, redis.Redis.from_url(url), name, parties, **kwargs)
+        """Make a Barrier with its own client for ``url``; :meth:`close` closes it.
+
+        ``kwargs`` are the constructor's keyword arguments, and ``cluster`` (see
+        :meth:`ProcSync.from_url`).
+        """
+        return _owning(cls, url, name, parties, **kwargs)
 
     @property
     def n_waiting(self) -> int:

@@ -6,12 +6,12 @@ flows built here; this module does no I/O.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from . import flags, params, rounds
-from .exceptions import ArgumentTypeError, BrokenBarrierError, TimeOutError
-from .listeners import ListenerPool
+from .exceptions import ArgumentTypeError, BrokenBarrierError, ProcSyncError, TimeOutError
 from .params import ClockMode, OnLate, Settings
 from .protocol import Flow
 from .results import SyncResult
@@ -20,12 +20,17 @@ from .servertime import ClockState
 
 __all__ = ["BarrierBase", "EventBase", "ProcSyncBase"]
 
+L = TypeVar("L")
+
 
 class ProcSyncBase:
-    """Validated settings, registered scripts and the listener pool of one instance.
+    """Validated settings, registered scripts and the open/closed state of one instance.
 
     The constructor does no I/O. See :class:`pyprocsync.ProcSync` for the parameters.
     """
+
+    #: The cluster client classes (blocking or asyncio) a shell accepts.
+    _cluster_type: type
 
     def __init__(
         self,
@@ -44,6 +49,7 @@ class ProcSyncBase:
         clock_samples: int = 5,
         clock_refresh: float = 1.0,
         auto_floor: float = 0.001,
+        member: bool = False,
     ) -> None:
         self._settings = Settings.create(
             run_id=run_id,
@@ -59,14 +65,48 @@ class ProcSyncBase:
             clock_samples=clock_samples,
             clock_refresh=clock_refresh,
             auto_floor=auto_floor,
+            member=member,
         )
         self._clocks = ClockState()
         self._client = redis_client
+        self._cluster = isinstance(redis_client, self._cluster_type)
         self._owns_client = False
-        self._scripts = {script: redis_client.register_script(script.value) for script in Script}
-        self._scripts_loaded = False
-        self._listeners: ListenerPool[Any] = ListenerPool()
-        self._listener_client: Any = None  # made when the first listener is
+        # Registered at the first call, when it is known how announcements travel.
+        self._scripts: dict[Script, Any] = {}
+        self._state_lock = threading.Lock()
+        self._closed = False
+        self._holds_listener = False  # one reference to the shared listener, until closed
+
+    def _open_call(self, acquire: Callable[[], L]) -> L:
+        """Start a call: check the instance is open and take a reference to the shared
+        listener with ``acquire`` for the call (and at the first call, one more that
+        the instance holds until it is closed). The caller gives the call's back.
+
+        :raises ProcSyncError: the instance is closed.
+        """
+        with self._state_lock:
+            if self._closed:
+                raise ProcSyncError(f"this {type(self).__name__} is closed")
+            if not self._holds_listener:
+                acquire()
+                self._holds_listener = True
+            return acquire()
+
+    def _mark_closed(self) -> bool:
+        """Mark the instance closed; return True when it held a listener reference to
+        give back (False also when it was closed already)."""
+        with self._state_lock:
+            if self._closed:
+                return False
+            self._closed = True
+            return self._holds_listener
+
+    def _register_scripts(self, sharded: bool) -> dict[Script, Any]:
+        """Register every script with the client (no I/O)."""
+        return {
+            script: self._client.register_script(script.source(sharded=sharded))
+            for script in Script
+        }
 
     @property
     def run_id(self) -> str:

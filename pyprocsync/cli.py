@@ -36,7 +36,7 @@ from .procsync import ProcSync, drive
 from .server import EmbeddedServer, ServerError
 from .servertime import estimate_flow
 from .stats import summary
-from .status import read_status
+from .status import read_members, read_status
 
 __all__ = ["CommandError", "ExitCode", "check_reachable", "count_arg", "main", "seconds_arg"]
 
@@ -215,7 +215,8 @@ def _parser() -> argparse.ArgumentParser:
         "status",
         help="show the events of a run",
         description="List the events of a run that the server still holds: generation, "
-        "arrived / expected, state and age.",
+        "arrived / expected, state and age; then the run's registered members "
+        "(member=True), live or lapsed.",
     )
     status.add_argument("--run", required=True, help="run id")
     _redis_option(status, "")
@@ -355,10 +356,11 @@ def _status(args: argparse.Namespace) -> None:
     check_reachable(url)
     with redis.Redis.from_url(url) as client:
         statuses = read_status(client, args.run)
+        members = read_members(client, args.run)
     if not statuses:
         print(f"no events of run {args.run!r} on {redact(url)}")
-        return
-    print(f"{'event':<24}{'generation':>11}{'arrived':>9}  {'state':<9}{'age s':>8}  waiting")
+    else:
+        print(f"{'event':<24}{'generation':>11}{'arrived':>9}  {'state':<9}{'age s':>8}  waiting")
     for st in statuses:
         expected = "?" if st.expected is None else str(st.expected)
         age = "-" if st.age is None else f"{st.age:.1f}"
@@ -366,6 +368,11 @@ def _status(args: argparse.Namespace) -> None:
             f"{st.event:<24}{st.generation:>11}{f'{st.arrived}/{expected}':>9}  "
             f"{st.state:<9}{age:>8}  {', '.join(st.waiting)}"
         )
+    if members:
+        print(f"\n{'member':<40}{'state':<8}{'lease s':>8}")
+    for member in members:
+        state = "live" if member.live else "lapsed"
+        print(f"{member.node_id:<40}{state:<8}{member.expires_in:>8.1f}")
 
 
 def _clock(args: argparse.Namespace) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
-
 from .base import EventBase
 from .procsync import ClosingShell, ProcSync, _owning
 
@@ -53,8 +51,12 @@ class Event(EventBase, ClosingShell):
 
     @classmethod
     def from_url(cls, url: str, name: str, **kwargs: Any) -> Event:
-        """Make an Event with its own client for ``url``; :meth:`close` closes it."""
-        return _owning(cls, redis.Redis.from_url(url), name, **kwargs)
+        """Make an Event with its own client for ``url``; :meth:`close` closes it.
+
+        ``kwargs`` are the constructor's keyword arguments, and ``cluster`` (see
+        :meth:`ProcSync.from_url`).
+        """
+        return _owning(cls, url, name, **kwargs)
 
     def set(self) -> None:
         """Set the flag: every waiter returns ``True`` (at now + ``delay``)."""

@@ -14,6 +14,11 @@ All names of one event carry the same Redis Cluster hash tag (the part between `
     <prefix>:{<run id>:<event>}:leases    sorted set: waiting participants' leases
     <prefix>:{<run id>:<event>}           pub/sub channel: outcome announcements
 
+The members of a run (``member=True``) are registered in one key of the run, in a slot
+of its own::
+
+    <prefix>:{<run id>}:members           sorted set: node id -> registration expiry
+
 An :class:`~pyprocsync.Event` (a *flag*) of the same name has names of its own::
 
     <prefix>:{<run id>:<name>}:flag       hash: set or not, sets so far, last set
@@ -25,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
-__all__ = ["EventKeys", "FlagKeys", "encode"]
+__all__ = ["EventKeys", "FlagKeys", "encode", "members_key"]
 
 
 def _base(prefix: str, run_id: str, name: str) -> str:
@@ -35,6 +40,11 @@ def _base(prefix: str, run_id: str, name: str) -> str:
 def encode(text: str) -> str:
     """Percent-encode ``text`` so that it holds no ``:``, ``{``, ``}`` nor glob characters."""
     return quote(text, safe="")
+
+
+def members_key(prefix: str, run_id: str) -> str:
+    """The name of the member set of ``run_id`` under ``prefix``."""
+    return f"{prefix}:{{{encode(run_id)}}}:members"
 
 
 @dataclass(frozen=True, slots=True)

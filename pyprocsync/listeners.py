@@ -1,98 +1,242 @@
-"""Bookkeeping of pub/sub listeners, shared by the blocking and the asyncio shell.
+"""The shared pub/sub listener's bookkeeping, free of I/O.
 
-A listener is one pub/sub connection subscribed to (at most) one event channel. A shell
-keeps its idle listeners here, each still subscribed to its last channel, and a
-participant borrows one for the duration of a call, preferring one already subscribed
-to its event, so a loop over one event subscribes once. This module does no I/O: what
-must be closed is handed back to the shell, which closes it its own way.
+A process keeps one *shared listener* per Redis deployment it talks to: one pub/sub
+connection (on a cluster: one per shard that serves a subscribed channel), whatever the
+number of ProcSync, Event and Barrier objects, threads and tasks using it. Each waiting
+participant registers a *mailbox* (a queue of its own) for its channel; messages read
+from the connection are handed to the mailboxes of their channel. A channel stays
+subscribed while nobody waits on it, up to :data:`IDLE_LIMIT` channels, so a loop over
+one event subscribes once.
+
+:class:`Subscriptions` is that table. The blocking (:mod:`pyprocsync.listener_thread`)
+and asyncio (:mod:`pyprocsync.listener_task`) listeners do the I/O around it, and
+:class:`Registry` hands out one listener per deployment (and per process; for asyncio,
+per event loop).
+
+What a mailbox receives: redis-py's message dicts, with sharded pub/sub's
+``ssubscribe``/``smessage`` renamed to ``subscribe``/``message`` (the flows do not
+care which kind of pub/sub carried them), or an exception instance when the connection
+serving its channel failed (or the server dropped the subscription, as it does for a
+sharded channel whose slot moved); the waiter then registers again and reads the
+stored state.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from .exceptions import ProcSyncError
+__all__ = [
+    "IDLE_LIMIT",
+    "Mailbox",
+    "Registry",
+    "Subscriptions",
+    "link_error",
+    "private_pool_settings",
+    "server_major",
+]
 
-__all__ = ["ListenerPool", "private_pool_settings"]
+#: Channels kept subscribed while nobody waits on them; beyond, the least recently
+#: used is unsubscribed.
+IDLE_LIMIT = 64
+
+_KIND = {"ssubscribe": "subscribe", "smessage": "message", "sunsubscribe": "unsubscribe"}
 
 
-class _Listener(Protocol):
-    channel: str | None
+class Mailbox(Protocol):
+    """Where a waiting participant's messages go (a ``queue.SimpleQueue``, an
+    ``asyncio.Queue``)."""
 
-
-L = TypeVar("L", bound=_Listener)
+    def put_nowait(self, item: Any) -> None: ...
 
 
 def private_pool_settings(pool: Any) -> dict[str, Any] | None:
-    """Return the settings for a listener pool of its own, copied from ``pool``.
+    """Return the settings for a listener connection of its own, copied from ``pool``.
 
-    Listener connections never retry: a failure reaches the flow at once, which replaces
-    the connection and reads the stored state within the participant's timeout
-    (redis-py's retries would block for the client's whole retry budget). A pool of
-    their own also keeps listeners out of the caller's ``max_connections``. ``None``
-    when ``pool`` has no plain connection settings to copy.
+    ``pool`` is a connection pool (or an asyncio cluster node), anything with
+    ``connection_kwargs`` and ``connection_class``. Listener connections never retry: a
+    failure reaches the waiters at once, which subscribe again and read the stored state
+    within their timeout (redis-py's retries would block for the client's whole retry
+    budget). A connection of its own also stays out of the caller's
+    ``max_connections``. ``None`` when ``pool`` has no plain connection settings to copy
+    (a Sentinel pool, whose connections need the pool to find the master): the listener
+    then uses the caller's client as it is.
     """
     settings = getattr(pool, "connection_kwargs", None)
     connection_class = getattr(pool, "connection_class", None)
     if not isinstance(settings, dict) or connection_class is None:
         return None
+    if "connection_pool" in connection_class.__init__.__code__.co_varnames:
+        return None
     copied = {
         name: value
         for name, value in settings.items()
-        if not name.startswith("orig_") and name != "maint_notifications_pool_handler"
+        if not name.startswith("orig_")
+        and name not in ("maint_notifications_pool_handler", "event_dispatcher")
     }
     copied["retry"] = Retry(NoBackoff(), 0)
     copied["connection_class"] = connection_class
     return copied
 
 
-class ListenerPool(Generic[L]):
-    """The idle listeners of one shell instance; thread-safe, free of I/O."""
+@dataclass
+class _Channel:
+    """One subscribed (or subscribing) channel."""
 
-    #: Idle listeners kept; more are handed back for closing.
-    LIMIT = 8
+    #: The connection serving it (on a cluster: the shard's address).
+    node: Hashable
+    #: True once the server confirmed the subscription.
+    confirmed: bool = False
+    #: Who waits on it; True for those that wait for the confirmation.
+    waiting: dict[Mailbox, bool] = field(default_factory=dict)
+
+
+class Subscriptions:
+    """Which channels one shared listener covers, and who waits on each. Not
+    thread-safe: the blocking listener holds a lock around every call."""
+
+    def __init__(self, idle_limit: int = IDLE_LIMIT) -> None:
+        self._channels: dict[str, _Channel] = {}
+        self._idle: OrderedDict[str, None] = OrderedDict()  # oldest first
+        self._unsubscribing: Counter[tuple[Hashable, str]] = Counter()
+        self._idle_limit = idle_limit
+
+    def join(self, channel: str, mailbox: Mailbox, node: Hashable) -> tuple[bool, bool]:
+        """Register ``mailbox`` for ``channel``, to be served by ``node`` unless a
+        connection serves it already.
+
+        :returns: ``(subscribe, confirming)``: whether the caller must send a SUBSCRIBE
+            now, and whether the mailbox will receive the confirmation (the waiter then
+            waits for it). A channel confirmed already needs neither.
+        """
+        entry = self._channels.get(channel)
+        subscribe = entry is None
+        if entry is None:
+            entry = self._channels[channel] = _Channel(node)
+        self._idle.pop(channel, None)
+        entry.waiting[mailbox] = not entry.confirmed
+        return subscribe, not entry.confirmed
+
+    def leave(self, channel: str, mailbox: Mailbox) -> list[tuple[Hashable, str]]:
+        """Unregister ``mailbox``; return the ``(node, channel)`` pairs to unsubscribe."""
+        entry = self._channels.get(channel)
+        if entry is None or entry.waiting.pop(mailbox, None) is None or entry.waiting:
+            return []
+        self._idle[channel] = None
+        surplus = []
+        while len(self._idle) > self._idle_limit:
+            oldest, _ = self._idle.popitem(last=False)
+            surplus.append((self._channels[oldest].node, oldest))
+            self._forget(oldest)
+        return surplus
+
+    def deliver(self, node: Hashable, message: dict[str, Any]) -> list[tuple[Mailbox, Any]]:
+        """Route ``message``, read from ``node``'s connection: ``(mailbox, item)`` pairs."""
+        kind = _text(message.get("type"))
+        kind = _KIND.get(kind, kind)
+        channel = _text(message.get("channel"))
+        entry = self._channels.get(channel)
+        if kind == "unsubscribe":
+            if self._unsubscribing[node, channel] > 0:
+                self._unsubscribing[node, channel] -= 1
+                return []
+            if entry is None or entry.node != node:
+                return []
+            # The server dropped the subscription (a sharded channel's slot moved).
+            self._forget(channel, confirmation=False)
+            lost = RedisConnectionError(f"the server dropped the subscription to {channel!r}")
+            return [(mailbox, lost) for mailbox in entry.waiting]
+        if entry is None or entry.node != node or kind not in ("subscribe", "message"):
+            return []
+        message = {**message, "type": kind}
+        if kind == "subscribe":
+            entry.confirmed = True
+            awaiting = [mailbox for mailbox, confirming in entry.waiting.items() if confirming]
+            for mailbox in awaiting:
+                entry.waiting[mailbox] = False
+            return [(mailbox, message) for mailbox in awaiting]
+        return [(mailbox, message) for mailbox in entry.waiting]
+
+    def fail(self, node: Hashable, error: BaseException) -> list[tuple[Mailbox, Any]]:
+        """``node``'s connection failed: forget its channels; ``(mailbox, error)`` pairs."""
+        lost = [name for name, entry in self._channels.items() if entry.node == node]
+        pairs: list[tuple[Mailbox, Any]] = []
+        for name in lost:
+            pairs.extend((mailbox, error) for mailbox in self._channels[name].waiting)
+            self._forget(name, confirmation=False)
+        for key in [key for key in self._unsubscribing if key[0] == node]:
+            del self._unsubscribing[key]  # that connection is gone
+        return pairs
+
+    def channels(self, node: Hashable) -> int:
+        """How many channels ``node``'s connection serves (subscribed or subscribing)."""
+        return sum(1 for entry in self._channels.values() if entry.node == node)
+
+    def _forget(self, channel: str, *, confirmation: bool = True) -> None:
+        """Drop ``channel``; with ``confirmation``, an UNSUBSCRIBE is sent for it and
+        its confirmation, when it comes, is expected."""
+        entry = self._channels.pop(channel)
+        self._idle.pop(channel, None)
+        if confirmation:
+            self._unsubscribing[entry.node, channel] += 1
+
+
+def server_major(info: dict[str, Any]) -> int:
+    """The major version in an ``INFO server`` reply (valkey reports its Redis level)."""
+    version = str(info.get("redis_version", "0"))
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def link_error(exc: BaseException) -> BaseException:
+    """What the waiters of a failed listener connection receive: errors in the server's
+    reply (a missing ACL permission) as they are, anything else as a lost link."""
+    if isinstance(exc, (ResponseError, RedisConnectionError, RedisTimeoutError)):
+        return exc
+    return RedisConnectionError(f"pub/sub connection failed: {exc!r}")
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class Registry(Generic[K, V]):
+    """One shared listener per key, alive while anyone holds a reference; thread-safe."""
 
     def __init__(self) -> None:
-        self._idle: list[L] = []
+        self._entries: dict[K, tuple[V, int]] = {}
         self._lock = threading.Lock()
-        self._closed = False
 
-    def ensure_open(self) -> None:
-        """Raise :class:`ProcSyncError` once :meth:`close` was called."""
-        if self._closed:
-            raise ProcSyncError("this ProcSync is closed")
-
-    def take(self, channel: str) -> L | None:
-        """Return an idle listener, preferably one on ``channel``; ``None`` if none is idle."""
+    def acquire(self, key: K, make: Callable[[], V]) -> V:
+        """Return the listener for ``key`` (made by ``make`` if there is none) and count
+        one more reference to it."""
         with self._lock:
-            self.ensure_open()
-            for i in range(len(self._idle) - 1, -1, -1):
-                if self._idle[i].channel == channel:
-                    return self._idle.pop(i)
-            return self._idle.pop() if self._idle else None
+            value, count = self._entries.get(key) or (make(), 0)
+            self._entries[key] = (value, count + 1)
+            return value
 
-    def give_back(self, listener: L, reusable: bool) -> list[L]:
-        """Keep ``listener`` for later calls; return the listeners the caller must close."""
-        if not reusable:
-            return [listener]
+    def release(self, key: K) -> V | None:
+        """Count one reference less; return the listener when that was the last one (the
+        caller then closes it), else ``None``."""
         with self._lock:
-            if self._closed:
-                return [listener]
-            self._idle.append(listener)
-            surplus = self._idle[: max(0, len(self._idle) - self.LIMIT)]
-            del self._idle[: len(surplus)]
-            return surplus
-
-    def close(self) -> list[L]:
-        """Refuse further takes; return the idle listeners the caller must close.
-
-        Listeners in use are handed back for closing when their calls end.
-        """
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-            return idle
+            value, count = self._entries[key]
+            if count > 1:
+                self._entries[key] = (value, count - 1)
+                return None
+            del self._entries[key]
+            return value

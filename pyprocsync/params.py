@@ -126,6 +126,7 @@ class Settings:
     clock_samples: int = 5
     clock_refresh_ns: int = 1_000_000_000
     auto_floor_us: int = 1000
+    member: bool = False
 
     @property
     def auto_delay(self) -> bool:
@@ -149,10 +150,13 @@ class Settings:
         clock_samples: object = 5,
         clock_refresh: object = 1.0,
         auto_floor: object = 0.001,
+        member: object = False,
     ) -> Settings:
         """Validate the constructor arguments of a ProcSync and build its settings."""
         if clock not in ("system", "server"):
             raise InvalidArgumentError(f"clock must be 'system' or 'server', got {clock!r}")
+        if not isinstance(member, bool):
+            raise ArgumentTypeError(f"member must be True or False, not {type(member).__name__}")
         if on_late not in ("raise", "proceed"):
             raise InvalidArgumentError(f"on_late must be 'raise' or 'proceed', got {on_late!r}")
         prefix = text("prefix", prefix, empty=False)
@@ -178,7 +182,14 @@ class Settings:
             clock_samples=count("clock_samples", clock_samples),
             clock_refresh_ns=round(positive("clock_refresh", clock_refresh) * 1e9),
             auto_floor_us=round(lead("auto_floor", auto_floor) * 1e6),
+            member=member,
         )
+
+    @property
+    def member_id(self) -> str:
+        """This instance's node id in the run's member set (the configured ``node_id``,
+        else ``host:pid:thread`` of the calling thread)."""
+        return self.node_id or default_node_id()
 
     @property
     def heartbeat_s(self) -> float:

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import queue
+import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
 
 import redis
-from redis.client import PubSub
+from redis.cluster import RedisCluster
 
-from . import clock
+from . import clock, listener_thread
 from .base import ProcSyncBase
-from .exceptions import ProcSyncError
-from .listeners import ListenerPool, private_pool_settings
+from .listener_thread import ThreadListener, receive
+from .members import leave_flow, renew_flow
 from .protocol import Call, Flow, Listen, Operation, Receive, RunAction, ServerTime, SleepUntil
 from .results import SyncResult
 from .rounds import reset_flow, sync_flow
 
 __all__ = ["ClosingShell", "ProcSync", "drive"]
+
+log = logging.getLogger("pyprocsync")
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -42,84 +48,74 @@ def drive(flow: Flow[T], execute: Callable[[Operation], object]) -> T:
             reply, error = None, exc
 
 
-def _listener_client(client: redis.Redis) -> redis.Redis:
-    """A client for listeners: ``client``'s settings in a non-retrying pool of its own."""
-    settings = private_pool_settings(getattr(client, "connection_pool", None))
-    if settings is None:
-        return client
-    try:
-        return redis.Redis(connection_pool=redis.ConnectionPool(**settings))
-    except TypeError:  # connections that need more than their settings: share the pool
-        return client
-
-
-class _Listener:
-    """A pub/sub connection and the one channel it is subscribed to (if any)."""
-
-    __slots__ = ("_client", "channel", "pubsub")
-
-    def __init__(self, client: redis.Redis) -> None:
-        self._client = client
-        self.pubsub: PubSub = client.pubsub()  # type: ignore[no-untyped-call]
-        self.channel: str | None = None
-
-    def listen(self, channel: str, renew: bool) -> bool:
-        """Cover ``channel``: True when a SUBSCRIBE was sent, False if it was subscribed."""
-        if renew:
-            self.pubsub.close()
-            self.pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
-            self.channel = None
-        if self.channel == channel:
-            while self.pubsub.get_message(timeout=0) is not None:
-                pass
-            return False
-        if self.channel is not None:
-            self.pubsub.unsubscribe(self.channel)  # type: ignore[no-untyped-call]
-            self.channel = None
-        self.pubsub.subscribe(channel)
-        self.channel = channel
-        return True
-
-
 class _Participation:
-    """Carries out the operations of one call with a borrowed listener."""
+    """Carries out the operations of one call; its pub/sub messages come through a
+    mailbox registered with the shared listener."""
 
-    def __init__(self, owner: ProcSync, action: Callable[[], object] | None) -> None:
+    def __init__(
+        self, owner: ProcSync, listener: ThreadListener, action: Callable[[], object] | None
+    ) -> None:
         self._owner = owner
+        self._listener = listener
         self._action = action
-        self._listener: _Listener | None = None
+        self._mailbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._channel: str | None = None
 
     def execute(self, op: Operation) -> object:
         if isinstance(op, RunAction):
             return None if self._action is None else self._action()
         if isinstance(op, SleepUntil):
-            # The outcome is known: hand the listener back now, so the instant is not
-            # followed by bookkeeping.
-            self._give_back(reusable=True)
+            # The outcome is known: unregister now, so the instant is not followed by
+            # bookkeeping.
+            self.leave()
         elif isinstance(op, Listen):
-            if self._listener is None:
-                self._listener = self._owner._take_listener(op.channel)
-            return self._listener.listen(op.channel, op.renew)
-        if isinstance(op, Receive) and self._listener is not None:
-            return self._listener.pubsub.get_message(timeout=op.timeout)  # type: ignore[arg-type]
+            self._channel = op.channel
+            return self._listener.listen(op.channel, self._mailbox, op.renew)
+        elif isinstance(op, Receive):
+            return receive(self._mailbox, op.timeout)
         return self._owner._execute(op)
 
-    def __enter__(self) -> _Participation:
-        return self
+    def leave(self) -> None:
+        """Unregister the mailbox (if it is registered)."""
+        if self._channel is not None:
+            self._listener.leave(self._channel, self._mailbox)
+            self._channel = None
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._give_back(reusable=exc is None or isinstance(exc, ProcSyncError))
 
-    def _give_back(self, *, reusable: bool) -> None:
-        if self._listener is not None:
-            for surplus in self._owner._listeners.give_back(self._listener, reusable):
-                surplus.pubsub.close()
-            self._listener = None
+class _Membership:
+    """Keeps an instance's registration in its run's member set alive: registered in
+    the caller's thread, renewed by a thread every ``liveness / 5`` s, removed on close.
+
+    A renewal that fails is retried at the next beat; if the server stays unreachable
+    for ``liveness``, the registration lapses and the other members see this one as
+    lost, which is what it is to them.
+    """
+
+    def __init__(self, owner: ProcSync) -> None:
+        self._owner = owner
+        self.member_id = owner._settings.member_id
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="pyprocsync-member", daemon=True)
+
+    def start(self) -> None:
+        drive(renew_flow(self._owner._settings, self.member_id), self._owner._execute)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        settings = self._owner._settings
+        while not self._stopped.wait(settings.heartbeat_s):
+            try:
+                drive(renew_flow(settings, self.member_id), self._owner._execute)
+            except Exception as exc:  # noqa: BLE001  # retried at the next beat
+                log.debug("renewing the membership of %r failed: %r", self.member_id, exc)
+
+    def stop(self) -> None:
+        """Stop renewing and remove the registration (best effort)."""
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        with contextlib.suppress(Exception):
+            drive(leave_flow(self._owner._settings, self.member_id), self._owner._execute)
 
 
 class _ClosedOnExit:
@@ -188,7 +184,24 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
     :param clock_samples: round trips per offset estimate (>= 1).
     :param clock_refresh: seconds after which an offset estimate is renewed.
     :param auto_floor: the smallest lead time ``delay="auto"`` chooses, seconds.
+    :param member: register this instance as an expected member of the run while it
+        is open (from its first call until :meth:`close`), under ``node_id`` (set it
+        when several threads share the instance). Its registration is renewed every
+        ``liveness / 5`` s; if it lapses (process killed, host gone), every member
+        waiting in a round of the run in which it has not arrived raises
+        ``BrokenBarrierError(reason="lost", missing=[its node id])`` within about
+        ``liveness``, instead of waiting for its timeout. ``pyprocsync status`` lists
+        the members. A lapsed member counts as missing until it registers again or
+        ``retention`` passes.
     :raises InvalidArgumentError: an argument is invalid.
+
+    A waiting participant logs who has arrived every 10 s (logger ``pyprocsync``,
+    level WARNING), naming lapsed members too.
+
+    ``redis_client`` may also be a :class:`redis.cluster.RedisCluster` (see
+    :doc:`/scaling`) or a client from :meth:`redis.sentinel.Sentinel.master_for`.
+    All ProcSync, Event and Barrier objects of a process that use one client (one
+    connection pool) share one pub/sub connection (on a cluster: one per shard).
 
     .. versionchanged:: 1.0
        Keyword-only options; a run id and event names may hold any character;
@@ -196,20 +209,31 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
        stops counting after ``liveness`` seconds (see :doc:`/migration`).
     """
 
-    _client: redis.Redis
-    _listeners: ListenerPool[_Listener]
-    _listener_client: redis.Redis | None
+    _client: redis.Redis | RedisCluster
+    _cluster_type = RedisCluster
+    _membership: _Membership | None = None
 
     @classmethod
     def from_url(
-        cls, url: str, run_id: str = "", delay: float | Literal["auto"] = 1.0, **options: Any
+        cls,
+        url: str,
+        run_id: str = "",
+        delay: float | Literal["auto"] = 1.0,
+        *,
+        cluster: bool = False,
+        **options: Any,
     ) -> ProcSync:
         """Connect to the Redis at ``url`` (``redis://``, ``rediss://``, ``unix://``).
 
-        The instance owns that client: :meth:`close` closes it. ``options`` are the
-        keyword options of the constructor.
+        With ``cluster=True`` the client is a :class:`redis.cluster.RedisCluster`
+        (``url`` names any node; it reads the cluster's layout at once). The instance
+        owns that client: :meth:`close` closes it. ``options`` are the keyword options
+        of the constructor.
+
+        .. versionchanged:: 1.0
+           ``cluster``.
         """
-        return _owning(cls, redis.Redis.from_url(url), run_id, delay, **options)
+        return _owning(cls, url, run_id, delay, cluster=cluster, **options)
 
     def sync(self, event_name: str, nodes: int, timeout: float | None = None) -> SyncResult:
         """Wait until ``nodes`` participants reached ``event_name``; return at the agreed instant.
@@ -264,47 +288,58 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         return self._run(reset_flow(self._settings, event_name))
 
     def close(self) -> None:
-        """Close the pub/sub connections of this instance (and its client, if it owns one).
+        """Give back this instance's share of the process's pub/sub listener (and close
+        its client, if it owns one).
 
         Calls in progress in other threads finish; new :meth:`sync` and :meth:`reset`
-        calls raise :class:`~pyprocsync.ProcSyncError`. Closing twice is harmless.
+        calls raise :class:`~pyprocsync.ProcSyncError`. Closing twice is harmless. The
+        listener's connections close when the last instance using them is closed.
         """
-        for listener in self._listeners.close():
-            listener.pubsub.close()
-        if self._listener_client not in (None, self._client):
-            # Listeners still in use are closed when their calls end.
-            self._listener_client.connection_pool.disconnect(inuse_connections=False)
+        if self._mark_closed():
+            listener_thread.release(self._client)
+        if self._membership is not None:
+            self._membership.stop()
         if self._owns_client:
             self._client.close()
 
     def _run(self, flow: Flow[T], action: Callable[[], object] | None = None) -> T:
         """Drive ``flow`` to its result; ``action`` serves its RunAction (a barrier's)."""
-        self._listeners.ensure_open()
-        self._load_scripts()
-        with _Participation(self, action) as participation:
+        listener = self._open_call(lambda: listener_thread.acquire(self._client))
+        participation = _Participation(self, listener, action)
+        try:
+            self._load_scripts(listener)
+            if self._settings.member and self._membership is None:
+                self._join_run()
             return drive(flow, participation.execute)
+        finally:
+            participation.leave()
+            listener_thread.release(self._client)
 
-    def _load_scripts(self) -> None:
-        """Load the scripts into the server before the first arrival.
+    def _join_run(self) -> None:
+        with self._state_lock:
+            if self._membership is not None:
+                return
+            self._membership = _Membership(self)
+        self._membership.start()
+
+    def _load_scripts(self, listener: ThreadListener) -> None:
+        """Register the scripts and load them into the server before the first arrival.
 
         The last arrival's release instant is its clock plus the delay, read before its
         ARRIVE is sent; a NOSCRIPT retry on that path would eat into the lead time.
         (After a server restart the retry still happens, once.)
         """
-        if not self._scripts_loaded:
-            with self._client.pipeline(transaction=False) as pipe:
-                for script in self._scripts.values():
-                    pipe.script_load(script.script)
-                pipe.execute()
-            self._scripts_loaded = True
-
-    def _take_listener(self, channel: str) -> _Listener:
-        listener = self._listeners.take(channel)
-        if listener is None:
-            if self._listener_client is None:
-                self._listener_client = _listener_client(self._client)
-            listener = _Listener(self._listener_client)
-        return listener
+        if not self._scripts:
+            scripts = self._register_scripts(listener.sharded())
+            if self._cluster:  # SCRIPT LOAD goes to every primary
+                for script in scripts.values():
+                    self._client.script_load(script.script)
+            else:
+                with self._client.pipeline(transaction=False) as pipe:
+                    for script in scripts.values():
+                        pipe.script_load(script.script)
+                    pipe.execute()
+            self._scripts = scripts
 
     def _execute(self, op: Operation) -> object:
         """Carry out an operation that needs no listener."""
@@ -314,7 +349,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
             return clock.sleep_until_ns(op.at_ns, op.spin_ns, on_monotonic=op.on_monotonic)
         if isinstance(op, ServerTime):
             return self._client.time()
-        raise TypeError(f"{op!r} needs a listener")
+        raise TypeError(f"{op!r} needs a participation")
 
 
 class ClosingShell(_ClosedOnExit):
@@ -327,8 +362,9 @@ class ClosingShell(_ClosedOnExit):
         self._shell.close()
 
 
-def _owning(cls: Callable[..., S], client: redis.Redis, *args: Any, **kwargs: Any) -> S:
-    """Build ``cls(client, ...)`` that owns ``client`` (closing it on close), or close it."""
+def _owning(cls: Callable[..., S], url: str, *args: Any, cluster: bool = False, **kwargs: Any) -> S:
+    """Build ``cls(client, ...)`` owning a new client for ``url`` (closed on close)."""
+    client = (RedisCluster if cluster else redis.Redis).from_url(url)
     try:
         instance = cls(client, *args, **kwargs)
     except BaseException:

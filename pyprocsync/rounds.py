@@ -18,9 +18,12 @@ One participant in one round goes through these states::
   RELEASE fixes the instant; if the action raises, the round breaks (reason
   ``"action"``) and the action's exception reaches this participant.
 * WAITING: block on the subscription; CHECK reads the stored outcome and renews this
-  participant's lease. When the timeout expires, ABANDON breaks the round unless it
-  was decided meanwhile. An interruption (KeyboardInterrupt, task cancellation, an
-  unexpected error) withdraws the arrival while the round is undecided.
+  participant's lease. A member of the run (``member=True``) also breaks the round
+  (LOST) when a registered member's registration lapsed and it is not waiting in the
+  round. Every :data:`REPORT_INTERVAL_S` seconds the waiter logs who has arrived
+  (logger ``pyprocsync``, level WARNING). When the timeout expires, ABANDON breaks
+  the round unless it was decided meanwhile. An interruption (KeyboardInterrupt, task
+  cancellation, an unexpected error) withdraws the arrival while the round is undecided.
 * RELEASING: a broken outcome raises; a release instant is awaited precisely (or
   raises :class:`~pyprocsync.exceptions.TooLateError` when it had passed by more than
   the tolerance when learned).
@@ -30,13 +33,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import ResponseError
 
-from . import params
+from . import clock, params
 from .exceptions import (
     BrokenBarrierError,
     ParameterMismatchError,
@@ -45,6 +49,7 @@ from .exceptions import (
     TimeOutError,
 )
 from .keys import EventKeys
+from .members import lapsed_flow
 from .params import Settings
 from .protocol import LINK_ERRORS, RECHECK, Flow, Receive, RunAction, Signal, Waiter, call, text
 from .results import SyncResult
@@ -52,6 +57,7 @@ from .scripts import Script
 from .servertime import ClockState
 
 __all__ = [
+    "REPORT_INTERVAL_S",
     "Broken",
     "Released",
     "RoundState",
@@ -62,6 +68,12 @@ __all__ = [
     "reset_flow",
     "sync_flow",
 ]
+
+
+#: Seconds between two "still waiting" log records of one waiting participant.
+REPORT_INTERVAL_S = 10.0
+
+log = logging.getLogger("pyprocsync")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +112,8 @@ class RoundState:
     arrived: int
     expected: int | None
     broken: Broken | None
+    #: Node ids of the participants waiting in it (at most 64).
+    waiting: tuple[str, ...] = ()
 
 
 #: CHECK/ABANDON/WITHDRAW/RELEASE replies that are not outcomes (see scripts.py).
@@ -171,6 +185,7 @@ class _Participant(Waiter[Outcome]):
         self.member = f"{secrets.token_hex(6)}:{node_id}"
         self.generation = -1
         self.index = -1
+        self._next_report = clock.monotonic() + REPORT_INTERVAL_S
 
     # -- errors --------------------------------------------------------------------
 
@@ -345,7 +360,38 @@ class _Participant(Waiter[Outcome]):
             settings.retention_ms,
             self.channel,
         )
-        return self._decision(reply)
+        outcome = self._decision(reply)
+        if outcome is None and settings.member:
+            lapsed = yield from lapsed_flow(settings)
+            if lapsed:
+                reply = yield from self._script(
+                    Script.LOST, self.generation, settings.retention_ms, self.channel, *lapsed
+                )
+                outcome = self._decision(reply)
+        else:
+            lapsed = ()
+        if outcome is None and clock.monotonic() >= self._next_report:
+            yield from self._report(lapsed)
+        return outcome
+
+    def _report(self, lapsed: tuple[str, ...]) -> Flow[None]:
+        """Log who the round still waits for (at most every :data:`REPORT_INTERVAL_S`)."""
+        self._next_report = clock.monotonic() + REPORT_INTERVAL_S
+        state = yield from _read(self.keys, self.where())
+        if state.generation != self.generation or state.broken is not None:
+            return
+        shown = ", ".join(state.waiting) + (", ..." if state.arrived > len(state.waiting) else "")
+        gone = f"; lapsed members: {', '.join(lapsed)}" if lapsed else ""
+        log.warning(
+            "still waiting for %r in run %r (round %d): %d of %d arrived (%s)%s",
+            self.name,
+            self.settings.run_id,
+            self.generation,
+            state.arrived,
+            state.expected or self.nodes,
+            shown,
+            gone,
+        )
 
     def accept(self, announcement: str) -> Outcome | Signal | None:
         try:
@@ -473,10 +519,11 @@ def read_flow(settings: Settings, event: object) -> Flow[RoundState]:
 def _read(keys: EventKeys, where: dict[str, Any]) -> Flow[RoundState]:
     reply = yield from call(Script.READ, keys.all, (), where)
     try:
-        generation, arrived, expected, announcement = reply
+        generation, arrived, expected, announcement, members = reply
         generation, arrived, expected = int(generation), int(arrived), int(expected)
         announcement = text(announcement)
-    except (TypeError, ValueError):
+        waiting = tuple(member_node(text(member)) for member in members)
+    except (TypeError, ValueError, ProtocolError):
         raise ProtocolError(f"unexpected READ reply: {reply!r}") from None
     outcome = parse_outcome(announcement) if announcement else None
     return RoundState(
@@ -484,4 +531,5 @@ def _read(keys: EventKeys, where: dict[str, Any]) -> Flow[RoundState]:
         arrived,
         expected or None,
         outcome if isinstance(outcome, Broken) else None,
+        waiting,
     )

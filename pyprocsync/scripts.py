@@ -69,6 +69,10 @@ local function fmt(x)
   return string.format('%d', x)
 end
 
+local function announce(channel, message)
+  redis.call('%(publish)s', channel, message)
+end
+
 local function server_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -138,7 +142,7 @@ end
 local function decide(g, outcome, channel)
   redis.call('HSET', H, 'o' .. fmt(g % 8), outcome)
   forget_waiters()
-  redis.call('PUBLISH', channel, outcome)
+  announce(channel, outcome)
   return outcome
 end
 
@@ -155,7 +159,7 @@ local function lapsed(now)
   if not ok then corrupt('lease set type') end
   return gone
 end
-""".replace("%(marker)s", CORRUPT_MARKER)
+"""
 
 _ARRIVE = """
 -- ARRIVE: join the current round of the event.
@@ -360,9 +364,61 @@ return o
 _READ = """
 -- READ: the current round, without changing anything.
 -- KEYS[1] state hash, KEYS[2] lease set
--- Returns {generation, arrived, expected (0 if none), outcome of the current round or ''}.
+-- Returns {generation, arrived, expected (0 if none), outcome of the current round or '',
+-- lease members of the waiting participants (at most 64)}.
 local g = int_field('g') or 0
-return {g, int_field('n') or 0, int_field('k') or 0, outcome_of(g) or ''}
+local ok, waiting = pcall(redis.call, 'ZRANGE', Z, 0, 63)
+if not ok then corrupt('lease set type') end
+return {g, int_field('n') or 0, int_field('k') or 0, outcome_of(g) or '', waiting}
+"""
+
+_LOST = """
+-- LOST: break the round because registered members of the run vanished (their
+-- membership lapsed) without arriving in it.
+-- KEYS[1] state hash, KEYS[2] lease set
+-- ARGV[1] generation, ARGV[2] retention ms, ARGV[3] channel, ARGV[4..] node ids of
+-- the lapsed members
+-- Returns '' (and changes nothing) when every one of them is waiting in the round or
+-- the round has no arrival yet; else the round's outcome (already decided, or the new
+-- 'B <g> lost ...' naming the absent ones), or 'L'/'E'.
+local g = tonumber(ARGV[1])
+local o = settled(g)
+if o then return o end
+if (int_field('n') or 0) == 0 then return '' end
+local present = {}
+local ok, members = pcall(redis.call, 'ZRANGE', Z, 0, -1)
+if not ok then corrupt('lease set type') end
+for _, member in ipairs(members) do present[string.sub(member, 14)] = true end
+local missing = {}
+for i = 4, #ARGV do
+  if not present[ARGV[i]] then missing[#missing + 1] = '000000000000:' .. ARGV[i] end
+end
+if #missing == 0 then return '' end
+o = break_round(g, 'lost', missing, ARGV[3])
+keep(tonumber(ARGV[2]))
+return o
+"""
+
+_MEMBER = """
+-- MEMBER: renew, end or just read registrations in a run's member set.
+-- KEYS[1] member set (sorted set: node id -> registration expiry, server ms)
+-- ARGV[1] node id, ARGV[2] lease ms (> 0: renew it; 0: the member leaves; -1: read
+-- only), ARGV[3] retention ms
+-- Returns the node ids whose registration lapsed (at most 16), longest lapsed first.
+-- A lapsed registration is kept (and reported) until retention ms after it lapsed.
+local M = KEYS[1]
+local now = server_ms()
+local lease = tonumber(ARGV[2])
+local retention = tonumber(ARGV[3])
+local ok, err = pcall(redis.call, 'ZREMRANGEBYSCORE', M, '-inf', '(' .. fmt(now - retention))
+if not ok then corrupt('member set type') end
+if lease > 0 then
+  redis.call('ZADD', M, now + lease, ARGV[1])
+elseif lease == 0 then
+  redis.call('ZREM', M, ARGV[1])
+end
+if redis.call('EXISTS', M) == 1 then redis.call('PEXPIRE', M, retention + lease) end
+return redis.call('ZRANGEBYSCORE', M, '-inf', '(' .. fmt(now), 'LIMIT', 0, 16)
 """
 
 _FLAG_SET = """
@@ -386,7 +442,7 @@ local lead_us = tonumber(ARGV[2])
 local at, basis = now_us(tonumber(ARGV[1]))
 local o = 'S ' .. fmt(s) .. ' ' .. fmt(at + lead_us) .. ' ' .. fmt(lead_us) .. basis
 redis.call('HSET', H, 'v', 1, 's', fmt(s), 'o', o)
-redis.call('PUBLISH', ARGV[4], o)
+announce(ARGV[4], o)
 keep(tonumber(ARGV[3]))
 return o
 """
@@ -420,7 +476,7 @@ return {v, s, ''}
 
 
 class Script(enum.Enum):
-    """The protocol's scripts; the value is the full Lua source."""
+    """The protocol's scripts; the value is the Lua source, see :meth:`source`."""
 
     ARRIVE = _PRELUDE + _ARRIVE
     CHECK = _PRELUDE + _CHECK
@@ -430,6 +486,16 @@ class Script(enum.Enum):
     RELEASE = _PRELUDE + _RELEASE
     ABORT = _PRELUDE + _ABORT
     READ = _PRELUDE + _READ
+    LOST = _PRELUDE + _LOST
+    MEMBER = _PRELUDE + _MEMBER
     FLAG_SET = _PRELUDE + _FLAG_SET
     FLAG_CLEAR = _PRELUDE + _FLAG_CLEAR
     FLAG_CHECK = _PRELUDE + _FLAG_CHECK
+
+    def source(self, *, sharded: bool = False) -> str:
+        """The script's text: announcements by ``SPUBLISH`` when ``sharded`` (a cluster
+        of servers >= 7, where classic ``PUBLISH`` would reach every shard), else by
+        ``PUBLISH``."""
+        return self.value.replace("%(marker)s", CORRUPT_MARKER).replace(
+            "%(publish)s", "SPUBLISH" if sharded else "PUBLISH"
+        )

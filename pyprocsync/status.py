@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import unquote
 
 import redis
 
 from .exceptions import ProtocolError
-from .keys import EventKeys, encode
+from .keys import EventKeys, encode, members_key
 from .rounds import Broken, Released, member_node, parse_outcome
 
-__all__ = ["EventStatus", "read_status"]
+__all__ = ["EventStatus", "MemberStatus", "read_members", "read_status"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,44 @@ class EventStatus:
     age: float | None
     #: Node ids holding a lease in the current round.
     waiting: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    """A registered member of a run (``member=True``).
+
+    .. versionadded:: 1.0
+    """
+
+    #: The member's node id.
+    node_id: str
+    #: True while its registration is renewed; False once it lapsed (the member is
+    #: reported missing to the others).
+    live: bool
+    #: Seconds until its registration lapses (negative: since it lapsed).
+    expires_in: float
+
+
+def read_members(
+    client: redis.Redis, run_id: str, *, prefix: str = "pyprocsync"
+) -> list[MemberStatus]:
+    """Return the registered members of ``run_id``, by node id.
+
+    :raises ProtocolError: the member set is not what pyprocsync writes.
+    """
+    seconds, micros = client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    try:
+        entries = cast(
+            "list[tuple[bytes | str, float]]",
+            client.zrange(members_key(prefix, run_id), 0, -1, withscores=True),
+        )
+    except redis.ResponseError as exc:
+        raise ProtocolError(f"corrupt member set of run {run_id!r}: {exc}") from None
+    members = [
+        MemberStatus(_text(node), score > now_ms, (score - now_ms) / 1e3) for node, score in entries
+    ]
+    return sorted(members, key=lambda member: member.node_id)
 
 
 def _text(value: object) -> str:

@@ -11,18 +11,27 @@ printing one JSON line per round on stdout:
 
 ``--die-after-arrival`` makes the process SIGKILL itself as soon as its arrival is counted
 in Redis, before it starts waiting: a crashed participant that leaves an arrival behind.
+``--die-before-arrival`` makes it SIGKILL itself just before its arrival is sent (it has
+subscribed, nothing is counted): a participant that crashes on its way to the point.
+``--delay`` takes a number of seconds or ``auto``.
+``--cluster`` connects with :meth:`redis.cluster.RedisCluster.from_url` (``--url`` names
+one node of the cluster) instead of the ``redis.Redis`` of ``ProcSync.from_url``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import signal
 import sys
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from redis.cluster import RedisCluster
 
 import pyprocsync
 from pyprocsync.procsync import ProcSync
@@ -45,6 +54,11 @@ ATTRS = (
 )
 
 
+def lead_time(value: str) -> float | Literal["auto"]:
+    """``--delay``: seconds, or ``auto``."""
+    return "auto" if value == "auto" else float(value)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True)
@@ -53,12 +67,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=None)
-    parser.add_argument("--delay", type=float, default=0.05)
+    parser.add_argument("--delay", type=lead_time, default=0.05)
     parser.add_argument("--liveness", type=float, default=5.0)
     parser.add_argument("--on-late", choices=("raise", "proceed"), default="raise")
     parser.add_argument("--node-id", default=None)
     parser.add_argument("--think", type=float, default=0.0, help="seconds idle after a round")
     parser.add_argument("--die-after-arrival", action="store_true")
+    parser.add_argument("--die-before-arrival", action="store_true")
+    parser.add_argument("--cluster", action="store_true", help="--url is a Redis Cluster node")
+    parser.add_argument("--member", action="store_true", help="register as a run member")
     return parser.parse_args(argv)
 
 
@@ -77,27 +94,49 @@ def error_record(exc: BaseException) -> dict[str, Any]:
     }
 
 
-def install_suicide_after_arrival(sync: ProcSync) -> None:
-    """Make ``sync`` SIGKILL this process right after its ARRIVE script ran."""
+def install_suicide(sync: ProcSync, *, before: bool) -> None:
+    """Make ``sync`` SIGKILL this process right before (or after) its ARRIVE script runs."""
     execute = sync._execute
 
-    def execute_then_die(op: object) -> object:
+    def execute_and_die(op: object) -> object:
+        arriving = isinstance(op, Call) and op.script is Script.ARRIVE
+        if arriving and before:
+            os.kill(os.getpid(), signal.SIGKILL)
         reply = execute(op)  # type: ignore[arg-type]
-        if isinstance(op, Call) and op.script is Script.ARRIVE:
+        if arriving:
             os.kill(os.getpid(), signal.SIGKILL)
         return reply
 
-    sync._execute = execute_then_die  # type: ignore[method-assign]
+    sync._execute = execute_and_die  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def open_sync(args: argparse.Namespace, options: dict[str, Any]) -> Iterator[ProcSync]:
+    """``ProcSync.from_url``, or with ``--cluster`` a ProcSync on a cluster client (closed
+    after the ProcSync)."""
+    if not args.cluster:
+        with ProcSync.from_url(args.url, args.run_id, args.delay, **options) as sync:
+            yield sync
+        return
+    with (
+        RedisCluster.from_url(args.url) as client,
+        ProcSync(client, args.run_id, args.delay, **options) as sync,
+    ):
+        yield sync
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    options: dict[str, Any] = {"liveness": args.liveness, "on_late": args.on_late}
+    options: dict[str, Any] = {
+        "liveness": args.liveness,
+        "on_late": args.on_late,
+        "member": args.member,
+    }
     if args.node_id is not None:
         options["node_id"] = args.node_id
-    with ProcSync.from_url(args.url, args.run_id, args.delay, **options) as sync:
-        if args.die_after_arrival:
-            install_suicide_after_arrival(sync)
+    with open_sync(args, options) as sync:
+        if args.die_after_arrival or args.die_before_arrival:
+            install_suicide(sync, before=args.die_before_arrival)
         for i in range(args.rounds):
             try:
                 result = sync.sync(args.event, args.nodes, args.timeout)

@@ -247,18 +247,19 @@ def test_close_releases_connections_of_from_url(server: EmbeddedServer, run_id: 
 def test_close_releases_pubsub_of_a_borrowed_client(
     client: redis.Redis, server: EmbeddedServer, run_id: str
 ) -> None:
-    """With a caller's client, ``close()`` closes every pub/sub connection the instance
-    opened but leaves the caller's client usable."""
+    """Every instance and thread of a process using one client shares one pub/sub
+    connection; closing the last instance closes it but leaves the caller's client
+    usable."""
     admin = make_client(server)
     try:
         baseline = client_count(admin, "pubsub")
-        sync = ProcSync(client, run_id, 0)
-        check_round(
-            [o.result() for o in in_threads(*(lambda: sync.sync("b", 3, 10) for _ in range(3)))],
-            3,
-            0,
-        )
-        assert client_count(admin, "pubsub") >= baseline + 3
+        sync, other = ProcSync(client, run_id, 0), ProcSync(client, run_id, 0)
+        calls = [lambda: sync.sync("b", 4, 10) for _ in range(2)]
+        calls += [lambda: other.sync("b", 4, 10) for _ in range(2)]
+        check_round([o.result() for o in in_threads(*calls)], 4, 0)
+        assert client_count(admin, "pubsub") == baseline + 1
+        other.close()
+        assert client_count(admin, "pubsub") == baseline + 1  # still used by ``sync``
         sync.close()
         wait_for(lambda: client_count(admin, "pubsub") == baseline, 5, "pub/sub to close")
         assert client.ping()

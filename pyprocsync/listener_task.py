@@ -1,0 +1,196 @@
+"""The asyncio classes' shared pub/sub listener: one per deployment and event loop.
+
+:func:`acquire` hands out the :class:`TaskListener` of a client's deployment for the
+running loop; :func:`release` gives the reference back, and the last one closes it. A
+waiting task sends its channel's SUBSCRIBE itself (writes do not disturb a pending read
+in asyncio); one reader task per connection hands each message to the mailboxes of its
+channel (see :mod:`pyprocsync.listeners`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Hashable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from .listeners import (
+    Mailbox,
+    Registry,
+    Subscriptions,
+    link_error,
+    private_pool_settings,
+    server_major,
+)
+
+__all__ = ["TaskListener", "acquire", "receive", "release"]
+
+_MAIN = "main"
+
+
+class TaskListener:
+    """One shared listener of the asyncio classes (see the module docstring)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._cluster = isinstance(client, RedisCluster)
+        self._sharded: bool | None = None
+        self._subscriptions = Subscriptions()
+        self._pubsubs: dict[Hashable, PubSub] = {}
+        self._readers: dict[Hashable, asyncio.Task[None]] = {}
+        # One (un)subscribing task at a time: a PubSub connects on its first command,
+        # and two first commands at once would open two connections.
+        self._commands = asyncio.Lock()
+        self._clients: dict[Hashable, Any] = {}
+        self._owned: list[Any] = []
+
+    async def sharded(self) -> bool:
+        """Whether announcements travel by sharded pub/sub (a cluster of servers >= 7);
+        asks the server once."""
+        if self._sharded is None:
+            if self._cluster:
+                info = await self._client.info("server", target_nodes=RedisCluster.RANDOM)
+                self._sharded = server_major(info) >= 7
+            else:
+                self._sharded = False
+        return self._sharded
+
+    async def listen(self, channel: str, mailbox: Mailbox, renew: bool) -> bool:
+        """Cover ``channel`` for ``mailbox``; True when the mailbox is to receive the
+        subscription's confirmation. See :meth:`ThreadListener.listen
+        <pyprocsync.listener_thread.ThreadListener.listen>`."""
+        sharded = await self.sharded()
+        if renew and self._cluster:
+            await self._client.nodes_manager.initialize()
+        node, source = _MAIN, self._client
+        if self._cluster:
+            found = (
+                self._client.get_node_from_key(channel)
+                if sharded
+                else self._client.get_default_node()
+            )
+            node, source = found.name, found
+        subscribe, confirming = self._subscriptions.join(channel, mailbox, node)
+        if subscribe:
+            async with self._commands:
+                pubsub = self._pubsub(node, source)
+                try:
+                    await (pubsub.ssubscribe if sharded else pubsub.subscribe)(channel)
+                except BaseException as exc:
+                    # The SUBSCRIBE may not have been sent: nobody may wait for its
+                    # confirmation. (Its waiters subscribe again on a new connection.)
+                    await self._fail(node, link_error(exc))
+                    raise
+            if self._pubsubs.get(node) is not pubsub:
+                # The connection failed meanwhile (this mailbox was told); a SUBSCRIBE
+                # sent after that opened a connection nobody reads: close it.
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                return confirming
+            if node not in self._readers:
+                self._readers[node] = asyncio.get_running_loop().create_task(
+                    self._read(node, pubsub), name="pyprocsync-listener"
+                )
+        return confirming
+
+    async def leave(self, channel: str, mailbox: Mailbox) -> None:
+        """Unregister ``mailbox`` from ``channel``."""
+        sharded = self._sharded
+        for node, name in self._subscriptions.leave(channel, mailbox):
+            pubsub = self._pubsubs.get(node)
+            if pubsub is None:
+                continue
+            try:
+                async with self._commands:
+                    await (pubsub.sunsubscribe if sharded else pubsub.unsubscribe)(name)
+            except Exception as exc:  # noqa: BLE001  # handed to that connection's waiters
+                await self._fail(node, link_error(exc))
+
+    async def aclose(self) -> None:
+        """Stop the readers and close the connections; waiters left get an error."""
+        for node in list(self._pubsubs):
+            await self._fail(node, RedisConnectionError("the listener was closed"))
+        for client in self._owned:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        self._owned.clear()
+        self._clients.clear()
+
+    def _pubsub(self, node: Hashable, source: Any) -> PubSub:
+        pubsub = self._pubsubs.get(node)
+        if pubsub is None:
+            client = self._clients.get(node)
+            if client is None:
+                settings = private_pool_settings(
+                    source if self._cluster else source.connection_pool
+                )
+                client = source
+                if settings is not None:
+                    client = aioredis.Redis(connection_pool=aioredis.ConnectionPool(**settings))
+                    self._owned.append(client)
+                self._clients[node] = client
+            pubsub = self._pubsubs[node] = client.pubsub()
+        return pubsub
+
+    async def _read(self, node: Hashable, pubsub: PubSub) -> None:
+        try:
+            while True:
+                response = await pubsub.parse_response(block=True)
+                message = await pubsub.handle_message(response)  # type: ignore[no-untyped-call]
+                if isinstance(message, dict):
+                    for mailbox, item in self._subscriptions.deliver(node, message):
+                        mailbox.put_nowait(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001  # handed to that connection's waiters
+            await self._fail(node, link_error(exc))
+
+    async def _fail(self, node: Hashable, error: BaseException) -> None:
+        """Drop ``node``'s connection: its waiters receive ``error``."""
+        for mailbox, item in self._subscriptions.fail(node, error):
+            mailbox.put_nowait(item)
+        reader = self._readers.pop(node, None)
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        pubsub = self._pubsubs.pop(node, None)
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+_registry: Registry[tuple[asyncio.AbstractEventLoop, int], TaskListener] = Registry()
+
+
+def _key(client: Any) -> tuple[asyncio.AbstractEventLoop, int]:
+    """One listener per event loop and connection pool (or cluster client)."""
+    owner = getattr(client, "connection_pool", client)
+    return asyncio.get_running_loop(), id(owner)
+
+
+def acquire(client: Any) -> TaskListener:
+    """The shared listener of ``client``'s deployment on the running loop, with one
+    more reference."""
+    return _registry.acquire(_key(client), lambda: TaskListener(client))
+
+
+async def release(client: Any) -> None:
+    """Give back a reference taken by :func:`acquire`; the last one closes the listener."""
+    listener = _registry.release(_key(client))
+    if listener is not None:
+        await listener.aclose()
+
+
+async def receive(mailbox: asyncio.Queue[Any], timeout: float | None) -> object:
+    """The next item of ``mailbox`` within ``timeout`` seconds (``None``: no limit), or
+    ``None``; an error put there by the listener is raised."""
+    try:
+        item = await asyncio.wait_for(mailbox.get(), None if timeout is None else max(0, timeout))
+    except asyncio.TimeoutError:
+        return None
+    if isinstance(item, BaseException):
+        raise item
+    return item

@@ -1,0 +1,269 @@
+"""The blocking classes' shared pub/sub listener: one thread per deployment and process.
+
+:func:`acquire` hands out the :class:`ThreadListener` of a client's deployment (every
+client on one connection pool, or one cluster client, shares it); :func:`release` gives
+the reference back, and the last one closes the listener. The listener's thread alone
+touches its pub/sub connections: waiting participants queue their SUBSCRIBE and
+UNSUBSCRIBE requests and wake it through a socket pair, and it hands each message to the
+mailboxes of its channel (see :mod:`pyprocsync.listeners`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import select
+import socket
+import threading
+from collections.abc import Hashable
+from typing import Any
+
+import redis
+from redis.client import PubSub
+from redis.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from .listeners import (
+    Mailbox,
+    Registry,
+    Subscriptions,
+    link_error,
+    private_pool_settings,
+    server_major,
+)
+
+__all__ = ["ThreadListener", "acquire", "receive", "release"]
+
+#: The node key of a standalone (or Sentinel-managed) server's only connection.
+_MAIN = "main"
+
+#: Messages read from one connection before the others get their turn.
+_DRAIN_LIMIT = 1000
+
+#: Longest the thread sleeps without looking at its requests (a safety net: every
+#: request also wakes it).
+_IDLE_WAIT = 1.0
+
+
+class ThreadListener:
+    """One shared listener of the blocking classes (see the module docstring)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._cluster = isinstance(client, RedisCluster)
+        self._sharded: bool | None = None
+        self._subscriptions = Subscriptions()
+        self._lock = threading.Lock()
+        self._requests: list[tuple[str, Hashable, str]] = []
+        self._nodes: dict[Hashable, Any] = {}
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._wake_in, self._wake_out = socket.socketpair()
+        self._wake_in.setblocking(False)
+        self._wake_out.setblocking(False)
+        # Touched by the thread only:
+        self._pubsubs: dict[Hashable, PubSub] = {}
+        self._clients: dict[Hashable, Any] = {}
+        self._owned: list[Any] = []  # listener clients made here, closed on close
+
+    def sharded(self) -> bool:
+        """Whether announcements travel by sharded pub/sub (a cluster of servers >= 7);
+        asks the server once."""
+        if self._sharded is None:
+            if self._cluster:
+                node = self._client.get_default_node()
+                info = self._client.get_redis_connection(node).info("server")
+                self._sharded = server_major(info) >= 7
+            else:
+                self._sharded = False
+        return self._sharded
+
+    def listen(self, channel: str, mailbox: Mailbox, renew: bool) -> bool:
+        """Cover ``channel`` for ``mailbox``; True when the mailbox is to receive the
+        subscription's confirmation (the waiter then waits for it).
+
+        With ``renew`` (the mailbox received an error), a cluster client first reloads
+        its slot map, so the channel is subscribed where its slot lives now.
+        """
+        if renew and self._cluster:
+            self._client.nodes_manager.initialize()
+        node = self._node(channel)
+        with self._lock:
+            subscribe, confirming = self._subscriptions.join(channel, mailbox, node)
+            if subscribe:
+                self._requests.append(("subscribe", node, channel))
+                self._start()
+        if subscribe:
+            self._wake()
+        return confirming
+
+    def leave(self, channel: str, mailbox: Mailbox) -> None:
+        """Unregister ``mailbox`` from ``channel``."""
+        with self._lock:
+            surplus = self._subscriptions.leave(channel, mailbox)
+            self._requests.extend(("unsubscribe", node, name) for node, name in surplus)
+        if surplus:
+            self._wake()
+
+    def close(self) -> None:
+        """Stop the thread, which closes the connections. Waiters left get an error."""
+        with self._lock:
+            self._closed = True
+            started = self._thread is not None
+        if started:
+            self._wake()
+        else:
+            self._shut()
+
+    # -- the thread ----------------------------------------------------------------
+
+    def _node(self, channel: str) -> Hashable:
+        if not self._cluster:
+            return _MAIN
+        node = (
+            self._client.get_node_from_key(channel)
+            if self.sharded()
+            else self._client.get_default_node()
+        )
+        with self._lock:
+            self._nodes[node.name] = node
+        return str(node.name)
+
+    def _start(self) -> None:
+        """Start the thread if it is not running (the lock is held)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="pyprocsync-listener", daemon=True
+            )
+            self._thread.start()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):  # full: it is awake anyway
+            self._wake_out.send(b"\0")
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                requests, self._requests = self._requests, []
+                closed = self._closed
+            if closed:
+                self._shut()
+                return
+            for kind, node, channel in requests:
+                self._apply(kind, node, channel)
+            for node in list(self._pubsubs):
+                self._drain(node)
+            readable: list[Any] = [self._wake_in]
+            readable += [getattr(p.connection, "_sock", None) for p in self._pubsubs.values()]
+            try:
+                select.select([sock for sock in readable if sock is not None], [], [], _IDLE_WAIT)
+            except Exception as exc:  # noqa: BLE001  # a socket closed or broke under us
+                for node in list(self._pubsubs):
+                    self._fail(node, exc)
+            with contextlib.suppress(BlockingIOError, OSError):
+                while self._wake_in.recv(4096):
+                    pass
+
+    def _apply(self, kind: str, node: Hashable, channel: str) -> None:
+        pubsub = self._pubsubs.get(node)
+        if pubsub is None and kind == "unsubscribe":
+            return
+        sharded = self.sharded()
+        try:
+            if pubsub is None:
+                pubsub = self._pubsubs[node] = self._listener_client(node).pubsub()
+            if kind == "subscribe":
+                (pubsub.ssubscribe if sharded else pubsub.subscribe)(channel)
+            else:
+                (pubsub.sunsubscribe if sharded else pubsub.unsubscribe)(channel)
+        except Exception as exc:  # noqa: BLE001  # handed to the waiters of that connection
+            self._fail(node, exc)
+
+    def _drain(self, node: Hashable) -> None:
+        """Hand out every message that can be read from ``node``'s connection now."""
+        pubsub = self._pubsubs[node]
+        try:
+            for _ in range(_DRAIN_LIMIT):
+                response = pubsub.parse_response(block=False, timeout=0)  # type: ignore[no-untyped-call]
+                if response is None:
+                    return
+                message = pubsub.handle_message(response)  # type: ignore[no-untyped-call]
+                if isinstance(message, dict):
+                    with self._lock:
+                        deliveries = self._subscriptions.deliver(node, message)
+                    for mailbox, item in deliveries:
+                        mailbox.put_nowait(item)
+        except Exception as exc:  # noqa: BLE001  # handed to the waiters of that connection
+            self._fail(node, exc)
+
+    def _fail(self, node: Hashable, exc: BaseException) -> None:
+        error = link_error(exc)
+        with self._lock:
+            deliveries = self._subscriptions.fail(node, error)
+        pubsub = self._pubsubs.pop(node, None)
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                pubsub.close()
+        for mailbox, item in deliveries:
+            mailbox.put_nowait(item)
+
+    def _listener_client(self, node: Hashable) -> Any:
+        """A client for ``node``'s listener: the caller's settings, no retries."""
+        client = self._clients.get(node)
+        if client is None:
+            source = self._client
+            if node != _MAIN:
+                with self._lock:
+                    source = self._client.get_redis_connection(self._nodes[node])
+            settings = private_pool_settings(getattr(source, "connection_pool", None))
+            client = source
+            if settings is not None:
+                client = redis.Redis(connection_pool=redis.ConnectionPool(**settings))
+                self._owned.append(client)
+            self._clients[node] = client
+        return client
+
+    def _shut(self) -> None:
+        for node in list(self._pubsubs):
+            self._fail(node, RedisConnectionError("the listener was closed"))
+        for client in self._owned:
+            with contextlib.suppress(Exception):
+                client.connection_pool.disconnect()
+        self._owned.clear()
+        self._clients.clear()
+        self._wake_in.close()
+        self._wake_out.close()
+
+
+_registry: Registry[tuple[int, int], ThreadListener] = Registry()
+
+
+def _key(client: Any) -> tuple[int, int]:
+    """One listener per process and connection pool (or cluster client)."""
+    owner = getattr(client, "connection_pool", client)
+    return os.getpid(), id(owner)
+
+
+def acquire(client: Any) -> ThreadListener:
+    """The shared listener of ``client``'s deployment, with one more reference."""
+    return _registry.acquire(_key(client), lambda: ThreadListener(client))
+
+
+def release(client: Any) -> None:
+    """Give back a reference taken by :func:`acquire`; the last one closes the listener."""
+    listener = _registry.release(_key(client))
+    if listener is not None:
+        listener.close()
+
+
+def receive(mailbox: queue.SimpleQueue[Any], timeout: float | None) -> object:
+    """The next item of ``mailbox`` within ``timeout`` seconds (``None``: no limit), or
+    ``None``; an error put there by the listener is raised."""
+    try:
+        item = mailbox.get(timeout=None if timeout is None else max(0.0, timeout))
+    except queue.Empty:
+        return None
+    if isinstance(item, BaseException):
+        raise item
+    return item
