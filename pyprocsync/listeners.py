@@ -31,7 +31,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import AskError, MovedError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -199,8 +199,12 @@ def server_major(info: dict[str, Any]) -> int:
 
 def link_error(exc: BaseException) -> BaseException:
     """What the waiters of a failed listener connection receive: errors in the server's
-    reply (a missing ACL permission) as they are, anything else as a lost link."""
-    if isinstance(exc, (ResponseError, RedisConnectionError, RedisTimeoutError)):
+    reply (a missing ACL permission) as they are, anything else as a lost link. A
+    cluster redirection (the channel's slot lives on another shard now) counts as a
+    lost link: the waiters subscribe again after reloading the slot map."""
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        return exc
+    if isinstance(exc, ResponseError) and not isinstance(exc, (MovedError, AskError)):
         return exc
     return RedisConnectionError(f"pub/sub connection failed: {exc!r}")
 

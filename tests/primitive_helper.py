@@ -19,6 +19,10 @@ action) instead of the blocking ones. Every record is one JSON line on stdout wi
 a call that raised gives ``ok: false`` with the exception's class and attributes (as
 ``node_helper.py`` writes them), and the helper stops with exit status 0, so that the
 test judges the outcome.
+
+``--cluster`` (or ``--cluster True``, as ``HelperRunner.launch`` passes it) connects with
+``RedisCluster.from_url`` of :mod:`redis.cluster` (or of :mod:`redis.asyncio.cluster`);
+``--url`` then names one node of the cluster.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from node_helper import error_record
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 
 import pyprocsync
 import pyprocsync.asyncio as aio
@@ -45,6 +51,13 @@ from pyprocsync.scripts import Script
 
 class ActionFailedError(RuntimeError):
     """What ``--action raise`` raises."""
+
+
+def flag(text: str) -> bool:
+    """The value of ``--cluster`` when one is given: ``true`` or ``false``."""
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+    return text.lower() == "true"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -64,6 +77,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--action-key", default=None, help="Redis list the action appends to")
     parser.add_argument("--action-sleep", type=float, default=0.0)
     parser.add_argument("--ready-key", default=None)
+    parser.add_argument("--cluster", type=flag, nargs="?", const=True, default=False)
     return parser.parse_args(argv)
 
 
@@ -74,7 +88,9 @@ def options(args: argparse.Namespace) -> dict[str, Any]:
     return chosen
 
 
-def action(args: argparse.Namespace, client: redis.Redis) -> Callable[[], None] | None:
+def action(
+    args: argparse.Namespace, client: redis.Redis | RedisCluster
+) -> Callable[[], None] | None:
     """``record``: (after ``--action-sleep``) RPUSH ``{"ns": time_ns(), "pid": pid}`` to
     ``--action-key`` as the action's last step; ``raise``: raise ActionFailedError."""
     if args.action == "none":
@@ -89,7 +105,9 @@ def action(args: argparse.Namespace, client: redis.Redis) -> Callable[[], None] 
     return run
 
 
-def async_action(args: argparse.Namespace, client: aioredis.Redis) -> Callable[[], Any] | None:
+def async_action(
+    args: argparse.Namespace, client: aioredis.Redis | AsyncRedisCluster
+) -> Callable[[], Any] | None:
     """:func:`action` as an ``async def`` function."""
     if args.action == "none":
         return None
@@ -172,7 +190,7 @@ def make_call(args: argparse.Namespace, client: Any, module: Any) -> tuple[Any, 
 
 
 def run_blocking(args: argparse.Namespace) -> None:
-    client = redis.Redis.from_url(args.url)
+    client = RedisCluster.from_url(args.url) if args.cluster else redis.Redis.from_url(args.url)
     try:
         instance, call = make_call(args, client, pyprocsync)
         with instance:
@@ -188,7 +206,11 @@ def run_blocking(args: argparse.Namespace) -> None:
 
 
 async def run_asyncio(args: argparse.Namespace) -> None:
-    client = aioredis.Redis.from_url(args.url)
+    client: aioredis.Redis | AsyncRedisCluster
+    if args.cluster:
+        client = AsyncRedisCluster.from_url(args.url)
+    else:
+        client = aioredis.Redis.from_url(args.url)
     try:
         instance, call = make_call(args, client, aio)
         async with instance:
