@@ -257,6 +257,9 @@ class _Participant(Waiter[Outcome]):
         return (yield from self._release(outcome))
 
     def _arrive(self) -> Flow[Outcome | None]:
+        # Every release this instance saw before now was decided before this arrival:
+        # the arrival must land in a later round.
+        floor = self.clocks.passed.get(self.name)
         while True:
             settings = self.settings
             reply = yield from self._script(
@@ -296,9 +299,26 @@ class _Participant(Waiter[Outcome]):
                 raise ProtocolError(f"unexpected ARRIVE reply: {reply!r}")
             raise self._broken(outcome)
         self.index = index
+        if floor is not None and self._went_back(floor, generation):
+            yield from self._withdraw()
+            raise BrokenBarrierError(
+                f"the state of {self.name!r} went back from round {floor[0]} (released) "
+                f"to round {generation}: Redis lost writes (a failover to a replica "
+                "that had not received them, a restart or a flush)",
+                reason="state-lost",
+                **self.where(),
+            )
         if status == _ACT:
             return (yield from self._act())
         return outcome
+
+    def _went_back(self, floor: tuple[int, float], generation: int) -> bool:
+        """Whether joining ``generation`` means the event's state lost writes: this
+        instance saw round ``floor[0]`` released before it arrived, recently enough that
+        the state cannot have expired since."""
+        if generation > floor[0]:
+            return False
+        return clock.monotonic() - floor[1] < self.settings.retention_ms / 1e3
 
     def _await_round_closed(self, generation: int) -> Flow[None]:
         """A full round runs its action: wait for its announcement (or a heartbeat)."""
@@ -429,6 +449,8 @@ class _Participant(Waiter[Outcome]):
     def _release(self, outcome: Outcome) -> Flow[SyncResult]:
         if isinstance(outcome, Broken):
             raise self._broken(outcome)
+        passed = self.clocks.passed.get(self.name, (-1, 0.0))[0]
+        self.clocks.passed[self.name] = (max(passed, outcome.generation), clock.monotonic())
         met = yield from self.await_instant(
             outcome.at_us, outcome.lead_us, outcome.server_clock, learned_late_is_error=True
         )

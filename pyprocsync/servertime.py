@@ -121,12 +121,16 @@ class ClockState:
     call serves all); the one-time check of this host's clock in system-clock mode (see
     :meth:`check_system_clock`); and, per event name, how long the last announcement
     took to reach this instance (:attr:`latency_us`), reported at the next arrival so
-    that ``delay="auto"`` can size the lead time.
+    that ``delay="auto"`` can size the lead time, and the last round it saw released
+    (:attr:`passed`), so that an event whose state went back in time is noticed.
     """
 
     def __init__(self, *, check_system_clock: bool = True) -> None:
         #: Per event name: µs from the last release's decision to this instance knowing it.
         self.latency_us: dict[str, int] = {}
+        #: Per event name: the latest generation this instance saw released, and when
+        #: (monotonic seconds).
+        self.passed: dict[str, tuple[int, float]] = {}
         self._estimate: ClockEstimate | None = None
         self._lock = threading.Lock()
         self._checked = not check_system_clock

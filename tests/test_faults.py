@@ -729,3 +729,23 @@ def test_error_records_are_json(run_nodes: NodeRunner) -> None:
     assert record["error"] == "TimeOutError"
     assert record["is_procsync_error"] is True
     assert json.loads(json.dumps(record)) == record
+
+
+@pytest.mark.timeout(30)
+def test_state_that_went_back_in_time_is_refused(
+    make_sync: Callable[..., ProcSync], client: redis.Redis, run_id: str
+) -> None:
+    """An instance that saw round 0 released, then finds the event at round 0 again
+    (Redis lost writes: a failover to a lagging replica, a flush), raises
+    BrokenBarrierError(reason="state-lost") and leaves no arrival behind, instead of
+    joining an old round with participants of a newer one. Another instance, which saw
+    nothing, joins normally."""
+    sync = make_sync(0.01)
+    assert sync.sync("e", 1, 5).generation == 0
+    keys = event_keys(run_id, "e")
+    client.delete(*keys.all)  # what a failover that lost the writes looks like
+    with pytest.raises(BrokenBarrierError) as caught:
+        sync.sync("e", 2, 5)
+    assert caught.value.reason == "state-lost"
+    assert waiting_members(client, run_id, "e") == []
+    assert make_sync(0.01).sync("e", 1, 5).generation == 0
