@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
@@ -39,7 +40,18 @@ from .base import BarrierBase, EventBase, ProcSyncBase
 from .exceptions import TimeOutError
 from .listener_task import TaskListener, receive
 from .members import leave_flow, renew_flow
-from .protocol import Call, Flow, Listen, Operation, Receive, RunAction, ServerTime, SleepUntil
+from .protocol import (
+    AtInstant,
+    Call,
+    Due,
+    Flow,
+    Listen,
+    Operation,
+    Receive,
+    RunAction,
+    ServerTime,
+    SleepUntil,
+)
 from .results import SyncResult
 from .rounds import reset_flow, sync_flow
 
@@ -51,12 +63,12 @@ T = TypeVar("T")
 S = TypeVar("S")
 
 
-async def _drive(flow: Flow[T], execute: Callable[[Operation], Awaitable[object]]) -> T:
+async def _drive(flow: Flow[Due[T]], execute: Callable[[Operation], Awaitable[object]]) -> T:
     """Run ``flow`` to its end, awaiting ``execute`` for each operation it yields.
 
     The asyncio counterpart of :func:`pyprocsync.procsync.drive`: an exception raised
     while an operation runs (``CancelledError`` included) is thrown into the flow at
-    that operation's ``yield``.
+    that operation's ``yield``; a result due at an instant is awaited last.
     """
     reply: object = None
     error: BaseException | None = None
@@ -64,11 +76,15 @@ async def _drive(flow: Flow[T], execute: Callable[[Operation], Awaitable[object]
         try:
             op = flow.send(reply) if error is None else flow.throw(error)
         except StopIteration as stop:
-            return cast(T, stop.value)
+            result = stop.value
+            break
         try:
             reply, error = await execute(op), None
         except BaseException as exc:  # noqa: BLE001  # thrown into the flow, which decides
             reply, error = None, exc
+    if isinstance(result, AtInstant):
+        return cast(T, result.finish(cast(int, await execute(result.wait))))
+    return cast(T, result)
 
 
 class _Participation:
@@ -79,7 +95,8 @@ class _Participation:
         self, owner: ProcSync, listener: TaskListener, action: Callable[[], object] | None
     ) -> None:
         self._owner = owner
-        self._listener = listener
+        self._listener = listener  # a reference taken for this call
+        self._held = True
         self._action = action
         self._mailbox: asyncio.Queue[Any] = asyncio.Queue()
         self._channel: str | None = None
@@ -89,9 +106,9 @@ class _Participation:
             result = None if self._action is None else self._action()
             return await result if inspect.isawaitable(result) else result
         if isinstance(op, SleepUntil):
-            # The outcome is known: unregister now, so the instant is not followed by
-            # bookkeeping.
-            await self.leave()
+            # The call's last step: hand everything back first, so that nothing but the
+            # result follows the instant.
+            await self.close()
         elif isinstance(op, Listen):
             self._channel = op.channel
             return await self._listener.listen(op.channel, self._mailbox, op.renew)
@@ -99,11 +116,14 @@ class _Participation:
             return await receive(self._mailbox, op.timeout)
         return await self._owner._execute(op)
 
-    async def leave(self) -> None:
-        """Unregister the mailbox (if it is registered)."""
+    async def close(self) -> None:
+        """Unregister the mailbox and give back the listener reference (once)."""
         if self._channel is not None:
             channel, self._channel = self._channel, None
             await self._listener.leave(channel, self._mailbox)
+        if self._held:
+            self._held = False
+            await listener_task.release(self._owner._client)
 
 
 class _Membership:
@@ -215,7 +235,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         if self._owns_client:
             await self._client.aclose()
 
-    async def _run(self, flow: Flow[T], action: Callable[[], object] | None = None) -> T:
+    async def _run(self, flow: Flow[Due[T]], action: Callable[[], object] | None = None) -> T:
         """Drive ``flow`` to its result; ``action`` (plain or async) serves its RunAction."""
         listener = self._open_call(lambda: listener_task.acquire(self._client))
         participation = _Participation(self, listener, action)
@@ -226,8 +246,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
                 await self._membership.start()
             return await _drive(flow, participation.execute)
         finally:
-            await participation.leave()
-            await listener_task.release(self._client)
+            await participation.close()
 
     async def _load_scripts(self, listener: TaskListener) -> None:
         """Register and load the scripts before the first arrival (see the blocking
@@ -247,7 +266,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
     async def _execute(self, op: Operation) -> object:
         """Carry out an operation that needs no listener."""
         if isinstance(op, Call):
-            return await self._scripts[op.script](keys=op.keys, args=op.args)
+            return await self._call(op)
         if isinstance(op, SleepUntil):
             return await clock.async_sleep_until_ns(
                 op.at_ns, op.spin_ns, on_monotonic=op.on_monotonic
@@ -255,6 +274,32 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         if isinstance(op, ServerTime):
             return await self._client.time()
         raise TypeError(f"{op!r} needs a participation")
+
+    async def _call(self, op: Call) -> object:
+        """Run a script once, its reply bounded by ``op.timeout`` (see the blocking
+        shell)."""
+        script = self._scripts[op.script]
+        if isinstance(self._client, RedisCluster):
+            return await script(keys=op.keys, args=op.args)
+        pool: Any = self._client.connection_pool
+        connection = await pool.get_connection()
+        command = op.command(script.sha)
+        try:
+            await connection.send_command(*command)
+            try:
+                return await connection.read_response(timeout=op.timeout)
+            except redis.exceptions.NoScriptError:  # a restarted or flushed server
+                await connection.send_command("SCRIPT", "LOAD", script.script)
+                await connection.read_response()
+                await connection.send_command(*command)
+                return await connection.read_response(timeout=op.timeout)
+        except redis.ResponseError:
+            raise  # a whole reply was read: the connection is fine
+        except BaseException:
+            await connection.disconnect()  # a reply may still be on its way
+            raise
+        finally:
+            await pool.release(connection)
 
 
 class _ClosingShell(_ClosedOnExit):

@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 from . import flags, params, rounds
 from .exceptions import ArgumentTypeError, BrokenBarrierError, ProcSyncError, TimeOutError
 from .params import ClockMode, OnLate, Settings
-from .protocol import Flow
+from .protocol import Due, Flow
 from .results import SyncResult
 from .scripts import Script
 from .servertime import ClockState
@@ -159,7 +159,7 @@ class EventBase:
     def _is_set_flow(self) -> Flow[bool]:
         return flags.is_set_flow(self._shell._settings, self._name)
 
-    def _wait_flow(self, timeout: float | None) -> Flow[bool]:
+    def _wait_flow(self, timeout: float | None) -> Flow[Due[bool]]:
         return flags.wait_flow(self._shell._settings, self._shell._clocks, self._name, timeout)
 
     def __repr__(self) -> str:
@@ -205,7 +205,7 @@ class BarrierBase:
         """How many participants a round needs."""
         return self._parties
 
-    def _wait_flow(self, timeout: float | None) -> Flow[SyncResult]:
+    def _wait_flow(self, timeout: float | None) -> Flow[Due[SyncResult]]:
         return rounds.sync_flow(
             self._shell._settings,
             self._shell._clocks,

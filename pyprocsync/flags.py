@@ -27,7 +27,7 @@ from . import clock, params
 from .exceptions import ProtocolError
 from .keys import FlagKeys
 from .params import Settings
-from .protocol import RECHECK, Flow, Signal, Waiter, call, text
+from .protocol import RECHECK, Due, Flow, Signal, Waiter, call, text
 from .scripts import Script
 from .servertime import ClockState
 
@@ -108,7 +108,7 @@ class _FlagWaiter(Waiter[FlagSet | None]):
     def on_deadline(self) -> Flow[FlagSet | None]:
         return (yield from self.check())  # a set that raced the deadline still counts
 
-    def run(self) -> Flow[bool]:
+    def run(self) -> Flow[Due[bool]]:
         if self.settings.clock == "server":
             yield from self.prepare_clock()
         if not (yield from self.listen()):
@@ -121,10 +121,10 @@ class _FlagWaiter(Waiter[FlagSet | None]):
             return False
         # A waiter that was waiting when the set happened is late if it learned of it
         # after the instant; one that came later returns at once if the instant passed.
-        yield from self.await_instant(
+        met = yield from self.meet_instant(
             woken_by.at_us, woken_by.lead_us, woken_by.server_clock, learned_late_is_error=waited
         )
-        return True
+        return met.deliver(_woken)
 
 
 def _keys_and_context(settings: Settings, name: object) -> tuple[FlagKeys, dict[str, Any]]:
@@ -171,7 +171,13 @@ def _is_set(settings: Settings, keys: FlagKeys, where: dict[str, Any]) -> Flow[b
     return _check_reply(reply)[0]
 
 
-def wait_flow(settings: Settings, clocks: ClockState, name: object, timeout: object) -> Flow[bool]:
+def _woken(late_ns: int) -> bool:
+    return True
+
+
+def wait_flow(
+    settings: Settings, clocks: ClockState, name: object, timeout: object
+) -> Flow[Due[bool]]:
     """The flow of ``Event.wait``: True once the flag is (or was meanwhile) set.
 
     :raises InvalidArgumentError: an argument is invalid (nothing was sent).

@@ -17,7 +17,18 @@ from . import clock, listener_thread
 from .base import ProcSyncBase
 from .listener_thread import ThreadListener, receive
 from .members import leave_flow, renew_flow
-from .protocol import Call, Flow, Listen, Operation, Receive, RunAction, ServerTime, SleepUntil
+from .protocol import (
+    AtInstant,
+    Call,
+    Due,
+    Flow,
+    Listen,
+    Operation,
+    Receive,
+    RunAction,
+    ServerTime,
+    SleepUntil,
+)
 from .results import SyncResult
 from .rounds import reset_flow, sync_flow
 
@@ -29,11 +40,13 @@ T = TypeVar("T")
 S = TypeVar("S")
 
 
-def drive(flow: Flow[T], execute: Callable[[Operation], object]) -> T:
+def drive(flow: Flow[Due[T]], execute: Callable[[Operation], object]) -> T:
     """Run ``flow`` to its end, carrying out each operation it yields with ``execute``.
 
     An exception raised by ``execute`` is thrown into the flow at the ``yield`` of that
-    operation, so the flow can react to it (or clean up and let it propagate).
+    operation, so the flow can react to it (or clean up and let it propagate). A result
+    due at an instant (:class:`~pyprocsync.protocol.AtInstant`) is awaited with
+    ``execute`` as the very last step.
     """
     reply: object = None
     error: BaseException | None = None
@@ -41,11 +54,15 @@ def drive(flow: Flow[T], execute: Callable[[Operation], object]) -> T:
         try:
             op = flow.send(reply) if error is None else flow.throw(error)
         except StopIteration as stop:
-            return cast(T, stop.value)
+            result = stop.value
+            break
         try:
             reply, error = execute(op), None
         except BaseException as exc:  # noqa: BLE001  # thrown into the flow, which decides
             reply, error = None, exc
+    if isinstance(result, AtInstant):
+        return cast(T, result.finish(cast(int, execute(result.wait))))
+    return cast(T, result)
 
 
 class _Participation:
@@ -56,7 +73,8 @@ class _Participation:
         self, owner: ProcSync, listener: ThreadListener, action: Callable[[], object] | None
     ) -> None:
         self._owner = owner
-        self._listener = listener
+        self._listener = listener  # a reference taken for this call
+        self._held = True
         self._action = action
         self._mailbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._channel: str | None = None
@@ -65,9 +83,9 @@ class _Participation:
         if isinstance(op, RunAction):
             return None if self._action is None else self._action()
         if isinstance(op, SleepUntil):
-            # The outcome is known: unregister now, so the instant is not followed by
-            # bookkeeping.
-            self.leave()
+            # The call's last step: hand everything back first, so that nothing but the
+            # result follows the instant.
+            self.close()
         elif isinstance(op, Listen):
             self._channel = op.channel
             return self._listener.listen(op.channel, self._mailbox, op.renew)
@@ -75,11 +93,14 @@ class _Participation:
             return receive(self._mailbox, op.timeout)
         return self._owner._execute(op)
 
-    def leave(self) -> None:
-        """Unregister the mailbox (if it is registered)."""
+    def close(self) -> None:
+        """Unregister the mailbox and give back the listener reference (once)."""
         if self._channel is not None:
             self._listener.leave(self._channel, self._mailbox)
             self._channel = None
+        if self._held:
+            self._held = False
+            listener_thread.release(self._owner._client)
 
 
 class _Membership:
@@ -302,7 +323,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         if self._owns_client:
             self._client.close()
 
-    def _run(self, flow: Flow[T], action: Callable[[], object] | None = None) -> T:
+    def _run(self, flow: Flow[Due[T]], action: Callable[[], object] | None = None) -> T:
         """Drive ``flow`` to its result; ``action`` serves its RunAction (a barrier's)."""
         listener = self._open_call(lambda: listener_thread.acquire(self._client))
         participation = _Participation(self, listener, action)
@@ -312,8 +333,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
                 self._join_run()
             return drive(flow, participation.execute)
         finally:
-            participation.leave()
-            listener_thread.release(self._client)
+            participation.close()
 
     def _join_run(self) -> None:
         with self._state_lock:
@@ -344,12 +364,46 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
     def _execute(self, op: Operation) -> object:
         """Carry out an operation that needs no listener."""
         if isinstance(op, Call):
-            return self._scripts[op.script](keys=op.keys, args=op.args)
+            return self._call(op)
         if isinstance(op, SleepUntil):
             return clock.sleep_until_ns(op.at_ns, op.spin_ns, on_monotonic=op.on_monotonic)
         if isinstance(op, ServerTime):
             return self._client.time()
         raise TypeError(f"{op!r} needs a participation")
+
+    def _call(self, op: Call) -> object:
+        """Run a script once, its reply bounded by ``op.timeout`` (see
+        :class:`~pyprocsync.protocol.Call`). A cluster client routes the call itself
+        (with its own retries: ARRIVE counts a repeated call once)."""
+        script = self._scripts[op.script]
+        if isinstance(self._client, RedisCluster):
+            return script(keys=op.keys, args=op.args)
+        pool = self._client.connection_pool
+        connection: Any = pool.get_connection()
+        command = op.command(script.sha)
+        try:
+            connection.send_command(*command)
+            try:
+                return _reply(connection, op.timeout)
+            except redis.exceptions.NoScriptError:  # a restarted or flushed server
+                connection.send_command("SCRIPT", "LOAD", script.script)
+                connection.read_response()
+                connection.send_command(*command)
+                return _reply(connection, op.timeout)
+        except redis.ResponseError:
+            raise  # a whole reply was read: the connection is fine
+        except BaseException:
+            connection.disconnect()  # a reply may still be on its way
+            raise
+        finally:
+            pool.release(connection)
+
+
+def _reply(connection: Any, timeout: float | None) -> object:
+    """Read a reply, waiting at most ``timeout`` s (``None``: the socket's timeout)."""
+    if timeout is None:
+        return connection.read_response()
+    return connection.read_response(timeout=timeout)
 
 
 class ClosingShell(_ClosedOnExit):

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -40,7 +40,10 @@ if TYPE_CHECKING:  # servertime builds on this module
     from .servertime import ClockEstimate, ClockState
 
 __all__ = [
+    "CALL_TIMEOUT_FLOOR",
+    "AtInstant",
     "Call",
+    "Due",
     "Flow",
     "Instant",
     "Listen",
@@ -61,11 +64,22 @@ O = TypeVar("O")  # noqa: E741  # what a waiter waits for
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """Run ``script`` with ``keys`` and ``args``; the result is the script's reply."""
+    """Run ``script`` with ``keys`` and ``args``; the result is the script's reply.
+
+    The call is sent once, never repeated behind the flow's back (a repeated ARRIVE
+    whose first reply was lost could count an arrival twice), and its reply may take
+    at most ``timeout`` seconds (``None``: the client's socket timeout); a call that
+    fails either way raises a link error.
+    """
 
     script: Script
     keys: tuple[str, ...]
     args: tuple[str | int, ...]
+    timeout: float | None = None
+
+    def command(self, sha: str) -> tuple[str | int, ...]:
+        """The ``EVALSHA`` command that runs the script registered as ``sha``."""
+        return ("EVALSHA", sha, len(self.keys), *self.keys, *self.args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +110,8 @@ class Receive:
 class SleepUntil:
     """Wait until the wall clock (``on_monotonic``: the monotonic clock) reads ``at_ns``.
 
-    The result is that clock's reading at return (ns).
+    The result is that clock's reading at return (ns). A flow never yields it: it is
+    the last step of a call, see :class:`AtInstant`.
     """
 
     at_ns: int
@@ -118,21 +133,55 @@ Operation = Call | Listen | Receive | SleepUntil | RunAction | ServerTime
 
 
 @dataclass(frozen=True, slots=True)
+class AtInstant(Generic[T]):
+    """A flow's result that is due at an instant: the caller carries out ``wait`` and
+    returns ``finish(late_ns)``, ``late_ns`` being how long after the instant the wait
+    returned.
+
+    The wait is the last step of a call, after all its bookkeeping (the shells hand back
+    their pub/sub resources when they see ``wait``): between the instant and the caller
+    only ``finish`` runs.
+    """
+
+    wait: SleepUntil
+    finish: Callable[[int], T]
+
+
+#: What a flow that may end at an instant returns: its result, or the result due later.
+Due: TypeAlias = "T | AtInstant[T]"
+
+
+@dataclass(frozen=True, slots=True)
 class Instant:
-    """How a participant met a release instant."""
+    """How a participant is to meet a release instant."""
 
     #: The instant on this host's wall clock, epoch ns.
     release_ns: int
-    #: How long after the instant it returned, ns (measured on the clock it waited on).
+    #: The instant on the clock to wait on (see :attr:`wait`), ns.
+    target_ns: int
+    #: How long after the instant this participant learned of it, ns.
     late_ns: int
     #: The clock estimate the instant was converted with (server-clock instants only).
     estimate: ClockEstimate | None
+    #: The wait, or ``None`` when there is none (lead time 0: return at once).
+    wait: SleepUntil | None
+
+    def deliver(self, finish: Callable[[int], T]) -> T | AtInstant[T]:
+        """``finish(late_ns)`` now when there is no wait, else at the instant."""
+        if self.wait is None:
+            return finish(self.late_ns)
+        target = self.target_ns
+        return AtInstant(self.wait, lambda returned: finish(returned - target))
 
 
 Flow = Generator[Operation, Any, T]
 
 #: Errors of the link to the server (the shells' pub/sub connections never retry).
 LINK_ERRORS = (RedisConnectionError, RedisTimeoutError)
+
+#: The least time a waiter's script call may take to answer, seconds, even when its
+#: deadline is nearer (or passed: the call that abandons the round at the deadline).
+CALL_TIMEOUT_FLOOR = 0.25
 
 
 def text(value: object) -> str:
@@ -148,15 +197,20 @@ def text(value: object) -> str:
 
 
 def call(
-    script: Script, keys: tuple[str, ...], args: tuple[str | int, ...], where: dict[str, Any]
+    script: Script,
+    keys: tuple[str, ...],
+    args: tuple[str | int, ...],
+    where: dict[str, Any],
+    timeout: float | None = None,
 ) -> Flow[Any]:
     """Run ``script``; map its failures to pyprocsync errors carrying ``where``.
 
     :raises ProtocolError: the script found data it did not write.
-    :raises ConnectionLostError: the server could not be reached.
+    :raises ConnectionLostError: the server could not be reached, or did not answer
+        within ``timeout`` seconds.
     """
     try:
-        return (yield Call(script, keys, args))
+        return (yield Call(script, keys, args, timeout))
     except ResponseError as exc:
         message = str(exc)
         if message.startswith((CORRUPT_MARKER, "WRONGTYPE")):
@@ -226,8 +280,15 @@ class Waiter(abc.ABC, Generic[O]):
         return None if self.deadline is None else self.deadline - clock.monotonic()
 
     def call(self, script: Script, keys: tuple[str, ...], *args: str | int) -> Flow[Any]:
-        """Run ``script`` (see :func:`call`) with this waiter's error context."""
-        return (yield from call(script, keys, args, self.where()))
+        """Run ``script`` (see :func:`call`) with this waiter's error context.
+
+        Its reply may take until the deadline, but at least :data:`CALL_TIMEOUT_FLOOR`
+        seconds: a server that stops answering (paused, overloaded, cut off without a
+        reset) cannot hold a participant far past its timeout.
+        """
+        remaining = self.remaining()
+        timeout = None if remaining is None else max(remaining, CALL_TIMEOUT_FLOOR)
+        return (yield from call(script, keys, args, self.where(), timeout))
 
     def link_lost(self, exc: Exception) -> ConnectionLostError:
         """The error for a pub/sub connection that could not be replaced."""
@@ -322,14 +383,15 @@ class Waiter(abc.ABC, Generic[O]):
         ``-1`` in server-clock mode (the script then reads the server's)."""
         return -1 if self.settings.clock == "server" else clock.time_ns() // 1000
 
-    def await_instant(
+    def meet_instant(
         self, at_us: int, lead_us: int, server_clock: bool, *, learned_late_is_error: bool
     ) -> Flow[Instant]:
-        """Return at the instant ``at_us`` (or at once if ``lead_us`` is 0).
+        """Plan how to meet the instant ``at_us``: wait for it (at once if ``lead_us``
+        is 0: there is no wait), see :meth:`Instant.deliver`.
 
         ``server_clock`` says the instant is on the server's clock: it is converted with
         the clock estimate and awaited on the monotonic clock, which wall-clock steps do
-        not move. A passed instant returns at once.
+        not move. A passed instant is met at once.
 
         :raises TooLateError: ``learned_late_is_error`` and the instant had passed by
             more than the tolerance (with ``on_late="raise"``).
@@ -365,7 +427,5 @@ class Waiter(abc.ABC, Generic[O]):
                 release_at=release_ns / 1e9,
                 **self.where(),
             )
-        if lead_us > 0:
-            returned: int = yield SleepUntil(target, self.settings.spin_ns, server_clock)
-            late_ns = returned - target
-        return Instant(release_ns, late_ns, estimate)
+        wait = SleepUntil(target, self.settings.spin_ns, server_clock) if lead_us > 0 else None
+        return Instant(release_ns, target, late_ns, estimate, wait)

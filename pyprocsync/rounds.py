@@ -32,6 +32,7 @@ One participant in one round goes through these states::
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -51,7 +52,18 @@ from .exceptions import (
 from .keys import EventKeys
 from .members import lapsed_flow
 from .params import Settings
-from .protocol import LINK_ERRORS, RECHECK, Flow, Receive, RunAction, Signal, Waiter, call, text
+from .protocol import (
+    LINK_ERRORS,
+    RECHECK,
+    Due,
+    Flow,
+    Receive,
+    RunAction,
+    Signal,
+    Waiter,
+    call,
+    text,
+)
 from .results import SyncResult
 from .scripts import Script
 from .servertime import ClockState
@@ -240,7 +252,7 @@ class _Participant(Waiter[Outcome]):
 
     # -- transitions ---------------------------------------------------------------
 
-    def run(self) -> Flow[SyncResult]:
+    def run(self) -> Flow[Due[SyncResult]]:
         yield from self.prepare_clock()
         if not (yield from self.listen()):
             raise self._timed_out(None, None)  # nothing was counted: the round is untouched
@@ -446,26 +458,27 @@ class _Participant(Waiter[Outcome]):
                 Script.WITHDRAW, self.generation, self.member, self.settings.retention_ms
             )
 
-    def _release(self, outcome: Outcome) -> Flow[SyncResult]:
+    def _release(self, outcome: Outcome) -> Flow[Due[SyncResult]]:
         if isinstance(outcome, Broken):
             raise self._broken(outcome)
         passed = self.clocks.passed.get(self.name, (-1, 0.0))[0]
         self.clocks.passed[self.name] = (max(passed, outcome.generation), clock.monotonic())
-        met = yield from self.await_instant(
+        met = yield from self.meet_instant(
             outcome.at_us, outcome.lead_us, outcome.server_clock, learned_late_is_error=True
         )
         estimate = met.estimate
-        return SyncResult(
+        result = functools.partial(
+            SyncResult,
             event=self.name,
             generation=outcome.generation,
             index=self.index,
             nodes=self.nodes,
             release_at=met.release_ns // 1000 / 1e6,
-            late_by=met.late_ns / 1e9,
             delay=outcome.lead_us / 1e6,
             clock_offset=None if estimate is None else estimate.wall_offset_ns / 1e9,
             clock_uncertainty=None if estimate is None else estimate.uncertainty_ns / 1e9,
         )
+        return met.deliver(lambda late_ns: result(late_by=late_ns / 1e9))
 
 
 def sync_flow(
@@ -476,7 +489,7 @@ def sync_flow(
     timeout: object,
     *,
     has_action: bool = False,
-) -> Flow[SyncResult]:
+) -> Flow[Due[SyncResult]]:
     """Validate the arguments of ``sync`` and return the flow of one participant.
 
     With ``has_action``, this participant runs the shell's action (operation

@@ -179,6 +179,8 @@ _ARRIVE = """
 --                            RELEASE (or ABANDON with reason 'action' if it failed)
 --   {4, g, -1, ''}           refused for now: the round is full and its action runs;
 --                            arrive again once round g is decided
+-- An ARRIVE of a member already waiting in the round (the same call sent again)
+-- counts nothing and returns that member's {0 or 3, g, index, ''}.
 local nodes, member = tonumber(ARGV[1]), ARGV[2]
 local liveness, retention = tonumber(ARGV[3]), tonumber(ARGV[4])
 local arrival_us, lead_us, channel = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
@@ -189,6 +191,11 @@ local o = outcome_of(g)
 if o then
   keep(retention)
   return {1, g, -1, o}
+end
+local counted = redis.call('HGET', H, 'm:' .. member)
+if counted then  -- the same call sent twice (a client retry): it is counted once
+  if redis.call('HGET', H, 'a') == member then return {3, g, tonumber(counted), ''} end
+  return {0, g, tonumber(counted), ''}
 end
 if redis.call('HEXISTS', H, 'a') == 1 then return {4, g, -1, ''} end
 local now = server_ms()

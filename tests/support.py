@@ -213,17 +213,20 @@ class NodeRunner:
             node.process.wait()
 
 
-def check_rounds(nodes: Sequence[Node], rounds: int, count: int) -> list[list[dict[str, Any]]]:
+def check_rounds(
+    nodes: Sequence[Node], rounds: int, count: int, first_generation: int = 0
+) -> list[list[dict[str, Any]]]:
     """Check that ``nodes`` passed ``rounds`` rounds of ``count`` participants together.
 
-    Per round: one generation (0, 1, 2, ... in order), one ``release_at`` for everyone,
-    indices exactly ``0 .. count-1``. Returns the records grouped by round.
+    Per round: one generation (``first_generation``, the next, ... in order), one
+    ``release_at`` for everyone, indices exactly ``0 .. count-1``. Returns the records
+    grouped by round.
     """
     per_node = [node.results() for node in nodes]
     for records in per_node:
         assert len(records) == rounds
     grouped = [list(group) for group in zip(*per_node, strict=True)]
-    for number, group in enumerate(grouped):
+    for number, group in enumerate(grouped, first_generation):
         assert {r["generation"] for r in group} == {number}, group
         assert len({r["release_at"] for r in group}) == 1, group
         assert sorted(r["index"] for r in group) == list(range(count)), group

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
+from netproxy import Delay, NetProxy
 from primitive_support import (
     HelperRunner,
     arun,
@@ -499,65 +500,6 @@ def test_cancelled_sync_withdraws_its_arrival(server: EmbeddedServer, run_id: st
     arun(server, body)
 
 
-class SlowLink:
-    """A TCP proxy to the server that delays every reply by ``latency`` seconds: a Redis
-    at the far end of a slow network link (requests pass at once)."""
-
-    def __init__(self, server: EmbeddedServer, latency: float) -> None:
-        self._target = (server.bind, server.port)
-        self._latency = latency
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-        self._listener: asyncio.Server | None = None
-        self.port = 0
-
-    async def __aenter__(self) -> SlowLink:
-        self._listener = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._listener.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._listener is not None
-        self._listener.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for writer in self._writers:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-        await self._listener.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
-        self._writers += [writer, up_writer]
-        pending: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-
-        async def requests() -> None:
-            while data := await reader.read(65536):
-                up_writer.write(data)
-                await up_writer.drain()
-            up_writer.close()
-
-        async def replies() -> None:
-            while data := await up_reader.read(65536):
-                pending.put_nowait((loop.time() + self._latency, data))
-            pending.put_nowait((0.0, b""))
-
-        async def deliver() -> None:
-            while (item := await pending.get())[1]:
-                await asyncio.sleep(max(0.0, item[0] - loop.time()))
-                writer.write(item[1])
-                await writer.drain()
-            writer.close()
-
-        for pump in (requests(), replies(), deliver()):
-            task = asyncio.create_task(pump)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-
 @pytest.mark.timeout(30)
 def test_cancel_while_the_arrival_reply_is_in_flight_withdraws_it(
     server: EmbeddedServer, run_id: str
@@ -571,7 +513,7 @@ def test_cancel_while_the_arrival_reply_is_in_flight_withdraws_it(
 
     async def body(client: aioredis.Redis) -> None:
         keys = event_keys(run_id, "far")
-        async with SlowLink(server, 0.15) as link:
+        with NetProxy(server.bind, server.port, down=Delay(0.15)) as link:
             far_client = aioredis.Redis(host="127.0.0.1", port=link.port)
             far = ProcSync(far_client, run_id, 0.02)
             near = [ProcSync(client, run_id, 0.02) for _ in range(3)]
@@ -623,7 +565,7 @@ def test_cancel_of_the_last_arrival_before_its_action_withdraws_it(
         def action(who: str) -> Callable[[], None]:
             return lambda: ran.append(who)
 
-        async with SlowLink(server, 0.15) as link:
+        with NetProxy(server.bind, server.port, down=Delay(0.15)) as link:
             far_client = aioredis.Redis(host="127.0.0.1", port=link.port)
             far = Barrier(far_client, "act", 2, action("far"), run_id=run_id, delay=0.01)
             near = Barrier(client, "act", 2, action("near"), run_id=run_id, delay=0.01)

@@ -1103,6 +1103,10 @@ class SkewRunner:
                 LD_PRELOAD=LIBFAKETIME,
                 FAKETIME=f"{skew:+}",
                 FAKETIME_DONT_FAKE_MONOTONIC="1",
+                # Otherwise libfaketime shifts the timed waits of condition variables on
+                # the monotonic clock too: CPython's GIL hand-over between two threads
+                # (the pub/sub listener's and the caller's) then stalls for ~1 s.
+                FAKETIME_FORCE_MONOTONIC_FIX="0",
             )
         return argv, env
 

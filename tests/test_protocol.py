@@ -34,7 +34,7 @@ from pyprocsync import (
     params,
 )
 from pyprocsync.keys import EventKeys
-from pyprocsync.protocol import Call, Listen, Receive, SleepUntil
+from pyprocsync.protocol import AtInstant, Call, Listen, Receive, SleepUntil
 from pyprocsync.rounds import Broken, Released, parse_outcome, reset_flow, sync_flow
 from pyprocsync.scripts import CORRUPT_MARKER, Script
 from pyprocsync.servertime import ClockState
@@ -105,15 +105,22 @@ class Stepper:
         self.op: Any = next(flow)
         self.result: Any = None
         self.done = False
+        self._due: AtInstant[Any] | None = None
 
     def _advance(self, step: Any) -> Any:
         try:
             self.op = step()
         except StopIteration as stop:
-            self.done, self.result, self.op = True, stop.value, None
+            if isinstance(stop.value, AtInstant):  # the shell's last step: the wait
+                self._due, self.op = stop.value, stop.value.wait
+            else:
+                self.done, self.result, self.op = True, stop.value, None
         return self.op
 
     def send(self, reply: Any) -> Any:
+        if self._due is not None:
+            self.done, self.result, self.op = True, self._due.finish(reply), None
+            return None
         return self._advance(lambda: self.flow.send(reply))
 
     def throw(self, error: BaseException) -> Any:
