@@ -1,12 +1,15 @@
 """Helpers shared by the scripts of ``perf_tests/`` (not a script itself).
 
 Error handling, the server to measure against (given or embedded), the machine's
-description, medians across repeated runs, and table formatting.
+description, medians across repeated runs, table formatting, worker processes that die
+with the script, and :func:`record_waits`, which notes when pyprocsync starts waiting
+for a release instant (and which one).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import os
 import platform
@@ -14,16 +17,18 @@ import signal
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import redis
 
 import pyprocsync
-from pyprocsync import cli
-from pyprocsync.bench import BenchError
+from pyprocsync import cli, clock
+from pyprocsync.bench import BenchError, die_with_parent
+from pyprocsync.bench import stop_workers as stop_processes
 from pyprocsync.cli import ExitCode, count_arg, redact, seconds_arg
 from pyprocsync.exceptions import ProcSyncError
 from pyprocsync.server import EmbeddedServer, ServerError
@@ -32,21 +37,26 @@ __all__ = [
     "PERCENTILES",
     "ExitCode",
     "Failure",
+    "WaitNote",
     "check_reachable",
     "count_arg",
+    "die_with_parent",
     "fmt",
     "fmt_ratio",
+    "last_wait",
     "machine",
     "machine_line",
     "median",
     "median_summary",
     "nan_to_none",
     "ratio",
+    "record_waits",
     "redact",
     "redis_server",
     "run",
     "seconds_arg",
     "source",
+    "stop_processes",
 ]
 
 PERCENTILES = ("p50", "p90", "p99", "max")
@@ -227,3 +237,60 @@ def nan_to_none(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [nan_to_none(v) for v in value]
     return value
+
+
+class WaitNote(NamedTuple):
+    """pyprocsync began to wait for a release instant: when, and for which instant."""
+
+    #: This host's wall clock when the wait began (the participant knew the instant), ns.
+    began_ns: int
+    #: The instant waited for, ns: epoch (wall clock), or with ``on_monotonic`` a reading
+    #: of the monotonic clock (server-clock mode).
+    target_ns: int
+    on_monotonic: bool
+
+
+_LAST_WAIT: contextvars.ContextVar[WaitNote | None] = contextvars.ContextVar(
+    "perf_last_wait", default=None
+)
+
+
+def record_waits() -> None:
+    """Note every wait for a release instant of this process, for :func:`last_wait`.
+
+    pyprocsync waits for an instant only through :func:`pyprocsync.clock.sleep_until_ns`
+    (blocking classes) and :func:`pyprocsync.clock.async_sleep_until_ns` (asyncio), both
+    looked up at call time, and it calls them as soon as it knows the instant (a
+    participant that learns of it too late raises ``TooLateError`` instead and does not
+    wait). This wraps both: the wrapper reads the wall clock and notes it with the target
+    in a context variable, then calls the original, so the wait itself is unchanged. A
+    context variable is per thread and per asyncio task, so each participant sees its
+    own note. Calling it again does nothing.
+    """
+    if getattr(clock.sleep_until_ns, "perf_recording", False):
+        return
+    blocking, asynchronous = clock.sleep_until_ns, clock.async_sleep_until_ns
+
+    def sleep_until_ns(target_ns: int, *args: Any, **kwargs: Any) -> int:
+        _LAST_WAIT.set(WaitNote(time.time_ns(), target_ns, bool(kwargs.get("on_monotonic"))))
+        return blocking(target_ns, *args, **kwargs)
+
+    async def async_sleep_until_ns(target_ns: int, *args: Any, **kwargs: Any) -> int:
+        # Awaited directly (not a task of its own), so the note lands in the caller's context.
+        _LAST_WAIT.set(WaitNote(time.time_ns(), target_ns, bool(kwargs.get("on_monotonic"))))
+        return await asynchronous(target_ns, *args, **kwargs)
+
+    sleep_until_ns.perf_recording = True  # type: ignore[attr-defined]
+    clock.sleep_until_ns = sleep_until_ns
+    clock.async_sleep_until_ns = async_sleep_until_ns
+
+
+def last_wait(*, forget: bool = False) -> WaitNote | None:
+    """The note of this thread's (or task's) last wait, see :func:`record_waits`.
+
+    :param forget: clear the note, so that the next call tells whether a new wait began.
+    """
+    note = _LAST_WAIT.get()
+    if forget:
+        _LAST_WAIT.set(None)
+    return note

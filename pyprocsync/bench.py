@@ -46,11 +46,13 @@ __all__ = [
     "LATE_OVER_US",
     "BenchConfig",
     "BenchError",
+    "die_with_parent",
     "format_table",
     "plot",
     "progress_bar",
     "run_bench",
     "server_label",
+    "stop_workers",
 ]
 
 #: A return more than this many µs after the instant is counted as "late over 1 ms".
@@ -100,7 +102,7 @@ class _NodeRecord:
     delays_us: list[float] = field(default_factory=list)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to stop this worker if the benchmark process dies (best effort)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -110,7 +112,7 @@ def _die_with_parent() -> None:
 
 def _worker(config: BenchConfig, rank: int, out: Any) -> None:
     """Body of one worker process: warm up, run the limit phase, then the sync phase."""
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     record = _NodeRecord(rank, [], [], [], [])
     client = redis.Redis.from_url(config.url)
@@ -182,7 +184,8 @@ def _collect(
     return records
 
 
-def _stop(workers: Sequence[multiprocessing.process.BaseProcess]) -> None:
+def stop_workers(workers: Sequence[multiprocessing.process.BaseProcess]) -> None:
+    """Terminate the workers still running and reap them all."""
     for worker in workers:
         if worker.is_alive():
             worker.terminate()
@@ -214,7 +217,7 @@ def run_bench(
             worker.start()
         records = _collect(workers, out, config, progress)
     finally:
-        _stop(workers)
+        stop_workers(workers)
         out.close()
     return _figures(config, records)
 

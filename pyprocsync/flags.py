@@ -124,7 +124,7 @@ class _FlagWaiter(Waiter[FlagSet | None]):
         met = yield from self.meet_instant(
             woken_by.at_us, woken_by.lead_us, woken_by.server_clock, learned_late_is_error=waited
         )
-        return met.deliver(_woken)
+        return met.deliver(True)
 
 
 def _keys_and_context(settings: Settings, name: object) -> tuple[FlagKeys, dict[str, Any]]:
@@ -169,10 +169,6 @@ def is_set_flow(settings: Settings, name: object) -> Flow[bool]:
 def _is_set(settings: Settings, keys: FlagKeys, where: dict[str, Any]) -> Flow[bool]:
     reply = yield from call(Script.FLAG_CHECK, keys.all, (-1, settings.retention_ms), where)
     return _check_reply(reply)[0]
-
-
-def _woken(late_ns: int) -> bool:
-    return True
 
 
 def wait_flow(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import functools
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
@@ -166,12 +167,23 @@ class Instant:
     #: The wait, or ``None`` when there is none (lead time 0: return at once).
     wait: SleepUntil | None
 
-    def deliver(self, finish: Callable[[int], T]) -> T | AtInstant[T]:
-        """``finish(late_ns)`` now when there is no wait, else at the instant."""
-        if self.wait is None:
-            return finish(self.late_ns)
-        target = self.target_ns
-        return AtInstant(self.wait, lambda returned: finish(returned - target))
+    def deliver(self, result: T, late_field: str | None = None) -> T | AtInstant[T]:
+        """``result`` now when there is no wait, else at the instant.
+
+        ``late_field`` names the attribute of ``result`` (a frozen dataclass built
+        before the wait) that receives how late the wait returned, in seconds: it is
+        set in place, the only work left between the instant and the caller.
+        """
+        if self.wait is None or late_field is None:
+            return result if self.wait is None else AtInstant(self.wait, lambda _: result)
+        return AtInstant(
+            self.wait, functools.partial(_set_late, result, late_field, self.target_ns)
+        )
+
+
+def _set_late(result: T, field: str, target_ns: int, returned_ns: int) -> T:
+    object.__setattr__(result, field, (returned_ns - target_ns) / 1e9)
+    return result
 
 
 Flow = Generator[Operation, Any, T]

@@ -32,7 +32,6 @@ One participant in one round goes through these states::
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import secrets
@@ -467,18 +466,18 @@ class _Participant(Waiter[Outcome]):
             outcome.at_us, outcome.lead_us, outcome.server_clock, learned_late_is_error=True
         )
         estimate = met.estimate
-        result = functools.partial(
-            SyncResult,
+        result = SyncResult(
             event=self.name,
             generation=outcome.generation,
             index=self.index,
             nodes=self.nodes,
             release_at=met.release_ns // 1000 / 1e6,
+            late_by=met.late_ns / 1e9,  # how late it learned; replaced after the wait
             delay=outcome.lead_us / 1e6,
             clock_offset=None if estimate is None else estimate.wall_offset_ns / 1e9,
             clock_uncertainty=None if estimate is None else estimate.uncertainty_ns / 1e9,
         )
-        return met.deliver(lambda late_ns: result(late_by=late_ns / 1e9))
+        return met.deliver(result, "late_by")
 
 
 def sync_flow(
