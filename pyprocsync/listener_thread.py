@@ -99,12 +99,15 @@ class ThreadListener:
         return confirming
 
     def leave(self, channel: str, mailbox: Mailbox) -> None:
-        """Unregister ``mailbox`` from ``channel``."""
+        """Unregister ``mailbox`` from ``channel``.
+
+        Surplus idle channels are unsubscribed when the thread next wakes (within a
+        second), not at once: a participant leaves right before its release instant,
+        when no other work should compete for the processor.
+        """
         with self._lock:
             surplus = self._subscriptions.leave(channel, mailbox)
             self._requests.extend(("unsubscribe", node, name) for node, name in surplus)
-        if surplus:
-            self._wake()
 
     def close(self) -> None:
         """Stop the thread, which closes the connections. Waiters left get an error."""

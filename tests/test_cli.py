@@ -511,23 +511,27 @@ def test_sync_ctrl_c_exits_130_and_withdraws(
     assert status.state != "broken"
 
 
-class InterruptedAfterScript(redis.Redis):
-    """A client that raises KeyboardInterrupt once, right after a script ran on the server
-    (as Ctrl-C does when it lands while the script's reply is on its way), if armed."""
+def interrupt_after_first_script(node: ProcSync) -> Callable[[], bool]:
+    """Make ``node`` raise KeyboardInterrupt once, right after its first script ran on the
+    server and its reply was read (as Ctrl-C does when it lands while the script's reply
+    is on its way). Returns a function telling whether that happened."""
+    call = node._call
+    fired: list[bool] = []
 
-    armed = False
-
-    def evalsha(self, *args: Any, **kwargs: Any) -> Any:
-        reply = super().evalsha(*args, **kwargs)
-        if self.armed:
-            self.armed = False
+    def interrupted(op: Any) -> object:
+        reply = call(op)
+        if not fired:
+            fired.append(True)
             raise KeyboardInterrupt
         return reply
+
+    node._call = interrupted  # type: ignore[method-assign]
+    return lambda: bool(fired)
 
 
 @pytest.mark.timeout(60)
 def test_interrupt_as_the_arrival_returns_withdraws_it(
-    server: EmbeddedServer, client: redis.Redis, run_id: str, make_sync: Callable[..., ProcSync]
+    client: redis.Redis, run_id: str, make_sync: Callable[..., ProcSync]
 ) -> None:
     """Ctrl-C that lands while the reply of the arrival is on its way (the arrival is
     counted in Redis, the participant has not yet started waiting) must withdraw the
@@ -536,17 +540,13 @@ def test_interrupt_as_the_arrival_returns_withdraws_it(
     KeyboardInterrupt is raised right after the first script call of ``sync`` (the
     arrival), deterministically. Then a single other participant of the 2-node round
     must time out, not be released together with the participant that is gone."""
-    interrupted_client = InterruptedAfterScript(host=server.bind, port=server.port)
-    try:
-        node = make_sync(0.01, client=interrupted_client, node_id="interrupted")
-        interrupted_client.armed = True
-        with pytest.raises(KeyboardInterrupt):
-            node.sync("window", 2, 10)
-        assert not interrupted_client.armed, "sync ran no script"
-        with pytest.raises(TimeOutError):
-            make_sync(0.01).sync("window", 2, 0.5)
-    finally:
-        interrupted_client.close()
+    node = make_sync(0.01, node_id="interrupted")
+    fired = interrupt_after_first_script(node)
+    with pytest.raises(KeyboardInterrupt):
+        node.sync("window", 2, 10)
+    assert fired(), "sync ran no script"
+    with pytest.raises(TimeOutError):
+        make_sync(0.01).sync("window", 2, 0.5)
     [status] = read_status(client, run_id)
     assert (status.event, status.generation, status.state) == ("window", 0, "broken")
     assert (status.arrived, status.expected) == (1, 2)  # the one that timed out
