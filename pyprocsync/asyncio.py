@@ -41,7 +41,10 @@ from .exceptions import TimeOutError
 from .listener_task import TaskListener, receive
 from .members import leave_flow, renew_flow
 from .protocol import (
+    REDIRECT_PAUSE_S,
+    REDIRECTS,
     AtInstant,
+    Budget,
     Call,
     Due,
     Flow,
@@ -279,27 +282,51 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         """Run a script once, its reply bounded by ``op.timeout`` (see the blocking
         shell)."""
         script = self._scripts[op.script]
-        if isinstance(self._client, RedisCluster):
-            return await script(keys=op.keys, args=op.args)
-        pool: Any = self._client.connection_pool
-        connection = await pool.get_connection()
-        command = op.command(script.sha)
-        try:
-            await connection.send_command(*command)
+        budget = Budget(op.timeout)
+        client: Any = self._client
+        cluster = isinstance(client, RedisCluster)
+        while True:
+            node: Any = client.get_node_from_key(op.keys[0]) if cluster else None
+            if node is not None:
+                connection = node.acquire_connection()
+            else:
+                connection = await client.connection_pool.get_connection()
             try:
-                return await connection.read_response(timeout=op.timeout)
-            except redis.exceptions.NoScriptError:  # a restarted or flushed server
-                await connection.send_command("SCRIPT", "LOAD", script.script)
-                await connection.read_response()
-                await connection.send_command(*command)
-                return await connection.read_response(timeout=op.timeout)
-        except redis.ResponseError:
-            raise  # a whole reply was read: the connection is fine
-        except BaseException:
-            await connection.disconnect()  # a reply may still be on its way
-            raise
-        finally:
-            await pool.release(connection)
+                return await _run_script(connection, script, op.command(script.sha), budget.left())
+            except REDIRECTS as exc:
+                if not cluster or budget.spent():
+                    raise
+                if isinstance(exc, redis.exceptions.MovedError):
+                    await client.nodes_manager.initialize()
+                else:
+                    await asyncio.sleep(REDIRECT_PAUSE_S)
+            finally:
+                if node is not None:
+                    node.release(connection)
+                else:
+                    await client.connection_pool.release(connection)
+
+
+async def _run_script(
+    connection: Any, script: Any, command: tuple[Any, ...], timeout: float | None
+) -> object:
+    """Send ``command`` (an EVALSHA of ``script``) once on ``connection`` and read its
+    reply within ``timeout`` s; load the script and send it again if the server does
+    not know it (see the blocking shell)."""
+    try:
+        await connection.send_command(*command)
+        try:
+            return await connection.read_response(timeout=timeout)
+        except redis.exceptions.NoScriptError:  # a restarted or flushed server
+            await connection.send_command("SCRIPT", "LOAD", script.script)
+            await connection.read_response()
+            await connection.send_command(*command)
+            return await connection.read_response(timeout=timeout)
+    except redis.ResponseError:
+        raise  # a whole reply was read: the connection is fine
+    except BaseException:
+        await connection.disconnect()  # a reply may still be on its way
+        raise
 
 
 class _ClosingShell(_ClosedOnExit):

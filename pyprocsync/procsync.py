@@ -6,6 +6,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
@@ -18,7 +19,10 @@ from .base import ProcSyncBase
 from .listener_thread import ThreadListener, receive
 from .members import leave_flow, renew_flow
 from .protocol import (
+    REDIRECT_PAUSE_S,
+    REDIRECTS,
     AtInstant,
+    Budget,
     Call,
     Due,
     Flow,
@@ -373,30 +377,52 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
 
     def _call(self, op: Call) -> object:
         """Run a script once, its reply bounded by ``op.timeout`` (see
-        :class:`~pyprocsync.protocol.Call`). A cluster client routes the call itself
-        (with its own retries: ARRIVE counts a repeated call once)."""
+        :class:`~pyprocsync.protocol.Call`). On a cluster, a reply saying the script did
+        not run there (the slot is elsewhere or moving) sends it again where it belongs,
+        until the call's time is up."""
         script = self._scripts[op.script]
-        if isinstance(self._client, RedisCluster):
-            return script(keys=op.keys, args=op.args)
-        pool = self._client.connection_pool
-        connection: Any = pool.get_connection()
-        command = op.command(script.sha)
-        try:
-            connection.send_command(*command)
+        budget = Budget(op.timeout)
+        while True:
+            pool = self._pool_for(op.keys[0])
             try:
-                return _reply(connection, op.timeout)
-            except redis.exceptions.NoScriptError:  # a restarted or flushed server
-                connection.send_command("SCRIPT", "LOAD", script.script)
-                connection.read_response()
-                connection.send_command(*command)
-                return _reply(connection, op.timeout)
-        except redis.ResponseError:
-            raise  # a whole reply was read: the connection is fine
-        except BaseException:
-            connection.disconnect()  # a reply may still be on its way
-            raise
-        finally:
-            pool.release(connection)
+                return _run_script(pool, script, op.command(script.sha), budget.left())
+            except REDIRECTS as exc:
+                if not isinstance(self._client, RedisCluster) or budget.spent():
+                    raise
+                if isinstance(exc, redis.exceptions.MovedError):
+                    self._client.nodes_manager.initialize()
+                else:
+                    time.sleep(REDIRECT_PAUSE_S)
+
+    def _pool_for(self, key: str) -> Any:
+        """The connection pool of the server that holds ``key``."""
+        if isinstance(self._client, RedisCluster):
+            node = self._client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+            return self._client.get_redis_connection(node).connection_pool
+        return self._client.connection_pool
+
+
+def _run_script(pool: Any, script: Any, command: tuple[Any, ...], timeout: float | None) -> object:
+    """Send ``command`` (an EVALSHA of ``script``) once on a connection of ``pool`` and
+    read its reply within ``timeout`` s (``None``: the socket's timeout); load the
+    script and send it again if the server does not know it."""
+    connection = pool.get_connection()
+    try:
+        connection.send_command(*command)
+        try:
+            return _reply(connection, timeout)
+        except redis.exceptions.NoScriptError:  # a restarted or flushed server
+            connection.send_command("SCRIPT", "LOAD", script.script)
+            connection.read_response()
+            connection.send_command(*command)
+            return _reply(connection, timeout)
+    except redis.ResponseError:
+        raise  # a whole reply was read: the connection is fine
+    except BaseException:
+        connection.disconnect()  # a reply may still be on its way
+        raise
+    finally:
+        pool.release(connection)
 
 
 def _reply(connection: Any, timeout: float | None) -> object:

@@ -28,8 +28,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
+from redis.exceptions import AskError, MovedError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import clock
@@ -42,7 +42,11 @@ if TYPE_CHECKING:  # servertime builds on this module
 
 __all__ = [
     "CALL_TIMEOUT_FLOOR",
+    "REDIRECTS",
+    "REDIRECT_BUDGET_S",
+    "REDIRECT_PAUSE_S",
     "AtInstant",
+    "Budget",
     "Call",
     "Due",
     "Flow",
@@ -190,6 +194,34 @@ Flow = Generator[Operation, Any, T]
 
 #: Errors of the link to the server (the shells' pub/sub connections never retry).
 LINK_ERRORS = (RedisConnectionError, RedisTimeoutError)
+
+#: Replies of a cluster node meaning that it did not run the command: the slot lives
+#: elsewhere (MOVED), is moving (ASK), or its keys are split by a migration (TRYAGAIN).
+#: The call is sent again where it belongs (see the shells' ``_call``).
+REDIRECTS = (MovedError, AskError, TryAgainError)
+
+#: Pause before sending a call again after ASK or TRYAGAIN, seconds.
+REDIRECT_PAUSE_S = 0.01
+
+#: How long a call without a timeout may keep following redirections, seconds.
+REDIRECT_BUDGET_S = 5.0
+
+
+class Budget:
+    """The time left to a script call that may be sent again after a redirection."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self._limited = timeout is not None
+        self._end = clock.monotonic() + (REDIRECT_BUDGET_S if timeout is None else timeout)
+
+    def left(self) -> float | None:
+        """Seconds the next reply may take (``None``: no limit of the call's own)."""
+        return max(0.0, self._end - clock.monotonic()) if self._limited else None
+
+    def spent(self) -> bool:
+        """Whether no more time is left for another attempt."""
+        return clock.monotonic() >= self._end
+
 
 #: The least time a waiter's script call may take to answer, seconds, even when its
 #: deadline is nearer (or passed: the call that abandons the round at the deadline).

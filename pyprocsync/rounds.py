@@ -130,7 +130,7 @@ class RoundState:
 #: CHECK/ABANDON/WITHDRAW/RELEASE replies that are not outcomes (see scripts.py).
 _UNDECIDED, _STATE_LOST, _EVICTED = "", "L", "E"
 #: ARRIVE statuses.
-_JOINED, _REFUSED, _MISMATCH, _ACT, _CLOSING = 0, 1, 2, 3, 4
+_JOINED, _REFUSED, _MISMATCH, _ACT, _CLOSING, _STALE = 0, 1, 2, 3, 4, 5
 #: Length of the random part of a lease member, ``<12 hex>:<node id>``.
 _MEMBER_TAG = 13
 
@@ -269,8 +269,8 @@ class _Participant(Waiter[Outcome]):
 
     def _arrive(self) -> Flow[Outcome | None]:
         # Every release this instance saw before now was decided before this arrival:
-        # the arrival must land in a later round.
-        floor = self.clocks.passed.get(self.name)
+        # the arrival must land in a later round (ARRIVE refuses an earlier one).
+        floor = self._floor()
         while True:
             settings = self.settings
             reply = yield from self._script(
@@ -285,6 +285,7 @@ class _Participant(Waiter[Outcome]):
                 int(self.has_action),
                 self.clocks.latency_us.get(self.name, 0),
                 settings.auto_floor_us,
+                floor,
             )
             try:
                 status, generation, index, announcement = reply
@@ -296,6 +297,14 @@ class _Participant(Waiter[Outcome]):
                 break
             yield from self._await_round_closed(generation)
         self.generation = generation
+        if status == _STALE:
+            raise BrokenBarrierError(
+                f"the state of {self.name!r} went back from round {floor} (released) to "
+                f"round {generation}: Redis lost writes (a failover to a replica that had "
+                "not received them, a restart or a flush); this arrival was not counted",
+                reason="state-lost",
+                **self.where(),
+            )
         if status == _MISMATCH:
             raise ParameterMismatchError(
                 f"{self.name!r} round {generation} was started with nodes={index}, "
@@ -310,26 +319,18 @@ class _Participant(Waiter[Outcome]):
                 raise ProtocolError(f"unexpected ARRIVE reply: {reply!r}")
             raise self._broken(outcome)
         self.index = index
-        if floor is not None and self._went_back(floor, generation):
-            yield from self._withdraw()
-            raise BrokenBarrierError(
-                f"the state of {self.name!r} went back from round {floor[0]} (released) "
-                f"to round {generation}: Redis lost writes (a failover to a replica "
-                "that had not received them, a restart or a flush)",
-                reason="state-lost",
-                **self.where(),
-            )
         if status == _ACT:
             return (yield from self._act())
         return outcome
 
-    def _went_back(self, floor: tuple[int, float], generation: int) -> bool:
-        """Whether joining ``generation`` means the event's state lost writes: this
-        instance saw round ``floor[0]`` released before it arrived, recently enough that
-        the state cannot have expired since."""
-        if generation > floor[0]:
-            return False
-        return clock.monotonic() - floor[1] < self.settings.retention_ms / 1e3
+    def _floor(self) -> int:
+        """The latest round of this event this instance saw released, if recently enough
+        that the state cannot have expired since (else -1): an arrival that finds the
+        event at that round or before means Redis lost writes."""
+        seen = self.clocks.passed.get(self.name)
+        if seen is None or clock.monotonic() - seen[1] >= self.settings.retention_ms / 1e3:
+            return -1
+        return seen[0]
 
     def _await_round_closed(self, generation: int) -> Flow[None]:
         """A full round runs its action: wait for its announcement (or a heartbeat)."""

@@ -169,7 +169,8 @@ _ARRIVE = """
 -- ARGV[6] lead µs (-1: automatic, see lead()), ARGV[7] channel,
 -- ARGV[8] 1 if the caller, when last, runs an action before the release (else 0),
 -- ARGV[9] how long the caller took to learn of this event's last release, µs (0: none),
--- ARGV[10] the automatic lead's floor, µs
+-- ARGV[10] the automatic lead's floor, µs,
+-- ARGV[11] the latest generation the caller saw released (-1: none)
 -- Returns {status, generation, index, outcome}:
 --   {0, g, index, ''}        joined; waiting for the others
 --   {0, g, index, 'R ...'}   joined as the last arrival: the round is released
@@ -179,6 +180,8 @@ _ARRIVE = """
 --                            RELEASE (or ABANDON with reason 'action' if it failed)
 --   {4, g, -1, ''}           refused for now: the round is full and its action runs;
 --                            arrive again once round g is decided
+--   {5, g, -1, ''}           refused: g <= ARGV[11], the state went back in time
+--                            (lost writes); nothing was counted
 -- An ARRIVE of a member already waiting in the round (the same call sent again)
 -- counts nothing and returns that member's {0 or 3, g, index, ''}.
 local nodes, member = tonumber(ARGV[1]), ARGV[2]
@@ -187,6 +190,7 @@ local arrival_us, lead_us, channel = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[
 local hold = ARGV[8] == '1'
 local reported, floor = tonumber(ARGV[9]), tonumber(ARGV[10])
 local g = int_field('g') or 0
+if g <= tonumber(ARGV[11]) then return {5, g, -1, ''} end
 local o = outcome_of(g)
 if o then
   keep(retention)
