@@ -193,6 +193,11 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
 
     _client: aioredis.Redis | RedisCluster
     _cluster_type = RedisCluster
+    _client_types = (aioredis.Redis, RedisCluster)
+    _client_kinds = (
+        "redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster (for blocking clients, "
+        "use pyprocsync.ProcSync)"
+    )
     _membership: _Membership | None = None
 
     @classmethod

@@ -29,8 +29,11 @@ class ProcSyncBase:
     The constructor does no I/O. See :class:`pyprocsync.ProcSync` for the parameters.
     """
 
-    #: The cluster client classes (blocking or asyncio) a shell accepts.
+    #: The cluster client class (blocking or asyncio) a shell accepts.
     _cluster_type: type
+    #: The client classes a shell accepts, and what to name in an error.
+    _client_types: tuple[type, ...]
+    _client_kinds: str
 
     def __init__(
         self,
@@ -67,6 +70,10 @@ class ProcSyncBase:
             auto_floor=auto_floor,
             member=member,
         )
+        if not isinstance(redis_client, self._client_types):
+            raise ArgumentTypeError(
+                f"redis_client must be a {self._client_kinds}, not {type(redis_client).__name__}"
+            )
         self._clocks = ClockState()
         self._client = redis_client
         self._cluster = isinstance(redis_client, self._cluster_type)
@@ -103,10 +110,8 @@ class ProcSyncBase:
 
     def _register_scripts(self, sharded: bool) -> dict[Script, Any]:
         """Register every script with the client (no I/O)."""
-        return {
-            script: self._client.register_script(script.source(sharded=sharded))
-            for script in Script
-        }
+        client: Any = self._client
+        return {script: client.register_script(script.source(sharded=sharded)) for script in Script}
 
     @property
     def run_id(self) -> str:

@@ -58,13 +58,26 @@ def count(name: str, value: object) -> int:
     return result
 
 
+#: The longest finite duration any argument may give, seconds (ten years): instants and
+#: lifetimes cross Redis as integer µs and ms, which must stay exact.
+MAX_SECONDS = 10 * 365 * 86400.0
+
+
 def seconds(name: str, value: object) -> float:
-    """Check that ``value`` is a real number (not bool) and not NaN; return it as float."""
+    """Check that ``value`` is a real number (not bool), not NaN, and if finite, within
+    ±:data:`MAX_SECONDS`; return it as float."""
     if _is_bool(value) or not isinstance(value, numbers.Real):
         raise ArgumentTypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    result = float(value)
+    try:
+        result = float(value)
+    except (OverflowError, ValueError):  # an int beyond any float
+        raise InvalidArgumentError(f"{name} is out of range: {value!r}") from None
     if math.isnan(result):
         raise InvalidArgumentError(f"{name} must be a number, got NaN")
+    if not math.isinf(result) and abs(result) > MAX_SECONDS:
+        raise InvalidArgumentError(
+            f"{name} must be at most {MAX_SECONDS:.0f} s (ten years), got {result!r}"
+        )
     return result
 
 

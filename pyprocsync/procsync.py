@@ -209,6 +209,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
     :param clock_samples: round trips per offset estimate (>= 1).
     :param clock_refresh: seconds after which an offset estimate is renewed.
     :param auto_floor: the smallest lead time ``delay="auto"`` chooses, seconds.
+        (Every duration, here and in calls, may be at most ten years.)
     :param member: register this instance as an expected member of the run while it
         is open (from its first call until :meth:`close`), under ``node_id`` (set it
         when several threads share the instance). Its registration is renewed every
@@ -236,6 +237,11 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
 
     _client: redis.Redis | RedisCluster
     _cluster_type = RedisCluster
+    _client_types = (redis.Redis, RedisCluster)
+    _client_kinds = (
+        "redis.Redis or redis.cluster.RedisCluster (for redis.asyncio clients, use "
+        "pyprocsync.asyncio)"
+    )
     _membership: _Membership | None = None
 
     @classmethod

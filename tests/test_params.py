@@ -16,6 +16,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import redis
+import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from support import make_settings
@@ -29,6 +30,7 @@ from pyprocsync import (
     TimeOutError,
     params,
 )
+from pyprocsync.asyncio import ProcSync as AsyncProcSync
 from pyprocsync.protocol import Listen
 from pyprocsync.rounds import sync_flow
 from pyprocsync.servertime import ClockState
@@ -314,3 +316,26 @@ def test_sync_flow_validates_on_creation() -> None:
     flow = sync_flow(settings(), quiet_clocks(), "event", np.int64(2), np.float64(1.0))
     assert isinstance(next(flow), Listen)
     flow.close()
+
+
+def test_client_of_the_wrong_kind_is_refused() -> None:
+    """The blocking classes want a blocking client, the asyncio ones an asyncio client;
+    anything else (None, the other kind) raises ArgumentTypeError naming the right one,
+    before any I/O."""
+    blocking, asyncio_client = redis.Redis(port=1), aioredis.Redis(port=1)
+    for wrong in (None, "redis://localhost", asyncio_client):
+        with pytest.raises(ArgumentTypeError, match=r"pyprocsync\.asyncio"):
+            ProcSync(wrong, "run")  # type: ignore[arg-type]
+    for wrong in (None, blocking):
+        with pytest.raises(ArgumentTypeError, match=r"pyprocsync\.ProcSync"):
+            AsyncProcSync(wrong, "run")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("option", ["delay", "liveness", "retention", "spin", "late_tolerance"])
+def test_durations_beyond_ten_years_are_refused(unreachable: redis.Redis, option: str) -> None:
+    """Durations cross Redis as integer µs or ms; beyond ten years they are refused (a
+    delay of 1e13 s once produced an instant Lua could not represent)."""
+    with pytest.raises(InvalidArgumentError, match="ten years"):
+        ProcSync(unreachable, "run", **{option: params.MAX_SECONDS * 2})  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError):
+        ProcSync(unreachable, "run", **{option: 10**400})  # type: ignore[arg-type]
