@@ -236,10 +236,11 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         Calls in progress in other tasks finish; new calls raise
         :class:`~pyprocsync.ProcSyncError`. Closing twice is harmless.
         """
-        if self._mark_closed():
-            await listener_task.release(self._client)
+        holds_listener = self._mark_closed()
         if self._membership is not None:
             await self._membership.stop()
+        if holds_listener:
+            await listener_task.release(self._client)
         if self._owns_client:
             await self._client.aclose()
 
@@ -295,7 +296,8 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
             if node is not None:
                 connection = node.acquire_connection()
             else:
-                connection = await client.connection_pool.get_connection()
+                pool = self._listener.command_pool()
+                connection = await pool.get_connection()
             try:
                 return await _run_script(connection, script, op.command(script.sha), budget.left())
             except REDIRECTS as exc:
@@ -309,7 +311,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
                 if node is not None:
                     node.release(connection)
                 else:
-                    await client.connection_pool.release(connection)
+                    await pool.release(connection)
 
 
 async def _run_script(

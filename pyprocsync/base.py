@@ -83,6 +83,7 @@ class ProcSyncBase:
         self._state_lock = threading.Lock()
         self._closed = False
         self._holds_listener = False  # one reference to the shared listener, until closed
+        self._listener: Any = None  # that listener (its command pool serves script calls)
 
     def _open_call(self, acquire: Callable[[], L]) -> L:
         """Start a call: check the instance is open and take a reference to the shared
@@ -95,7 +96,7 @@ class ProcSyncBase:
             if self._closed:
                 raise ProcSyncError(f"this {type(self).__name__} is closed")
             if not self._holds_listener:
-                acquire()
+                self._listener = acquire()
                 self._holds_listener = True
             return acquire()
 

@@ -20,6 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .listeners import (
+    COMMAND_CONNECTIONS,
     Mailbox,
     Registry,
     Subscriptions,
@@ -45,9 +46,23 @@ class TaskListener:
         self._readers: dict[Hashable, asyncio.Task[None]] = {}
         # One (un)subscribing task at a time: a PubSub connects on its first command,
         # and two first commands at once would open two connections.
-        self._commands = asyncio.Lock()
+        self._subscribing = asyncio.Lock()
         self._clients: dict[Hashable, Any] = {}
         self._owned: list[Any] = []
+        self._command_pool: Any = None
+
+    def command_pool(self) -> Any:
+        """The pool script calls use (see :meth:`ThreadListener.command_pool
+        <pyprocsync.listener_thread.ThreadListener.command_pool>`)."""
+        if self._command_pool is None:
+            settings = private_pool_settings(getattr(self._client, "connection_pool", None))
+            if settings is None:
+                self._command_pool = self._client.connection_pool
+            else:
+                self._command_pool = aioredis.BlockingConnectionPool(
+                    max_connections=COMMAND_CONNECTIONS, timeout=None, **settings
+                )
+        return self._command_pool
 
     async def sharded(self) -> bool:
         """Whether announcements travel by sharded pub/sub (a cluster of servers >= 7);
@@ -77,7 +92,7 @@ class TaskListener:
             node, source = found.name, found
         subscribe, confirming = self._subscriptions.join(channel, mailbox, node)
         if subscribe:
-            async with self._commands:
+            async with self._subscribing:
                 pubsub = self._pubsub(node, source)
                 try:
                     await (pubsub.ssubscribe if sharded else pubsub.subscribe)(channel)
@@ -105,7 +120,7 @@ class TaskListener:
             if pubsub is None:
                 continue
             try:
-                async with self._commands:
+                async with self._subscribing:
                     await (pubsub.sunsubscribe if sharded else pubsub.unsubscribe)(name)
             except Exception as exc:  # noqa: BLE001  # handed to that connection's waiters
                 await self._fail(node, link_error(exc))
@@ -114,6 +129,9 @@ class TaskListener:
         """Stop the readers and close the connections; waiters left get an error."""
         for node in list(self._pubsubs):
             await self._fail(node, RedisConnectionError("the listener was closed"))
+        if self._command_pool not in (None, getattr(self._client, "connection_pool", None)):
+            with contextlib.suppress(Exception):
+                await self._command_pool.disconnect()
         for client in self._owned:
             with contextlib.suppress(Exception):
                 await client.aclose()

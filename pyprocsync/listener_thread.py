@@ -25,6 +25,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .listeners import (
+    COMMAND_CONNECTIONS,
     Mailbox,
     Registry,
     Subscriptions,
@@ -58,6 +59,7 @@ class ThreadListener:
         self._requests: list[tuple[str, Hashable, str]] = []
         self._nodes: dict[Hashable, Any] = {}
         self._closed = False
+        self._command_pool: Any = None
         self._thread: threading.Thread | None = None
         self._wake_in, self._wake_out = socket.socketpair()
         self._wake_in.setblocking(False)
@@ -66,6 +68,22 @@ class ThreadListener:
         self._pubsubs: dict[Hashable, PubSub] = {}
         self._clients: dict[Hashable, Any] = {}
         self._owned: list[Any] = []  # listener clients made here, closed on close
+
+    def command_pool(self) -> Any:
+        """The pool script calls use: the caller's settings without retries, at most
+        :data:`~pyprocsync.listeners.COMMAND_CONNECTIONS` connections (a call waits for a
+        free one), so a process's connections do not grow with its participants. The
+        caller's own pool where its settings cannot be copied."""
+        with self._lock:
+            if self._command_pool is None:
+                settings = private_pool_settings(getattr(self._client, "connection_pool", None))
+                if settings is None:
+                    self._command_pool = self._client.connection_pool
+                else:
+                    self._command_pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+                        max_connections=COMMAND_CONNECTIONS, timeout=None, **settings
+                    )
+            return self._command_pool
 
     def sharded(self) -> bool:
         """Whether announcements travel by sharded pub/sub (a cluster of servers >= 7);
@@ -230,6 +248,9 @@ class ThreadListener:
     def _shut(self) -> None:
         for node in list(self._pubsubs):
             self._fail(node, RedisConnectionError("the listener was closed"))
+        if self._command_pool not in (None, getattr(self._client, "connection_pool", None)):
+            with contextlib.suppress(Exception):
+                self._command_pool.disconnect()
         for client in self._owned:
             with contextlib.suppress(Exception):
                 client.connection_pool.disconnect()

@@ -36,6 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 __all__ = [
+    "COMMAND_CONNECTIONS",
     "IDLE_LIMIT",
     "Mailbox",
     "Registry",
@@ -44,6 +45,10 @@ __all__ = [
     "private_pool_settings",
     "server_major",
 ]
+
+#: Connections of a listener's command pool: script calls of all the threads (tasks) of
+#: a process that use one client share them, waiting their turn when all are busy.
+COMMAND_CONNECTIONS = 8
 
 #: Channels kept subscribed while nobody waits on them; beyond, the least recently
 #: used is unsubscribed.

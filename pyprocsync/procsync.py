@@ -326,10 +326,11 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         calls raise :class:`~pyprocsync.ProcSyncError`. Closing twice is harmless. The
         listener's connections close when the last instance using them is closed.
         """
-        if self._mark_closed():
-            listener_thread.release(self._client)
+        holds_listener = self._mark_closed()
         if self._membership is not None:
             self._membership.stop()
+        if holds_listener:
+            listener_thread.release(self._client)
         if self._owns_client:
             self._client.close()
 
@@ -401,11 +402,12 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
                     time.sleep(REDIRECT_PAUSE_S)
 
     def _pool_for(self, key: str) -> Any:
-        """The connection pool of the server that holds ``key``."""
+        """The connection pool of the server that holds ``key``: on a single server,
+        the shared listener's command pool."""
         if isinstance(self._client, RedisCluster):
             node = self._client.get_node_from_key(key)  # type: ignore[no-untyped-call]
             return self._client.get_redis_connection(node).connection_pool
-        return self._client.connection_pool
+        return self._listener.command_pool()
 
 
 def _run_script(pool: Any, script: Any, command: tuple[Any, ...], timeout: float | None) -> object:
