@@ -281,7 +281,14 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
                 op.at_ns, op.spin_ns, on_monotonic=op.on_monotonic
             )
         if isinstance(op, ServerTime):
-            return await self._client.time()
+            if isinstance(self._client, RedisCluster):
+                return await self._client.time()
+            pool = self._listener.command_pool()
+            connection = await pool.get_connection()
+            try:
+                return await _send_once(connection, ("TIME",), None)
+            finally:
+                await pool.release(connection)
         raise TypeError(f"{op!r} needs a participation")
 
     async def _call(self, op: Call) -> object:
@@ -299,7 +306,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
                 pool = self._listener.command_pool()
                 connection = await pool.get_connection()
             try:
-                return await _run_script(connection, script, op.command(script.sha), budget.left())
+                return await _send_once(connection, op.command(script.sha), budget.left(), script)
             except REDIRECTS as exc:
                 if not cluster or budget.spent():
                     raise
@@ -314,17 +321,19 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
                     await pool.release(connection)
 
 
-async def _run_script(
-    connection: Any, script: Any, command: tuple[Any, ...], timeout: float | None
+async def _send_once(
+    connection: Any, command: tuple[Any, ...], timeout: float | None, script: Any = None
 ) -> object:
-    """Send ``command`` (an EVALSHA of ``script``) once on ``connection`` and read its
-    reply within ``timeout`` s; load the script and send it again if the server does
+    """Send ``command`` once on ``connection`` and read its reply within ``timeout`` s;
+    for an EVALSHA of ``script``, load the script and send it again if the server does
     not know it (see the blocking shell)."""
     try:
         await connection.send_command(*command)
         try:
             return await connection.read_response(timeout=timeout)
         except redis.exceptions.NoScriptError:  # a restarted or flushed server
+            if script is None:
+                raise
             await connection.send_command("SCRIPT", "LOAD", script.script)
             await connection.read_response()
             await connection.send_command(*command)

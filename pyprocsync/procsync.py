@@ -379,7 +379,9 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         if isinstance(op, SleepUntil):
             return clock.sleep_until_ns(op.at_ns, op.spin_ns, on_monotonic=op.on_monotonic)
         if isinstance(op, ServerTime):
-            return self._client.time()
+            if isinstance(self._client, RedisCluster):
+                return self._client.time()
+            return _send_once(self._listener.command_pool(), ("TIME",), None)
         raise TypeError(f"{op!r} needs a participation")
 
     def _call(self, op: Call) -> object:
@@ -392,7 +394,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         while True:
             pool = self._pool_for(op.keys[0])
             try:
-                return _run_script(pool, script, op.command(script.sha), budget.left())
+                return _send_once(pool, op.command(script.sha), budget.left(), script)
             except REDIRECTS as exc:
                 if not isinstance(self._client, RedisCluster) or budget.spent():
                     raise
@@ -410,16 +412,20 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         return self._listener.command_pool()
 
 
-def _run_script(pool: Any, script: Any, command: tuple[Any, ...], timeout: float | None) -> object:
-    """Send ``command`` (an EVALSHA of ``script``) once on a connection of ``pool`` and
-    read its reply within ``timeout`` s (``None``: the socket's timeout); load the
-    script and send it again if the server does not know it."""
+def _send_once(
+    pool: Any, command: tuple[Any, ...], timeout: float | None, script: Any = None
+) -> object:
+    """Send ``command`` once on a connection of ``pool`` and read its reply within
+    ``timeout`` s (``None``: the socket's timeout). For an EVALSHA of ``script``, load
+    the script and send it again if the server does not know it."""
     connection = pool.get_connection()
     try:
         connection.send_command(*command)
         try:
             return _reply(connection, timeout)
         except redis.exceptions.NoScriptError:  # a restarted or flushed server
+            if script is None:
+                raise
             connection.send_command("SCRIPT", "LOAD", script.script)
             connection.read_response()
             connection.send_command(*command)
