@@ -199,6 +199,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         "use pyprocsync.ProcSync)"
     )
     _membership: _Membership | None = None
+    _script_task: asyncio.Future[None] | None = None
 
     @classmethod
     def from_url(
@@ -259,8 +260,15 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
 
     async def _load_scripts(self, listener: TaskListener) -> None:
         """Register and load the scripts before the first arrival (see the blocking
-        shell)."""
-        if not self._scripts:
+        shell); one task loads them, the others of a first burst wait for it."""
+        if self._scripts:
+            return
+        if self._script_task is None:
+            self._script_task = asyncio.ensure_future(self._load_scripts_once(listener))
+        await asyncio.shield(self._script_task)
+
+    async def _load_scripts_once(self, listener: TaskListener) -> None:
+        try:
             scripts = self._register_scripts(await listener.sharded())
             if self._cluster:
                 for script in scripts.values():
@@ -271,6 +279,8 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
                         pipe.script_load(script.script)
                     await pipe.execute()
             self._scripts = scripts
+        finally:
+            self._script_task = None
 
     async def _execute(self, op: Operation) -> object:
         """Carry out an operation that needs no listener."""

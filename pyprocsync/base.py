@@ -80,6 +80,7 @@ class ProcSyncBase:
         self._owns_client = False
         # Registered at the first call, when it is known how announcements travel.
         self._scripts: dict[Script, Any] = {}
+        self._script_lock = threading.Lock()  # one thread loads them (blocking shell)
         self._state_lock = threading.Lock()
         self._closed = False
         self._holds_listener = False  # one reference to the shared listener, until closed

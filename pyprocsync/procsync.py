@@ -358,19 +358,23 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
 
         The last arrival's release instant is its clock plus the delay, read before its
         ARRIVE is sent; a NOSCRIPT retry on that path would eat into the lead time.
-        (After a server restart the retry still happens, once.)
+        (After a server restart the retry still happens, once.) One thread loads them;
+        the others of a first burst of calls wait for it.
         """
-        if not self._scripts:
-            scripts = self._register_scripts(listener.sharded())
-            if self._cluster:  # SCRIPT LOAD goes to every primary
-                for script in scripts.values():
-                    self._client.script_load(script.script)
-            else:
-                with self._client.pipeline(transaction=False) as pipe:
+        if self._scripts:
+            return
+        with self._script_lock:
+            if not self._scripts:
+                scripts = self._register_scripts(listener.sharded())
+                if self._cluster:  # SCRIPT LOAD goes to every primary
                     for script in scripts.values():
-                        pipe.script_load(script.script)
-                    pipe.execute()
-            self._scripts = scripts
+                        self._client.script_load(script.script)
+                else:
+                    with self._client.pipeline(transaction=False) as pipe:
+                        for script in scripts.values():
+                            pipe.script_load(script.script)
+                        pipe.execute()
+                self._scripts = scripts
 
     def _execute(self, op: Operation) -> object:
         """Carry out an operation that needs no listener."""
