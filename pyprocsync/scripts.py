@@ -140,9 +140,9 @@ local function forget_waiters()
 end
 
 local function decide(g, outcome, channel)
+  announce(channel, outcome)  -- first: if refused (ACL), the decision is not stored
   redis.call('HSET', H, 'o' .. fmt(g % 8), outcome)
   forget_waiters()
-  announce(channel, outcome)
   return outcome
 end
 
@@ -243,8 +243,8 @@ if n >= k and not hold then
   keep(retention)
   return {0, g, index, o}
 end
+redis.call('ZADD', Z, now + liveness, member)  -- first: if refused, nothing is counted
 redis.call('HSET', H, 'g', fmt(g), 'n', n, 'k', k, 'm:' .. member, index)
-redis.call('ZADD', Z, now + liveness, member)
 keep(retention)
 if n >= k then
   redis.call('HSET', H, 'a', member)

@@ -1,0 +1,102 @@
+"""The least-privilege Redis ACL rule pyprocsync needs.
+
+Redis checks ACLs for every command, also for those a Lua script runs, so the rule
+grants the commands pyprocsync sends itself and the ones its scripts run
+(:mod:`pyprocsync.scripts`), on the keys and channels of one prefix only::
+
+    ACL SETUSER cell on >secret <the rule>
+
+gives user ``cell`` what ``ProcSync(..., prefix=...)``, ``Event``, ``Barrier``, their
+asyncio twins and ``pyprocsync status`` need on a single server or behind Sentinel, and
+nothing else: no other keys or channels, no administrative commands, no ``KEYS``,
+``FLUSHALL`` or ``CONFIG``. Two applications with different prefixes and users with
+their own rules cannot see or touch each other's state.
+
+.. versionadded:: 1.0
+"""
+
+from __future__ import annotations
+
+from .exceptions import InvalidArgumentError
+from .params import text
+
+__all__ = [
+    "CLIENT_COMMANDS",
+    "CLUSTER_COMMANDS",
+    "SCRIPT_COMMANDS",
+    "STATUS_COMMANDS",
+    "acl_rule",
+]
+
+#: Commands the library sends itself: scripts by digest (loaded once per instance, and
+#: again after a server restart), announcements (classic and sharded pub/sub), the
+#: server's clock (clock checks and ``clock="server"``) and connection upkeep.
+CLIENT_COMMANDS = (
+    "evalsha",
+    "script|load",
+    "subscribe",
+    "unsubscribe",
+    "ssubscribe",
+    "sunsubscribe",
+    "time",
+    "ping",
+    "hello",
+    "client|setinfo",
+)
+
+#: Commands the Lua scripts run (ACLs apply inside scripts too).
+SCRIPT_COMMANDS = (
+    "hget",
+    "hset",
+    "hdel",
+    "hexists",
+    "exists",
+    "del",
+    "pexpire",
+    "zadd",
+    "zrem",
+    "zrange",
+    "zrangebyscore",
+    "zremrangebyscore",
+    "zscore",
+    "publish",
+    "spublish",
+)
+
+#: What ``pyprocsync status`` adds: finding a run's events and reading them.
+STATUS_COMMANDS = ("scan", "hgetall", "pttl")
+
+#: What a cluster client adds: the slot map and the server's version (read once per
+#: process, to choose sharded pub/sub).
+CLUSTER_COMMANDS = ("cluster|slots", "cluster|shards", "info")
+
+
+def acl_rule(prefix: str = "pyprocsync", *, status: bool = True, cluster: bool = False) -> str:
+    """Return the ACL rule (the arguments of ``ACL SETUSER`` after the user's name and
+    password) that lets a user run pyprocsync under ``prefix`` and nothing else.
+
+    The rule resets the user's commands, keys and channels, then grants
+    :data:`CLIENT_COMMANDS` and :data:`SCRIPT_COMMANDS`, with :data:`STATUS_COMMANDS`
+    when ``status`` (for ``pyprocsync status``) and :data:`CLUSTER_COMMANDS` when
+    ``cluster``, on the keys ``<prefix>:*`` and the channels ``<prefix>:*``. It does not
+    switch the user on nor set a password: ``ACL SETUSER name on >password <rule>``.
+    On a cluster, set it on every node (or in an ACL file they all load).
+
+    :param prefix: the ``prefix`` option of the instances; must not contain glob
+        characters (``*?[]\\``), which would widen the patterns.
+    :raises InvalidArgumentError: ``prefix`` is empty, not text, or holds glob
+        characters or braces.
+    """
+    checked = text("prefix", prefix, empty=False)
+    if any(c in checked for c in "*?[]\\{} \t\r\n"):
+        raise InvalidArgumentError(
+            f"prefix {checked!r} holds glob characters, braces or white space: the rule's "
+            "patterns would cover more than its keys"
+        )
+    commands = [*CLIENT_COMMANDS, *SCRIPT_COMMANDS]
+    if status:
+        commands += STATUS_COMMANDS
+    if cluster:
+        commands += CLUSTER_COMMANDS
+    grants = " ".join(f"+{command}" for command in commands)
+    return f"resetkeys resetchannels -@all ~{checked}:* &{checked}:* {grants}"
