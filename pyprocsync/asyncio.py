@@ -34,6 +34,7 @@ from typing import Any, Literal, TypeVar, cast
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import clock, listener_task
 from .base import BarrierBase, EventBase, ProcSyncBase
@@ -336,7 +337,16 @@ async def _send_once(
 ) -> object:
     """Send ``command`` once on ``connection`` and read its reply within ``timeout`` s;
     for an EVALSHA of ``script``, load the script and send it again if the server does
-    not know it (see the blocking shell)."""
+    not know it (see the blocking shell). A pooled connection the server has closed
+    meanwhile (or that holds unread data) is replaced first, as redis-py's blocking pool
+    does: nothing was sent on it."""
+    if connection.is_connected:
+        try:
+            stale = await connection.can_read()
+        except (RedisConnectionError, OSError):
+            stale = True
+        if stale:
+            await connection.disconnect()
     try:
         await connection.send_command(*command)
         try:

@@ -75,16 +75,29 @@ class CommandError(Exception):
 
 
 def redact(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """Return ``url`` with any password replaced by ``***``: the one before ``@`` and a
+    ``password=`` query argument. A URL that cannot be parsed is replaced as a whole
+    by ``<unparsable URL>`` (a password in it could not be found to hide)."""
+    try:
+        parts = urlsplit(url)
+        password, port = parts.password, parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    query = "&".join(
+        f"{name}=***" if name.lower() == "password" else item
+        for item in parts.query.split("&")
+        if item
+        for name in [item.split("=", 1)[0]]
+    )
+    parts = parts._replace(query=query)
+    if password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{user}:***@{host}" + (f":{port}" if port else "")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
 
 
 def _number(
@@ -257,8 +270,8 @@ def check_reachable(url: str) -> None:
         ) from None
     except redis.RedisError as exc:
         raise CommandError(ExitCode.CONNECTION, f"Redis at {redact(url)} refused: {exc}") from None
-    except ValueError as exc:
-        raise CommandError(ExitCode.USAGE, f"bad --redis URL: {exc}") from None
+    except ValueError:
+        raise CommandError(ExitCode.USAGE, f"bad --redis URL: {redact(url)}") from None
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -316,8 +329,8 @@ def _sync(args: argparse.Namespace) -> None:
         raise CommandError(ExitCode.BROKEN, str(exc)) from None
     except InvalidArgumentError as exc:
         raise CommandError(ExitCode.USAGE, str(exc)) from None
-    except ValueError as exc:  # from redis-py: a URL it cannot parse
-        raise CommandError(ExitCode.USAGE, f"bad --redis URL: {exc}") from None
+    except ValueError:  # from redis-py: a URL it cannot parse (its message may quote it)
+        raise CommandError(ExitCode.USAGE, f"bad --redis URL: {redact(url)}") from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise CommandError(
             ExitCode.CONNECTION, f"cannot reach Redis at {redact(url)}: {exc}"

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 import redis
 
@@ -30,6 +31,20 @@ __all__ = ["EmbeddedServer", "ServerError", "find_server_binary"]
 
 #: Environment variable naming a server binary to use instead of the bundled one.
 BINARY_ENV = "PYPROCSYNC_SERVER_BIN"
+
+
+def _config_string(value: str) -> str:
+    """``value`` as a double-quoted string of a server configuration file (escapes for
+    backslash, quote and every non-printable or non-ASCII byte)."""
+    escaped = "".join(
+        f"\\{chr(byte)}"
+        if chr(byte) in '\\"'
+        else chr(byte)
+        if 32 <= byte < 127
+        else f"\\x{byte:02x}"
+        for byte in value.encode("utf-8")
+    )
+    return f'"{escaped}"'
 
 
 class ServerError(ProcSyncError):
@@ -122,7 +137,7 @@ class EmbeddedServer:
     def url(self) -> str:
         """``redis://`` URL of the server (with the password, if any)."""
         host = f"[{self.bind}]" if ":" in self.bind else self.bind
-        auth = f":{self.password}@" if self.password else ""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
         return f"redis://{auth}{host}:{self.port}/0"
 
     def client(self, **kwargs: object) -> redis.Redis:
@@ -140,7 +155,7 @@ class EmbeddedServer:
             "protected-mode no",
         ]
         if self.password:
-            lines.append(f"requirepass {self.password}")
+            lines.append(f"requirepass {_config_string(self.password)}")
         options = list(self.args)
         while options:
             name = options.pop(0).lstrip("-")
