@@ -29,46 +29,45 @@ __all__ = [
 ]
 
 #: Commands the library sends itself: scripts by digest (loaded once per instance, and
-#: again after a server restart), announcements (classic and sharded pub/sub), the
-#: server's clock (clock checks and ``clock="server"``) and connection upkeep.
-CLIENT_COMMANDS = (
-    "evalsha",
-    "script|load",
-    "subscribe",
-    "unsubscribe",
-    "ssubscribe",
-    "sunsubscribe",
-    "time",
-    "ping",
-    "hello",
-    "client|setinfo",
-)
+#: again after a server restart), the shared listener's subscriptions, the server's
+#: clock (the clock check of a first call, and ``clock="server"``) and ``PING`` (the
+#: command line's reachability check). ``AUTH`` and ``HELLO`` need no grant; redis-py
+#: ignores a refused ``CLIENT SETINFO``.
+CLIENT_COMMANDS = ("evalsha", "script|load", "subscribe", "unsubscribe", "time", "ping")
 
 #: Commands the Lua scripts run (ACLs apply inside scripts too).
 SCRIPT_COMMANDS = (
     "hget",
     "hset",
     "hdel",
-    "hexists",
     "exists",
     "del",
     "pexpire",
     "zadd",
     "zrem",
+    "zcard",
     "zrange",
     "zrangebyscore",
     "zremrangebyscore",
     "zscore",
     "publish",
-    "spublish",
 )
 
 #: What ``pyprocsync status`` adds: finding a run's events and reading them.
 STATUS_COMMANDS = ("scan", "hgetall", "pttl")
 
-#: What a cluster client adds: the slot map and the server's version (read once per
-#: process, to choose sharded pub/sub).
-CLUSTER_COMMANDS = ("cluster|slots", "cluster|shards", "info")
+#: What a cluster client adds: sharded pub/sub (servers >= 7), the server's version
+#: (read once per process, to choose it), and what redis-py's cluster client reads at
+#: start (``CLUSTER SLOTS``, ``COMMAND``).
+CLUSTER_COMMANDS = (
+    "ssubscribe",
+    "sunsubscribe",
+    "spublish",
+    "info",
+    "cluster|slots",
+    "cluster|shards",
+    "command",
+)
 
 
 def acl_rule(prefix: str = "pyprocsync", *, status: bool = True, cluster: bool = False) -> str:

@@ -54,6 +54,10 @@ class FlagSet:
     server_clock: bool = False
 
 
+#: Longest number a set carries (an epoch µs has 16 digits); longer ones are foreign.
+_MAX_DIGITS = 19
+
+
 def parse_set(announcement: str) -> FlagSet:
     """Decode ``S <sets> <release µs> <lead µs>`` (and `` s`` for a server-clock instant).
 
@@ -62,7 +66,11 @@ def parse_set(announcement: str) -> FlagSet:
     kind, *fields = announcement.split(" ")
     server_clock = fields[3:] == ["s"]
     numbers = fields[:3] if server_clock else fields
-    if kind == "S" and len(numbers) == 3 and all(n.isascii() and n.isdigit() for n in numbers):
+    if (
+        kind == "S"
+        and len(numbers) == 3
+        and all(n.isascii() and n.isdigit() and len(n) <= _MAX_DIGITS for n in numbers)
+    ):
         sets, at_us, lead_us = (int(n) for n in numbers)
         return FlagSet(sets, at_us, lead_us, server_clock)
     raise ProtocolError(f"not a pyprocsync flag set: {announcement[:80]!r}")
@@ -72,9 +80,13 @@ def _check_reply(reply: Any) -> tuple[bool, int, FlagSet | None]:
     try:
         is_set, sets, announcement = reply
         decoded = text(announcement)
-        return int(is_set) == 1, int(sets), parse_set(decoded) if decoded else None
+        flag_is_set = int(is_set) == 1
+        result = flag_is_set, int(sets), parse_set(decoded) if decoded else None
     except (TypeError, ValueError):
-        raise ProtocolError(f"unexpected FLAG_CHECK reply: {reply!r}") from None
+        raise ProtocolError(f"unexpected FLAG_CHECK reply: {str(reply)[:200]}") from None
+    if flag_is_set and result[2] is None:
+        raise ProtocolError("the flag is set but holds no set: foreign or corrupt data")
+    return result
 
 
 class _FlagWaiter(Waiter[FlagSet | None]):
@@ -112,13 +124,18 @@ class _FlagWaiter(Waiter[FlagSet | None]):
         if self.settings.clock == "server":
             yield from self.prepare_clock()
         if not (yield from self.listen()):
-            return False
+            # Not subscribed by the deadline: a flag set already still counts.
+            woken_by = yield from self.check()
+            return False if woken_by is None else (yield from self._meet(woken_by, False))
         woken_by = yield from self.check()
         waited = woken_by is None
         if woken_by is None:
             woken_by = yield from self.wait()
         if woken_by is None:
             return False
+        return (yield from self._meet(woken_by, waited))
+
+    def _meet(self, woken_by: FlagSet, waited: bool) -> Flow[Due[bool]]:
         # A waiter that was waiting when the set happened is late if it learned of it
         # after the instant; one that came later returns at once if the instant passed.
         met = yield from self.meet_instant(

@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from .exceptions import ArgumentTypeError, InvalidArgumentError
 
@@ -45,8 +45,16 @@ def _is_bool(value: object) -> bool:
     return isinstance(value, bool) or type(value).__name__ in ("bool_", "bool")
 
 
-def count(name: str, value: object) -> int:
-    """Check that ``value`` is a whole number >= 1 (``operator.index`` must accept it)."""
+#: The largest ``nodes`` or ``parties`` accepted.
+MAX_COUNT = 1_000_000
+
+#: The largest ``clock_samples`` accepted (each sample is one round trip).
+MAX_CLOCK_SAMPLES = 1000
+
+
+def count(name: str, value: object, *, most: int = MAX_COUNT) -> int:
+    """Check that ``value`` is a whole number from 1 to ``most`` (``operator.index``
+    must accept it)."""
     if _is_bool(value):
         raise ArgumentTypeError(f"{name} must be an int, not bool")
     try:
@@ -55,6 +63,8 @@ def count(name: str, value: object) -> int:
         raise ArgumentTypeError(f"{name} must be an int, not {type(value).__name__}") from None
     if result < 1:
         raise InvalidArgumentError(f"{name} must be at least 1, got {result}")
+    if result > most:
+        raise InvalidArgumentError(f"{name} must be at most {most}, got {result}")
     return result
 
 
@@ -89,8 +99,12 @@ def lead(name: str, value: object) -> float:
     return result
 
 
+def _is_auto(value: object) -> bool:
+    return isinstance(value, str) and value == "auto"
+
+
 def _delay(value: object) -> float:
-    if isinstance(value, str):
+    if isinstance(value, str):  # "auto" is handled by the caller
         raise ArgumentTypeError(f"delay must be a number of seconds or 'auto', got {value!r}")
     return lead("delay", value)
 
@@ -166,11 +180,11 @@ class Settings:
         member: object = False,
     ) -> Settings:
         """Validate the constructor arguments of a ProcSync and build its settings."""
-        if clock not in ("system", "server"):
+        if not isinstance(clock, str) or clock not in ("system", "server"):
             raise InvalidArgumentError(f"clock must be 'system' or 'server', got {clock!r}")
         if not isinstance(member, bool):
             raise ArgumentTypeError(f"member must be True or False, not {type(member).__name__}")
-        if on_late not in ("raise", "proceed"):
+        if not isinstance(on_late, str) or on_late not in ("raise", "proceed"):
             raise InvalidArgumentError(f"on_late must be 'raise' or 'proceed', got {on_late!r}")
         prefix = text("prefix", prefix, empty=False)
         if "{" in prefix or "}" in prefix:
@@ -183,16 +197,18 @@ class Settings:
             )
         return cls(
             run_id=text("run_id", run_id),
-            delay_us=-1 if delay == "auto" else round(_delay(delay) * 1e6),
+            delay_us=-1
+            if isinstance(delay, str) and delay == "auto"
+            else round(_delay(delay) * 1e6),
             liveness_ms=max(1, round(liveness_s * 1e3)),
             retention_ms=round(retention_s * 1e3),
             late_tolerance_ns=round(lead("late_tolerance", late_tolerance) * 1e9),
-            on_late=on_late,  # checked above
+            on_late=cast(OnLate, on_late),  # checked above
             spin_ns=round(lead("spin", spin) * 1e9),
             node_id=None if node_id is None else text("node_id", node_id, empty=False),
             prefix=prefix,
-            clock=clock,  # checked above
-            clock_samples=count("clock_samples", clock_samples),
+            clock=cast(ClockMode, clock),  # checked above
+            clock_samples=count("clock_samples", clock_samples, most=MAX_CLOCK_SAMPLES),
             clock_refresh_ns=round(positive("clock_refresh", clock_refresh) * 1e9),
             auto_floor_us=round(lead("auto_floor", auto_floor) * 1e6),
             member=member,

@@ -14,8 +14,9 @@ from typing import Any, Literal, TypeVar, cast
 import redis
 from redis.cluster import RedisCluster
 
-from . import clock, listener_thread
+from . import clock, listener_thread, params
 from .base import ProcSyncBase
+from .exceptions import ArgumentTypeError
 from .listener_thread import ThreadListener, receive
 from .members import leave_flow, renew_flow
 from .protocol import (
@@ -206,7 +207,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
     :param clock: ``"system"`` (default) trusts the hosts' synchronized wall clocks;
         ``"server"`` agrees instants on the Redis server's clock and converts them with
         an offset estimated from ``TIME`` round trips (see :doc:`/clocks`).
-    :param clock_samples: round trips per offset estimate (>= 1).
+    :param clock_samples: round trips per offset estimate (1 to 1000).
     :param clock_refresh: seconds after which an offset estimate is renewed.
     :param auto_floor: the smallest lead time ``delay="auto"`` chooses, seconds.
         (Every duration, here and in calls, may be at most ten years.)
@@ -276,8 +277,8 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         the next round, so a name can be used in a loop.
 
         :param event_name: the synchronization point, a non-empty ``str``.
-        :param nodes: how many participants the round needs, an int >= 1. All
-            participants of a round must pass the same number.
+        :param nodes: how many participants the round needs, an int from 1 to
+            1,000,000. All participants of a round must pass the same number.
         :param timeout: seconds to wait for the others, counted from this call, or
             ``None`` (or ``inf``) to wait without limit; must be > 0.
         :returns: the round's :class:`~pyprocsync.SyncResult`.
@@ -462,6 +463,9 @@ class ClosingShell(_ClosedOnExit):
 
 def _owning(cls: Callable[..., S], url: str, *args: Any, cluster: bool = False, **kwargs: Any) -> S:
     """Build ``cls(client, ...)`` owning a new client for ``url`` (closed on close)."""
+    params.text("url", url, empty=False)
+    if not isinstance(cluster, bool):
+        raise ArgumentTypeError(f"cluster must be True or False, not {type(cluster).__name__}")
     client = (RedisCluster if cluster else redis.Redis).from_url(url)
     try:
         instance = cls(client, *args, **kwargs)

@@ -69,6 +69,16 @@ local function fmt(x)
   return string.format('%d', x)
 end
 
+-- Run a read that fails on a key of the wrong type: that is corrupt data ('what'); any
+-- other failure (an ACL refusal) is raised as it is.
+local function checked(what, ...)
+  local ok, result = pcall(redis.call, ...)
+  if ok then return result end
+  local message = type(result) == 'table' and result.err or tostring(result)
+  if string.find(message, 'WRONGTYPE', 1, true) then corrupt(what) end
+  error(result)
+end
+
 local function announce(channel, message)
   redis.call('%(publish)s', channel, message)
 end
@@ -95,8 +105,7 @@ local function lead(given, latency, floor)
 end
 
 local function int_field(field)
-  local ok, v = pcall(redis.call, 'HGET', H, field)
-  if not ok then corrupt('key type') end
+  local v = checked('key type', 'HGET', H, field)
   if not v then return nil end
   local x = tonumber(v)
   if not x or x < 0 or x ~= math.floor(x) or x > 1e15 then corrupt('field ' .. field) end
@@ -155,9 +164,7 @@ local function break_round(g, reason, missing, channel)
 end
 
 local function lapsed(now)
-  local ok, gone = pcall(redis.call, 'ZRANGEBYSCORE', Z, '-inf', '(' .. fmt(now), 'LIMIT', 0, 16)
-  if not ok then corrupt('lease set type') end
-  return gone
+  return checked('lease set type', 'ZRANGEBYSCORE', Z, '-inf', '(' .. fmt(now), 'LIMIT', 0, 16)
 end
 """
 
@@ -201,7 +208,16 @@ if counted then  -- the same call sent twice (a client retry): it is counted onc
   if redis.call('HGET', H, 'a') == member then return {3, g, tonumber(counted), ''} end
   return {0, g, tonumber(counted), ''}
 end
-if redis.call('HEXISTS', H, 'a') == 1 then return {4, g, -1, ''} end
+local actor = redis.call('HGET', H, 'a')
+if actor then
+  if not checked('lease set type', 'ZSCORE', Z, actor) then corrupt('field a') end
+  return {4, g, -1, ''}
+end
+-- Every earlier round was decided (its outcome stored), and each arrival counted in
+-- this one holds a lease: anything else is data pyprocsync did not write.
+if g > 0 and not outcome_of(g - 1) then corrupt('field g') end
+local counted_so_far = int_field('n') or 0
+if counted_so_far ~= checked('lease set type', 'ZCARD', Z) then corrupt('field n') end
 local now = server_ms()
 local gone = lapsed(now)
 if #gone > 0 then
@@ -224,6 +240,8 @@ elseif k ~= nodes then
   o = break_round(g, 'mismatch', {}, channel)
   keep(retention)
   return {2, g, k, o}
+elseif n >= k then
+  corrupt('field n')
 end
 local index = n
 local free = redis.call('HGET', H, 'f')
@@ -378,8 +396,7 @@ _READ = """
 -- Returns {generation, arrived, expected (0 if none), outcome of the current round or '',
 -- lease members of the waiting participants (at most 64)}.
 local g = int_field('g') or 0
-local ok, waiting = pcall(redis.call, 'ZRANGE', Z, 0, 63)
-if not ok then corrupt('lease set type') end
+local waiting = checked('lease set type', 'ZRANGE', Z, 0, 63)
 return {g, int_field('n') or 0, int_field('k') or 0, outcome_of(g) or '', waiting}
 """
 
@@ -397,8 +414,7 @@ local o = settled(g)
 if o then return o end
 if (int_field('n') or 0) == 0 then return '' end
 local present = {}
-local ok, members = pcall(redis.call, 'ZRANGE', Z, 0, -1)
-if not ok then corrupt('lease set type') end
+local members = checked('lease set type', 'ZRANGE', Z, 0, -1)
 for _, member in ipairs(members) do present[string.sub(member, 14)] = true end
 local missing = {}
 for i = 4, #ARGV do
@@ -421,8 +437,7 @@ local M = KEYS[1]
 local now = server_ms()
 local lease = tonumber(ARGV[2])
 local retention = tonumber(ARGV[3])
-local ok, err = pcall(redis.call, 'ZREMRANGEBYSCORE', M, '-inf', '(' .. fmt(now - retention))
-if not ok then corrupt('member set type') end
+checked('member set type', 'ZREMRANGEBYSCORE', M, '-inf', '(' .. fmt(now - retention))
 if lease > 0 then
   redis.call('ZADD', M, now + lease, ARGV[1])
 elseif lease == 0 then

@@ -96,8 +96,10 @@ def _describe(
         generation = int(fields.get("g", "0"))
         arrived = int(fields.get("n", "0"))
         expected = int(fields["k"]) if "k" in fields else None
+        if min(generation, arrived, expected or 0) < 0:
+            raise ValueError("negative")
     except ValueError:
-        raise ProtocolError(f"corrupt state for event {event!r}: {fields!r}") from None
+        raise ProtocolError(f"corrupt state for event {event!r}: {str(fields)[:200]}") from None
     current = fields.get(f"o{generation % 8}")
     previous = fields.get(f"o{(generation - 1) % 8}") if generation > 0 else None
     if current is not None and parse_outcome(current).generation == generation:
@@ -132,8 +134,13 @@ def read_status(
         keys = EventKeys.of(prefix, run_id, event)
         if keys.state != key:
             continue  # another run whose encoded id starts like this one's
-        fields = {_text(k): _text(v) for k, v in client.hgetall(key).items()}
-        pttl = int(client.pttl(key))
-        waiting = tuple(member_node(_text(m)) for m in client.zrange(keys.leases, 0, -1))
+        try:
+            fields = {_text(k): _text(v) for k, v in client.hgetall(key).items()}
+            pttl = int(client.pttl(key))
+            waiting = tuple(member_node(_text(m)) for m in client.zrange(keys.leases, 0, -1))
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            raise ProtocolError(f"foreign data in the keys of event {event!r}: {exc}") from None
         statuses.append(_describe(event, fields, pttl, retention, waiting))
     return sorted(statuses, key=lambda status: status.event)
