@@ -18,22 +18,30 @@ from .params import Settings
 from .protocol import Flow, call, text
 from .scripts import Script
 
-__all__ = ["lapsed_flow", "leave_flow", "renew_flow"]
+__all__ = ["READ_ONLY", "decode_lapsed", "leave_flow", "member_call", "renew_flow"]
 
-_READ_ONLY, _LEAVE = -1, 0
+#: The lease of a MEMBER call that only reads the lapsed members.
+READ_ONLY = -1
+_LEAVE = 0
+
+
+def member_call(
+    settings: Settings, member_id: str, lease_ms: int
+) -> tuple[tuple[str], tuple[str | int, ...]]:
+    """The keys and arguments of the MEMBER script for ``member_id`` and ``lease_ms``."""
+    keys = (members_key(settings.prefix, settings.run_id),)
+    return keys, (member_id, lease_ms, settings.retention_ms)
+
+
+def decode_lapsed(reply: object) -> tuple[str, ...]:
+    """The node ids in a MEMBER reply."""
+    return tuple(text(node) for node in (reply if isinstance(reply, list) else [reply]))
 
 
 def _member(settings: Settings, member_id: str, lease_ms: int) -> Flow[tuple[str, ...]]:
     where: dict[str, Any] = {"event": None, "run_id": settings.run_id, "generation": None}
-    reply = yield from call(
-        Script.MEMBER,
-        (members_key(settings.prefix, settings.run_id),),
-        (member_id, lease_ms, settings.retention_ms),
-        where,
-    )
-    if not isinstance(reply, list):
-        reply = [reply]
-    return tuple(text(node) for node in reply)
+    keys, args = member_call(settings, member_id, lease_ms)
+    return decode_lapsed((yield from call(Script.MEMBER, keys, args, where)))
 
 
 def renew_flow(settings: Settings, member_id: str) -> Flow[tuple[str, ...]]:
@@ -44,8 +52,3 @@ def renew_flow(settings: Settings, member_id: str) -> Flow[tuple[str, ...]]:
 def leave_flow(settings: Settings, member_id: str) -> Flow[tuple[str, ...]]:
     """Remove ``member_id``'s registration; return the lapsed members."""
     return _member(settings, member_id, _LEAVE)
-
-
-def lapsed_flow(settings: Settings) -> Flow[tuple[str, ...]]:
-    """Return the run's lapsed members, changing nothing."""
-    return _member(settings, "", _READ_ONLY)

@@ -33,7 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import clock
-from .exceptions import ConnectionLostError, ProtocolError, TooLateError
+from .exceptions import ConnectionLostError, ProtocolError, TimeOutError, TooLateError
 from .params import Settings
 from .scripts import CORRUPT_MARKER, Script
 
@@ -332,7 +332,20 @@ class Waiter(abc.ABC, Generic[O]):
         """
         remaining = self.remaining()
         timeout = None if remaining is None else max(remaining, CALL_TIMEOUT_FLOOR)
-        return (yield from call(script, keys, args, self.where(), timeout))
+        try:
+            return (yield from call(script, keys, args, self.where(), timeout))
+        except ConnectionLostError as exc:
+            late = self.remaining()
+            if late is None or late > 0 or not isinstance(exc.__cause__, RedisTimeoutError):
+                raise
+            # The server did not answer before the deadline (paused, overloaded): to
+            # the caller that is its timeout.
+            raise TimeOutError(
+                f"gave up waiting for {self.name!r} after {self.timeout} s: the server did "
+                "not answer in time",
+                timeout=self.timeout,
+                **self.where(),
+            ) from exc
 
     def link_lost(self, exc: Exception) -> ConnectionLostError:
         """The error for a pub/sub connection that could not be replaced."""

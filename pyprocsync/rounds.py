@@ -49,7 +49,7 @@ from .exceptions import (
     TimeOutError,
 )
 from .keys import EventKeys
-from .members import lapsed_flow
+from .members import READ_ONLY, decode_lapsed, member_call
 from .params import Settings
 from .protocol import (
     LINK_ERRORS,
@@ -394,7 +394,8 @@ class _Participant(Waiter[Outcome]):
         )
         outcome = self._decision(reply)
         if outcome is None and settings.member:
-            lapsed = yield from lapsed_flow(settings)
+            keys, args = member_call(settings, "", READ_ONLY)
+            lapsed = decode_lapsed((yield from self.call(Script.MEMBER, keys, *args)))
             if lapsed:
                 reply = yield from self._script(
                     Script.LOST, self.generation, settings.retention_ms, self.channel, *lapsed
@@ -409,7 +410,7 @@ class _Participant(Waiter[Outcome]):
     def _report(self, lapsed: tuple[str, ...]) -> Flow[None]:
         """Log who the round still waits for (at most every :data:`REPORT_INTERVAL_S`)."""
         self._next_report = clock.monotonic() + REPORT_INTERVAL_S
-        state = yield from _read(self.keys, self.where())
+        state = _decode_read((yield from self.call(Script.READ, self.keys.all)))
         if state.generation != self.generation or state.broken is not None:
             return
         shown = ", ".join(state.waiting) + (", ..." if state.arrived > len(state.waiting) else "")
@@ -552,7 +553,10 @@ def read_flow(settings: Settings, event: object) -> Flow[RoundState]:
 
 
 def _read(keys: EventKeys, where: dict[str, Any]) -> Flow[RoundState]:
-    reply = yield from call(Script.READ, keys.all, (), where)
+    return _decode_read((yield from call(Script.READ, keys.all, (), where)))
+
+
+def _decode_read(reply: Any) -> RoundState:
     try:
         generation, arrived, expected, announcement, members = reply
         generation, arrived, expected = int(generation), int(arrived), int(expected)

@@ -19,6 +19,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from support import make_settings as support_settings
 
 from pyprocsync import (
@@ -34,7 +35,7 @@ from pyprocsync import (
     params,
 )
 from pyprocsync.keys import EventKeys
-from pyprocsync.protocol import AtInstant, Call, Listen, Receive, SleepUntil
+from pyprocsync.protocol import CALL_TIMEOUT_FLOOR, AtInstant, Call, Listen, Receive, SleepUntil
 from pyprocsync.rounds import Broken, Released, parse_outcome, reset_flow, sync_flow
 from pyprocsync.scripts import CORRUPT_MARKER, Script
 from pyprocsync.servertime import ClockState
@@ -557,6 +558,30 @@ def test_failed_script_call_raises_connection_lost(fake_clock: FakeClock) -> Non
     stepper = start()
     with pytest.raises(ConnectionLostError):
         stepper.throw(RedisConnectionError("Connection refused."))
+
+
+def test_script_calls_wait_for_their_reply_until_the_deadline(fake_clock: FakeClock) -> None:
+    """A waiter's script call may take until its deadline (at least CALL_TIMEOUT_FLOOR);
+    an unanswered call past the deadline is the caller's timeout (TimeOutError), one
+    that fails before it a lost connection."""
+    stepper = start(timeout=10.0)
+    assert stepper.op.timeout == pytest.approx(10.0)
+    stepper.send([0, 0, 0, b""])
+    heartbeat_expires(stepper, fake_clock)
+    assert stepper.op.script is Script.CHECK
+    assert stepper.op.timeout == pytest.approx(9.0)
+    fake_clock.advance(9.5)  # the server did not answer: the deadline passed meanwhile
+    with pytest.raises(TimeOutError) as caught:
+        stepper.throw(RedisTimeoutError("Timeout reading from socket"))
+    assert caught.value.timeout == 10.0
+    assert caught.value.event == EVENT
+
+    early = start(timeout=10.0)
+    with pytest.raises(ConnectionLostError):
+        early.throw(RedisTimeoutError("Timeout reading from socket"))
+
+    late = start(timeout=0.01)
+    assert late.op.timeout == CALL_TIMEOUT_FLOOR
 
 
 def test_failed_withdrawal_does_not_hide_the_interruption(fake_clock: FakeClock) -> None:
