@@ -42,6 +42,9 @@ _MAIN = "main"
 #: Messages read from one connection before the others get their turn.
 _DRAIN_LIMIT = 1000
 
+#: How long the rest of a message that has begun to arrive may take, seconds.
+_REST_OF_MESSAGE = 5.0
+
 #: Longest the thread sleeps without looking at its requests (a safety net: every
 #: request also wakes it).
 _IDLE_WAIT = 1.0
@@ -204,11 +207,15 @@ class ThreadListener:
     def _drain(self, node: Hashable) -> None:
         """Hand out every message that can be read from ``node``'s connection now."""
         pubsub = self._pubsubs[node]
+        connection: Any = pubsub.connection
         try:
             for _ in range(_DRAIN_LIMIT):
-                response = pubsub.parse_response(block=False, timeout=0)  # type: ignore[no-untyped-call]
-                if response is None:
+                if connection is None or not connection.can_read(timeout=0):
                     return
+                # A message has begun to arrive: the rest of a long one may take a moment.
+                response = connection.read_response(
+                    disconnect_on_error=False, push_request=True, timeout=_REST_OF_MESSAGE
+                )
                 message = pubsub.handle_message(response)  # type: ignore[no-untyped-call]
                 if isinstance(message, dict):
                     with self._lock:

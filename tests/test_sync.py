@@ -406,3 +406,17 @@ def test_reset_breaks_waiters(
         for o in in_threads(lambda: waiter.sync("r", 2, 10), lambda: admin.sync("r", 2, 10))
     ]
     check_round(results, 2, 1)
+
+
+@pytest.mark.timeout(60)
+def test_long_names_arrive_in_pieces(make_sync: Callable[..., ProcSync]) -> None:
+    """A 64 KiB event name makes every subscription confirmation and announcement a
+    message that reaches the shared listener in several pieces: it is read whole (it
+    once timed out, read with no time for the rest)."""
+    sync = make_sync(0.01)
+    name = "n" * 65536
+    for _ in range(5):
+        results = [
+            o.result() for o in in_threads(*(lambda: sync.sync(name, 3, 20) for _ in range(3)))
+        ]
+        assert len({r.release_at for r in results}) == 1
