@@ -72,9 +72,10 @@ def private_pool_settings(pool: Any) -> dict[str, Any] | None:
     failure reaches the waiters at once, which subscribe again and read the stored state
     within their timeout (redis-py's retries would block for the client's whole retry
     budget). A connection of its own also stays out of the caller's
-    ``max_connections``. ``None`` when ``pool`` has no plain connection settings to copy
-    (a Sentinel pool, whose connections need the pool to find the master): the listener
-    then uses the caller's client as it is.
+    ``max_connections``. (A Sentinel pool's settings name the pool itself, which its
+    connections ask for the current master; the copies do the same.) ``None`` when
+    ``pool`` has no connection settings to copy, or its connection class wants a pool
+    argument of its own: the caller's client is then used as it is.
     """
     settings = getattr(pool, "connection_kwargs", None)
     connection_class = getattr(pool, "connection_class", None)
