@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import redis
 from primitive_support import HelperRunner
-from support import NodeRunner, make_client
+from support import ACL_PASSWORD, NodeRunner, make_client
 
 from pyprocsync import ProcSync
 from pyprocsync.server import EmbeddedServer
@@ -75,6 +75,24 @@ def decoded_client(server: EmbeddedServer) -> Iterator[redis.Redis]:
     instance = make_client(server, decode_responses=True)
     yield instance
     instance.close()
+
+
+@pytest.fixture
+def make_user(client: redis.Redis) -> Iterator[Callable[[str], str]]:
+    """Factory: ``make_user(rule) -> name`` makes an ACL user of the session server with
+    ``rule`` (password ``support.ACL_PASSWORD``); every user it made is deleted at
+    teardown."""
+    users: list[str] = []
+
+    def make(rule: str) -> str:
+        name = f"u{uuid.uuid4().hex[:10]}"
+        client.execute_command("ACL", "SETUSER", name, "on", f">{ACL_PASSWORD}", *rule.split())
+        users.append(name)
+        return name
+
+    yield make
+    for name in users:
+        client.execute_command("ACL", "DELUSER", name)
 
 
 @pytest.fixture

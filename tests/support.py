@@ -40,6 +40,16 @@ def make_client(instance: EmbeddedServer, **kwargs: Any) -> redis.Redis:
     return redis.Redis(host=instance.bind, port=instance.port, **kwargs)
 
 
+#: The password of the ACL users the ``make_user`` fixture makes.
+ACL_PASSWORD = "acl-test-pw"
+
+
+def user_url(server: Any, name: str) -> str:
+    """``redis://`` URL of ``server`` (anything with ``bind`` and ``port``) for the ACL
+    user ``name`` (password :data:`ACL_PASSWORD`)."""
+    return f"redis://{name}:{ACL_PASSWORD}@{server.bind}:{server.port}/0"
+
+
 def event_keys(run_id: str, event: str) -> EventKeys:
     """The Redis names of ``event`` in ``run_id`` under the default prefix."""
     return EventKeys.of("pyprocsync", run_id, event)

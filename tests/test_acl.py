@@ -10,44 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
 import redis.asyncio as aioredis
-from support import in_threads, make_client, run_command
+from support import in_threads, run_command, user_url
 
 import pyprocsync
 import pyprocsync.asyncio as aio
 from pyprocsync import Barrier, Event, InvalidArgumentError, ProcSync
 from pyprocsync.acl import CLIENT_COMMANDS, SCRIPT_COMMANDS, acl_rule
 from pyprocsync.server import EmbeddedServer
-
-PASSWORD = "acl-test-pw"
-
-
-@pytest.fixture
-def admin(server: EmbeddedServer) -> Iterator[redis.Redis]:
-    client = make_client(server)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def make_user(admin: redis.Redis, server: EmbeddedServer) -> Iterator[object]:
-    """``make_user(rule) -> url``: a fresh ACL user with ``rule``; deleted at teardown."""
-    users: list[str] = []
-
-    def make(rule: str) -> str:
-        name = f"u{uuid.uuid4().hex[:10]}"
-        admin.execute_command("ACL", "SETUSER", name, "on", f">{PASSWORD}", *rule.split())
-        users.append(name)
-        return f"redis://{name}:{PASSWORD}@{server.bind}:{server.port}/0"
-
-    yield make
-    for name in users:
-        admin.execute_command("ACL", "DELUSER", name)
 
 
 def test_rule_text() -> None:
@@ -69,10 +43,12 @@ def test_rule_refuses_prefixes_that_would_widen_it(prefix: str) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_user_with_exactly_the_rule_runs_everything(make_user: object, run_id: str) -> None:
+def test_user_with_exactly_the_rule_runs_everything(
+    make_user: Callable[[str], str], server: EmbeddedServer, run_id: str
+) -> None:
     """sync (threads), reset, Event, Barrier, server-clock mode, membership, the asyncio
     twin and ``pyprocsync status`` all work for a user with exactly the rule."""
-    url = make_user(acl_rule())  # type: ignore[operator]
+    url = user_url(server, make_user(acl_rule()))
     with ProcSync.from_url(url, run_id, 0.02, member=True) as sync:
         results = in_threads(*(lambda: sync.sync("s", 3, 10) for _ in range(3)))
         assert len({o.result().release_at for o in results}) == 1
@@ -103,12 +79,12 @@ def test_user_with_exactly_the_rule_runs_everything(make_user: object, run_id: s
     "missing", ["evalsha", "script|load", "subscribe", "time", "hset", "publish"]
 )
 def test_user_lacking_a_grant_gets_a_clear_error(
-    make_user: object, run_id: str, missing: str
+    make_user: Callable[[str], str], server: EmbeddedServer, run_id: str, missing: str
 ) -> None:
     """Without one of the grants, the call raises the server's refusal naming the
     command (NOPERM, or "ACL failure in script" for a command a script runs), within
     its timeout (no hang, no wrong release)."""
-    url = make_user(acl_rule().replace(f" +{missing}", ""))  # type: ignore[operator]
+    url = user_url(server, make_user(acl_rule().replace(f" +{missing}", "")))
     with (
         ProcSync.from_url(url, run_id, 0.02) as sync,
         pytest.raises(redis.exceptions.ResponseError) as caught,
@@ -121,23 +97,23 @@ def test_user_lacking_a_grant_gets_a_clear_error(
 
 @pytest.mark.timeout(60)
 def test_refused_lease_counts_no_arrival(
-    make_user: object, admin: redis.Redis, run_id: str
+    make_user: Callable[[str], str], server: EmbeddedServer, client: redis.Redis, run_id: str
 ) -> None:
     """Without ``zadd`` (the lease), the first arrival of a round of two is refused, and
     nothing of it is counted: the next arrival does not complete the round with it."""
-    url = make_user(acl_rule().replace(" +zadd", ""))  # type: ignore[operator]
+    url = user_url(server, make_user(acl_rule().replace(" +zadd", "")))
     with ProcSync.from_url(url, run_id, 0.02) as sync:
         with pytest.raises(redis.exceptions.ResponseError, match="zadd"):
             sync.sync("e", 2, 5)
-        state = admin.hgetall(f"pyprocsync:{{{run_id}:e}}")
+        state = client.hgetall(f"pyprocsync:{{{run_id}:e}}")
         assert state.get(b"n", b"0") == b"0", state
 
 
 @pytest.mark.timeout(60)
 def test_user_lacking_the_channel_pattern_gets_a_clear_error(
-    make_user: object, run_id: str
+    make_user: Callable[[str], str], server: EmbeddedServer, run_id: str
 ) -> None:
-    url = make_user(acl_rule().replace(" &pyprocsync:*", ""))  # type: ignore[operator]
+    url = user_url(server, make_user(acl_rule().replace(" &pyprocsync:*", "")))
     with (
         ProcSync.from_url(url, run_id, 0.02) as sync,
         pytest.raises(redis.exceptions.NoPermissionError) as caught,
@@ -148,21 +124,21 @@ def test_user_lacking_the_channel_pattern_gets_a_clear_error(
 
 @pytest.mark.timeout(60)
 def test_prefixes_keep_applications_apart(
-    make_user: object, admin: redis.Redis, run_id: str
+    make_user: Callable[[str], str], server: EmbeddedServer, client: redis.Redis, run_id: str
 ) -> None:
     """A user whose rule covers prefix ``app-a`` works there, and is refused with the
     default prefix or another application's; keys stay under their own prefix."""
-    url = make_user(acl_rule("app-a"))  # type: ignore[operator]
+    url = user_url(server, make_user(acl_rule("app-a")))
     with ProcSync.from_url(url, run_id, 0.01, prefix="app-a") as sync:
         sync.sync("e", 1, 5)
-    assert admin.keys(f"app-a:*{run_id}*")
+    assert client.keys(f"app-a:*{run_id}*")
     for other in ("pyprocsync", "app-b"):
         with (
             ProcSync.from_url(url, run_id, 0.01, prefix=other) as sync,
             pytest.raises(redis.exceptions.NoPermissionError),
         ):
             sync.sync("e", 1, 5)
-        assert not admin.keys(f"{other}:*{run_id}*")
+        assert not client.keys(f"{other}:*{run_id}*")
 
 
 def test_rule_is_exported() -> None:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 from cluster_support import Cluster
-from support import in_threads, make_client
+from support import ACL_PASSWORD, in_threads, user_url
 
 import pyprocsync.asyncio as aio
 from pyprocsync import Barrier, Event, ProcSync
@@ -46,7 +46,6 @@ from pyprocsync.server import EmbeddedServer, find_server_binary
 
 pytest_plugins = ("cluster_fixtures",)
 
-PASSWORD = "security-test-pw"
 ON_CI = os.environ.get("CI") == "true"
 DEBIAN_REDIS = "/usr/bin/redis-server"
 
@@ -63,33 +62,6 @@ NOT_NEEDED_ON_ONE_SERVER = {
 #: nothing fails (documented: an interrupted arrival that cannot be withdrawn stays
 #: counted until its lease lapses; a member that cannot leave lapses).
 BEST_EFFORT = {"zrem": "WITHDRAW (an interrupted arrival) and leaving the member set"}
-
-
-@pytest.fixture
-def admin(server: EmbeddedServer) -> Iterator[redis.Redis]:
-    client = make_client(server)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def make_user(admin: redis.Redis, server: EmbeddedServer) -> Iterator[Callable[[str], str]]:
-    """``make_user(rule) -> name``: a fresh ACL user with ``rule``, deleted at teardown."""
-    users: list[str] = []
-
-    def make(rule: str) -> str:
-        name = f"sec{uuid.uuid4().hex[:10]}"
-        admin.execute_command("ACL", "SETUSER", name, "on", f">{PASSWORD}", *rule.split())
-        users.append(name)
-        return name
-
-    yield make
-    for name in users:
-        admin.execute_command("ACL", "DELUSER", name)
-
-
-def user_url(server: EmbeddedServer, name: str) -> str:
-    return f"redis://{name}:{PASSWORD}@{server.bind}:{server.port}/0"
 
 
 def without(rule: str, command: str) -> str:
@@ -173,7 +145,7 @@ def test_workload_passes_with_exactly_the_rule(
 @pytest.mark.parametrize("command", granted(acl_rule()))
 def test_every_grant_is_needed_and_named_when_missing(
     server: EmbeddedServer,
-    admin: redis.Redis,
+    client: redis.Redis,
     make_user: Callable[[str], str],
     run_id: str,
     command: str,
@@ -187,7 +159,7 @@ def test_every_grant_is_needed_and_named_when_missing(
     if command in NOT_NEEDED_ON_ONE_SERVER or command in BEST_EFFORT:
         workload(url, run_id)
         if command in BEST_EFFORT:
-            refused = {(e["username"], e["object"]) for e in admin.acl_log(128)}
+            refused = {(e["username"], e["object"]) for e in client.acl_log(128)}
             assert (name, command) in refused
         return
     with pytest.raises((redis.exceptions.ResponseError, CommandLineError)) as caught:
@@ -223,7 +195,7 @@ def test_rule_is_accepted_by_every_server(
     whole rule), and a user with it synchronizes there."""
     with any_server.client() as admin:
         admin.execute_command(
-            "ACL", "SETUSER", "app", "on", f">{PASSWORD}", *acl_rule(cluster=cluster).split()
+            "ACL", "SETUSER", "app", "on", f">{ACL_PASSWORD}", *acl_rule(cluster=cluster).split()
         )
     with ProcSync.from_url(user_url(any_server, "app"), run_id, 0.005) as sync:
         sync.sync("e", 1, 5)
@@ -238,8 +210,8 @@ def test_cluster_rule_lets_a_cluster_client_synchronize(cluster: Cluster, run_id
     name = f"sec{uuid.uuid4().hex[:10]}"
     rule = acl_rule(cluster=True).split()
     for node in nodes:
-        node.command("ACL", "SETUSER", name, "on", f">{PASSWORD}", *rule)
-    url = f"redis://{name}:{PASSWORD}@{nodes[0].host}:{nodes[0].port}"
+        node.command("ACL", "SETUSER", name, "on", f">{ACL_PASSWORD}", *rule)
+    url = f"redis://{name}:{ACL_PASSWORD}@{nodes[0].host}:{nodes[0].port}"
     try:
         with ProcSync.from_url(url, run_id, 0.005, cluster=True) as sync:
             results = in_threads(*(lambda: sync.sync("c", 2, 10) for _ in range(2)))
