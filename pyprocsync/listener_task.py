@@ -25,7 +25,7 @@ from .listeners import (
     Registry,
     Subscriptions,
     link_error,
-    private_pool_settings,
+    private_pool,
     server_major,
 )
 
@@ -55,13 +55,14 @@ class TaskListener:
         """The pool script calls use (see :meth:`ThreadListener.command_pool
         <pyprocsync.listener_thread.ThreadListener.command_pool>`)."""
         if self._command_pool is None:
-            settings = private_pool_settings(getattr(self._client, "connection_pool", None))
-            if settings is None:
-                self._command_pool = self._client.connection_pool
-            else:
-                self._command_pool = aioredis.BlockingConnectionPool(
-                    max_connections=COMMAND_CONNECTIONS, timeout=None, **settings
-                )
+            own = self._client.connection_pool
+            pool = private_pool(
+                own,
+                aioredis.BlockingConnectionPool,
+                max_connections=COMMAND_CONNECTIONS,
+                timeout=None,
+            )
+            self._command_pool = own if pool is None else pool
         return self._command_pool
 
     async def sharded(self) -> bool:
@@ -143,12 +144,12 @@ class TaskListener:
         if pubsub is None:
             client = self._clients.get(node)
             if client is None:
-                settings = private_pool_settings(
-                    source if self._cluster else source.connection_pool
+                pool = private_pool(
+                    source if self._cluster else source.connection_pool, aioredis.ConnectionPool
                 )
                 client = source
-                if settings is not None:
-                    client = aioredis.Redis(connection_pool=aioredis.ConnectionPool(**settings))
+                if pool is not None:
+                    client = aioredis.Redis(connection_pool=pool)
                     self._owned.append(client)
                 self._clients[node] = client
             pubsub = self._pubsubs[node] = client.pubsub()

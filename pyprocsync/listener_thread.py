@@ -30,7 +30,7 @@ from .listeners import (
     Registry,
     Subscriptions,
     link_error,
-    private_pool_settings,
+    private_pool,
     server_major,
 )
 
@@ -79,13 +79,14 @@ class ThreadListener:
         caller's own pool where its settings cannot be copied."""
         with self._lock:
             if self._command_pool is None:
-                settings = private_pool_settings(getattr(self._client, "connection_pool", None))
-                if settings is None:
-                    self._command_pool = self._client.connection_pool
-                else:
-                    self._command_pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
-                        max_connections=COMMAND_CONNECTIONS, timeout=None, **settings
-                    )
+                own = self._client.connection_pool
+                pool = private_pool(
+                    own,
+                    redis.BlockingConnectionPool,
+                    max_connections=COMMAND_CONNECTIONS,
+                    timeout=None,
+                )
+                self._command_pool = own if pool is None else pool
             return self._command_pool
 
     def sharded(self) -> bool:
@@ -244,10 +245,10 @@ class ThreadListener:
             if node != _MAIN:
                 with self._lock:
                     source = self._client.get_redis_connection(self._nodes[node])
-            settings = private_pool_settings(getattr(source, "connection_pool", None))
+            pool = private_pool(getattr(source, "connection_pool", None), redis.ConnectionPool)
             client = source
-            if settings is not None:
-                client = redis.Redis(connection_pool=redis.ConnectionPool(**settings))
+            if pool is not None:
+                client = redis.Redis(connection_pool=pool)
                 self._owned.append(client)
             self._clients[node] = client
         return client

@@ -42,6 +42,7 @@ __all__ = [
     "Registry",
     "Subscriptions",
     "link_error",
+    "private_pool",
     "private_pool_settings",
     "server_major",
 ]
@@ -92,6 +93,14 @@ def private_pool_settings(pool: Any) -> dict[str, Any] | None:
     copied["retry"] = Retry(NoBackoff(), 0)
     copied["connection_class"] = connection_class
     return copied
+
+
+def private_pool(pool: Any, pool_class: Callable[..., Any], **limits: Any) -> Any:
+    """A new pool of ``pool_class`` (blocking or asyncio, plain or bounded) with the
+    settings :func:`private_pool_settings` copies from ``pool``, and ``limits``
+    (``max_connections=...``); ``None`` when they cannot be copied."""
+    settings = private_pool_settings(pool)
+    return None if settings is None else pool_class(**settings, **limits)
 
 
 @dataclass
