@@ -18,7 +18,8 @@ One participant in one round goes through these states::
   RELEASE fixes the instant; if the action raises, the round breaks (reason
   ``"action"``) and the action's exception reaches this participant.
 * WAITING: block on the subscription; CHECK reads the stored outcome and renews this
-  participant's lease. A member of the run (``member=True``) also breaks the round
+  participant's lease (a state found gone yields to this round's announcement if it was
+  already received). A member of the run (``member=True``) also breaks the round
   (LOST) when a registered member's registration lapsed and it is not waiting in the
   round. Every :data:`REPORT_INTERVAL_S` seconds the waiter logs who has arrived
   (logger ``pyprocsync``, level WARNING). When the timeout expires, ABANDON breaks
@@ -133,6 +134,9 @@ _UNDECIDED, _STATE_LOST, _EVICTED = "", "L", "E"
 _JOINED, _REFUSED, _MISMATCH, _ACT, _CLOSING, _STALE = 0, 1, 2, 3, 4, 5
 #: Length of the random part of a lease member, ``<12 hex>:<node id>``.
 _MEMBER_TAG = 13
+#: Most buffered messages read for this round's announcement before believing that its
+#: state vanished.
+_DRAIN_LIMIT = 64
 
 
 def _nonneg(digits: str) -> int:
@@ -245,6 +249,22 @@ class _Participant(Waiter[Outcome]):
                 **self.where(),
             )
         return parse_outcome(decoded)
+
+    def _decided(self, reply: object) -> Flow[Outcome | None]:
+        """:meth:`_decision`, except that a state found gone yields to this round's
+        announcement when it was already received: the round was decided before its
+        state vanished (a flush or an expiry right after the release)."""
+        if reply in (_STATE_LOST, _STATE_LOST.encode()):
+            for _ in range(_DRAIN_LIMIT):
+                message = yield Receive(0)
+                if message is None:
+                    break
+                announcement = self.classify(message)
+                if isinstance(announcement, str):
+                    outcome = self.accept(announcement)
+                    if isinstance(outcome, Released | Broken):
+                        return outcome
+        return self._decision(reply)
 
     def _script(self, script: Script, *args: str | int) -> Flow[Any]:
         return (yield from self.call(script, self.keys.all, *args))
@@ -392,7 +412,7 @@ class _Participant(Waiter[Outcome]):
             settings.retention_ms,
             self.channel,
         )
-        outcome = self._decision(reply)
+        outcome = yield from self._decided(reply)
         if outcome is None and settings.member:
             keys, args = member_call(settings, "", READ_ONLY)
             lapsed = decode_lapsed((yield from self.call(Script.MEMBER, keys, *args)))
@@ -400,7 +420,7 @@ class _Participant(Waiter[Outcome]):
                 reply = yield from self._script(
                     Script.LOST, self.generation, settings.retention_ms, self.channel, *lapsed
                 )
-                outcome = self._decision(reply)
+                outcome = yield from self._decided(reply)
         else:
             lapsed = ()
         if outcome is None and clock.monotonic() >= self._next_report:
@@ -441,7 +461,7 @@ class _Participant(Waiter[Outcome]):
         reply = yield from self._script(
             Script.ABANDON, self.generation, reason, self.settings.retention_ms, self.channel
         )
-        outcome = self._decision(reply)
+        outcome = yield from self._decided(reply)
         if outcome is None:
             raise ProtocolError(f"unexpected ABANDON reply: {reply!r}")
         return outcome

@@ -360,12 +360,35 @@ def test_broken_announcement_raises(fake_clock: FakeClock) -> None:
 
 def test_state_lost_raises_broken(fake_clock: FakeClock) -> None:
     """A CHECK that finds the state gone (restart, flush) raises BrokenBarrierError
-    with reason "state-lost"."""
-    stepper = waiting(fake_clock)
+    with reason "state-lost" once the messages already received hold no outcome of the
+    round (another round's announcement and garbage do not count)."""
+    stepper = waiting(fake_clock, generation=3)
     heartbeat_expires(stepper, fake_clock)
+    stepper.send(b"L")
+    for buffered in (message(released(2, T0_US)), message(b"junk"), message(released(4, 1))):
+        assert stepper.expect_receive().timeout == 0
+        stepper.send(buffered)
+    assert stepper.expect_receive().timeout == 0
     with pytest.raises(BrokenBarrierError) as info:
-        stepper.send(b"L")
+        stepper.send(None)
     assert info.value.reason == "state-lost"
+
+
+@pytest.mark.parametrize("script", [Script.CHECK, Script.ABANDON])
+def test_announcement_received_before_the_state_vanished_wins(
+    fake_clock: FakeClock, script: Script
+) -> None:
+    """The round was released and announced, then its state vanished (flushed, expired)
+    before this participant's CHECK or ABANDON read it: the announcement already
+    received decides, not the missing state."""
+    stepper = waiting(fake_clock, generation=3, timeout=0.5 if script is Script.ABANDON else None)
+    heartbeat_expires(stepper, fake_clock)
+    stepper.expect_call(script)
+    stepper.send(b"L")
+    stepper.expect_receive()
+    stepper.send(message(released(3, T0_US)))
+    assert stepper.done
+    assert (stepper.result.generation, stepper.result.release_at) == (3, T0_US / 1e6)
 
 
 def test_evicted_outcome_raises_protocol_error(fake_clock: FakeClock) -> None:
