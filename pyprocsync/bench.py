@@ -125,9 +125,8 @@ def _worker(config: BenchConfig, rank: int, out: Any) -> None:
         node_id=f"bench-{rank}",
     )
     try:
-        warm = node.sync("warm-up", config.nodes, config.timeout)
+        t0_ns = round((_warm_up(node, config) + 0.5) * 1e9)
         spin_ns = round(config.spin * 1e9)
-        t0_ns = round((warm.release_at + 0.5) * 1e9)
         period_ns = round(config.period * 1e9)
         for i in range(config.rounds):
             target = t0_ns + i * period_ns
@@ -154,6 +153,18 @@ def _worker(config: BenchConfig, rank: int, out: Any) -> None:
         node.close()
         client.close()
         out.put(("done", record))
+
+
+def _warm_up(node: ProcSync, config: BenchConfig) -> float:
+    """The warm-up round: return its release instant (epoch s), from which the limit
+    phase's instants are counted. Learned too late, it serves all the same: it is the
+    same instant for every worker."""
+    try:
+        return node.sync("warm-up", config.nodes, config.timeout).release_at
+    except TooLateError as exc:
+        if exc.release_at is None:
+            raise
+        return exc.release_at
 
 
 def _collect(
@@ -223,15 +234,17 @@ def run_bench(
 
 
 def _figures(config: BenchConfig, records: list[_NodeRecord]) -> dict[str, Any]:
+    # A worker that failed has fewer rounds than the others (maybe none): the figures
+    # cover the rounds every worker completed, and the errors are reported.
     errors = [error for record in records for error in record.errors]
     complete = min(len(record.sync_late_us) for record in records)
     sync_rounds = [r.sync_late_us[:complete] for r in records]
     sync_late = [late for lates in sync_rounds for late in lates]
     sync_spread = [max(lates) - min(lates) for lates in zip(*sync_rounds, strict=True)]
-    limit_late = [late for r in records for late in r.limit_late_us]
-    limit_spread = [
-        max(lates) - min(lates) for lates in zip(*(r.limit_late_us for r in records), strict=True)
-    ]
+    measured = min(len(record.limit_late_us) for record in records)
+    limit_rounds = [r.limit_late_us[:measured] for r in records]
+    limit_late = [late for lates in limit_rounds for late in lates]
+    limit_spread = [max(lates) - min(lates) for lates in zip(*limit_rounds, strict=True)]
     releases = records[0].release_us[:complete]
     span_s = (releases[-1] - releases[0]) / 1e6 if len(releases) > 1 else 0.0
     return {

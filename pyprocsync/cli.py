@@ -312,8 +312,12 @@ def _bench(args: argparse.Namespace) -> None:
             out.write("\n")
     if args.plot:
         plot(figures, args.plot)
-    if figures["sync"]["errors"]:
-        raise CommandError(ExitCode.FAILED, f"{figures['sync']['errors']} sync calls failed")
+    sync = figures["sync"]
+    if sync["errors"]:
+        raise CommandError(
+            ExitCode.FAILED,
+            f"{sync['errors']} sync calls failed; first: {sync['error_messages'][0]}",
+        )
 
 
 def _sync(args: argparse.Namespace) -> None:

@@ -44,8 +44,8 @@ from support import (
 )
 
 import pyprocsync
-from pyprocsync import ProcSync, TimeOutError
-from pyprocsync.bench import format_table
+from pyprocsync import ProcSync, TimeOutError, TooLateError
+from pyprocsync.bench import BenchConfig, _figures, _NodeRecord, _warm_up, format_table
 from pyprocsync.cli import URL_ENV, ExitCode
 from pyprocsync.server import EmbeddedServer
 from pyprocsync.stats import percentile, summary
@@ -936,6 +936,60 @@ def test_bench_unreachable_server_exits_6() -> None:
     done = run("bench", "--redis", UNREACHABLE, "--nodes", "2", "--rounds", "5")
     assert done.returncode == ExitCode.CONNECTION, done.stderr
     assert_one_line_error(done.stderr, UNREACHABLE, "--redis")
+
+
+def bench_record(rank: int, limit: list[float], sync: list[float], *errors: str) -> _NodeRecord:
+    return _NodeRecord(rank, limit, sync, [1e6 + 10_000 * i for i in range(len(sync))], [*errors])
+
+
+def test_bench_figures_of_a_worker_that_failed_in_the_warm_up() -> None:
+    """A worker that failed before measuring anything (its warm-up raised) leaves the
+    figures empty (NaN) and its error reported; nothing raises and the table renders."""
+    config = BenchConfig(url="redis://unused", nodes=2, rounds=3)
+    records = [bench_record(0, [1.0, 2.0, 3.0], []), bench_record(1, [], [], "TimeOutError: x")]
+    figures = _figures(config, records)
+    sync, limit = figures["sync"], figures["limit"]
+    assert (sync["errors"], sync["completed_rounds"], sync["error_messages"]) == (
+        1,
+        0,
+        ["TimeOutError: x"],
+    )
+    assert all(math.isnan(v) for v in [*sync["spread_us"].values(), *limit["spread_us"].values()])
+    assert "nan" in format_table({**figures, "server": "s"})
+
+
+def test_bench_figures_cover_the_rounds_every_worker_completed() -> None:
+    """When one worker stopped after two rounds of each phase, spreads and lateness are
+    computed over those two rounds, pairing each round with the same round."""
+    config = BenchConfig(url="redis://unused", nodes=2, rounds=3)
+    records = [
+        bench_record(0, [1.0, 2.0, 50.0], [1.0, 4.0, 50.0]),
+        bench_record(1, [3.0, 2.5], [2.0, 1.0], "round 2: TimeOutError: y"),
+    ]
+    figures = _figures(config, records)
+    assert figures["raw"]["limit_spread_us"] == [2.0, 0.5]
+    assert figures["raw"]["sync_spread_us"] == [1.0, 3.0]
+    assert sorted(figures["raw"]["sync_late_us"]) == [1.0, 1.0, 2.0, 4.0]
+    assert (figures["sync"]["completed_rounds"], figures["sync"]["errors"]) == (2, 1)
+
+
+class WarmUpTooLate:
+    """A node whose warm-up round is learned too late."""
+
+    def __init__(self, release_at: float | None) -> None:
+        self.release_at = release_at
+
+    def sync(self, *_args: object) -> None:
+        raise TooLateError("late", late_by=0.5, release_at=self.release_at)
+
+
+def test_bench_warm_up_learned_too_late_still_gives_the_instant() -> None:
+    """The warm-up only agrees on an instant to count the limit phase from: learned too
+    late it serves all the same (every worker has it); without one it raises."""
+    config = BenchConfig(url="redis://unused")
+    assert _warm_up(WarmUpTooLate(1234.5), config) == 1234.5  # type: ignore[arg-type]
+    with pytest.raises(TooLateError):
+        _warm_up(WarmUpTooLate(None), config)  # type: ignore[arg-type]
 
 
 # -- format_table and statistics --------------------------------------------------------------
