@@ -38,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import clock, listener_task, params
 from .base import BarrierBase, EventBase, ProcSyncBase
-from .exceptions import ArgumentTypeError, TimeOutError
+from .exceptions import TimeOutError
 from .listener_task import TaskListener, receive
 from .members import leave_flow, renew_flow
 from .protocol import (
@@ -380,9 +380,7 @@ def _owning(cls: Callable[..., S], url: str, *args: Any, cluster: bool = False, 
     # If the constructor raises, the client is simply dropped: an asyncio client opens
     # no connection before its first command, so there is nothing to close.
     params.text("url", url, empty=False)
-    if not isinstance(cluster, bool):
-        raise ArgumentTypeError(f"cluster must be True or False, not {type(cluster).__name__}")
-    client = (RedisCluster if cluster else aioredis.Redis).from_url(url)
+    client = (RedisCluster if params.flag("cluster", cluster) else aioredis.Redis).from_url(url)
     instance = cls(client, *args, **kwargs)
     shell: Any = getattr(instance, "_shell", instance)
     shell._owns_client = True

@@ -45,6 +45,13 @@ def _is_bool(value: object) -> bool:
     return isinstance(value, bool) or type(value).__name__ in ("bool_", "bool")
 
 
+def flag(name: str, value: object) -> bool:
+    """Check that ``value`` is True or False (NumPy's boolean scalars included)."""
+    if not _is_bool(value):
+        raise ArgumentTypeError(f"{name} must be True or False, not {type(value).__name__}")
+    return bool(value)
+
+
 #: The largest ``nodes`` or ``parties`` accepted.
 MAX_COUNT = 1_000_000
 
@@ -182,8 +189,6 @@ class Settings:
         """Validate the constructor arguments of a ProcSync and build its settings."""
         if not isinstance(clock, str) or clock not in ("system", "server"):
             raise InvalidArgumentError(f"clock must be 'system' or 'server', got {clock!r}")
-        if not isinstance(member, bool):
-            raise ArgumentTypeError(f"member must be True or False, not {type(member).__name__}")
         if not isinstance(on_late, str) or on_late not in ("raise", "proceed"):
             raise InvalidArgumentError(f"on_late must be 'raise' or 'proceed', got {on_late!r}")
         prefix = text("prefix", prefix, empty=False)
@@ -211,7 +216,7 @@ class Settings:
             clock_samples=count("clock_samples", clock_samples, most=MAX_CLOCK_SAMPLES),
             clock_refresh_ns=round(positive("clock_refresh", clock_refresh) * 1e9),
             auto_floor_us=round(lead("auto_floor", auto_floor) * 1e6),
-            member=member,
+            member=flag("member", member),
         )
 
     @property

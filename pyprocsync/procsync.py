@@ -16,7 +16,6 @@ from redis.cluster import RedisCluster
 
 from . import clock, listener_thread, params
 from .base import ProcSyncBase
-from .exceptions import ArgumentTypeError
 from .listener_thread import ThreadListener, receive
 from .members import leave_flow, renew_flow
 from .protocol import (
@@ -464,9 +463,7 @@ class ClosingShell(_ClosedOnExit):
 def _owning(cls: Callable[..., S], url: str, *args: Any, cluster: bool = False, **kwargs: Any) -> S:
     """Build ``cls(client, ...)`` owning a new client for ``url`` (closed on close)."""
     params.text("url", url, empty=False)
-    if not isinstance(cluster, bool):
-        raise ArgumentTypeError(f"cluster must be True or False, not {type(cluster).__name__}")
-    client = (RedisCluster if cluster else redis.Redis).from_url(url)
+    client = (RedisCluster if params.flag("cluster", cluster) else redis.Redis).from_url(url)
     try:
         instance = cls(client, *args, **kwargs)
     except BaseException:

@@ -686,9 +686,7 @@ OPTIONS: dict[str, Option] = {
         positive_ok,
         {"clock": "server"},
     ),
-    "member": Option(
-        st.sampled_from([True, False, np.True_, 1, "yes"]), lambda v: isinstance(v, bool)
-    ),
+    "member": Option(st.sampled_from([True, False, np.True_, np.False_, 1, "yes"]), is_bool),
     "auto_floor": Option(
         st.one_of(st.floats(0.0, TEN_YEARS), st.sampled_from([0, 0.001, TEN_YEARS, 1e13])),
         lead_ok,
@@ -904,16 +902,18 @@ def test_from_url_url(
 @FUZZ
 @example(value="no", entry=Entry("ProcSync", "blocking", "from_url"))
 @example(value=np.array([True, False]), entry=Entry("Event", "asyncio", "from_url"))
+@example(value=np.False_, entry=Entry("Event", "asyncio", "from_url"))
 @given(
-    value=st.one_of(hostile(), st.just(False)).filter(lambda v: v is not True),
+    value=st.one_of(hostile(), st.just(False)).filter(lambda v: not (is_bool(v) and bool(v))),
     entry=entries(vias=("from_url",)),
 )
 def test_from_url_cluster(
     server: EmbeddedServer, admin: redis.Redis, value: object, entry: Entry
 ) -> None:
-    """``cluster`` of every ``from_url`` (True or False; True needs a cluster, so it is
-    left out here): False works with the session server, anything that is not a bool is
-    refused before any I/O; a truthy string like "no" must not make a cluster client."""
+    """``cluster`` of every ``from_url`` (True or False, NumPy's booleans included; true
+    needs a cluster, so it is left out here): false works with the session server,
+    anything that is not a boolean is refused before any I/O; a truthy string like "no"
+    must not make a cluster client."""
     use = Use("cluster")
 
     async def body(driver: Driver) -> None:
