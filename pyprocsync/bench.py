@@ -233,18 +233,20 @@ def run_bench(
     return _figures(config, records)
 
 
+def _in_common(per_worker: list[list[float]]) -> tuple[list[float], list[float]]:
+    """Return every worker's lateness and the spread of each round, over the rounds
+    every worker completed (a worker that failed has fewer, maybe none)."""
+    common = min(len(lates) for lates in per_worker)
+    rounds = [lates[:common] for lates in per_worker]
+    spread = [max(lates) - min(lates) for lates in zip(*rounds, strict=True)]
+    return [late for lates in rounds for late in lates], spread
+
+
 def _figures(config: BenchConfig, records: list[_NodeRecord]) -> dict[str, Any]:
-    # A worker that failed has fewer rounds than the others (maybe none): the figures
-    # cover the rounds every worker completed, and the errors are reported.
     errors = [error for record in records for error in record.errors]
-    complete = min(len(record.sync_late_us) for record in records)
-    sync_rounds = [r.sync_late_us[:complete] for r in records]
-    sync_late = [late for lates in sync_rounds for late in lates]
-    sync_spread = [max(lates) - min(lates) for lates in zip(*sync_rounds, strict=True)]
-    measured = min(len(record.limit_late_us) for record in records)
-    limit_rounds = [r.limit_late_us[:measured] for r in records]
-    limit_late = [late for lates in limit_rounds for late in lates]
-    limit_spread = [max(lates) - min(lates) for lates in zip(*limit_rounds, strict=True)]
+    sync_late, sync_spread = _in_common([record.sync_late_us for record in records])
+    limit_late, limit_spread = _in_common([record.limit_late_us for record in records])
+    complete = len(sync_spread)
     releases = records[0].release_us[:complete]
     span_s = (releases[-1] - releases[0]) / 1e6 if len(releases) > 1 else 0.0
     return {
