@@ -1414,14 +1414,19 @@ def test_sync_command_clock_and_auto(
 ) -> None:
     """``pyprocsync sync NAME --nodes 2 --clock server`` and ``--delay auto``: both
     processes exit 0; the stored outcome is on the server's clock (``... 50000 s``), or
-    led automatically by at least the 1 ms floor."""
+    led automatically by at least the 1 ms floor. A first round led by ``auto`` has only
+    the floor and one round trip to go on, so on a loaded machine a process may learn of
+    the instant after it: then it exits 4 (too late) and says so, the documented outcome
+    of a lead that was too short (the round is released all the same)."""
     argv = [sys.executable, "-m", "pyprocsync", "sync", "point", "--nodes", "2"]
     argv += ["--run", run_id, "--timeout", "20", "--redis", server.url, *options]
     procs = [subprocess.Popen(argv, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    allowed = {ExitCode.OK} if suffix is not None else {ExitCode.OK, ExitCode.TOO_LATE}
     try:
         for proc in procs:
             _, err = proc.communicate(timeout=40)
-            assert proc.returncode == ExitCode.OK, err
+            assert proc.returncode in allowed, err
+            assert proc.returncode == ExitCode.OK or "before this participant learned" in err
     finally:
         for proc in procs:
             if proc.poll() is None:
