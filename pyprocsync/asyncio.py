@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -54,7 +55,6 @@ from .protocol import (
     Receive,
     RunAction,
     ServerTime,
-    SleepUntil,
 )
 from .results import SyncResult
 from .rounds import reset_flow, sync_flow
@@ -67,12 +67,12 @@ T = TypeVar("T")
 S = TypeVar("S")
 
 
-async def _drive(flow: Flow[Due[T]], execute: Callable[[Operation], Awaitable[object]]) -> T:
+async def _drive(flow: Flow[T], execute: Callable[[Operation], Awaitable[object]]) -> T:
     """Run ``flow`` to its end, awaiting ``execute`` for each operation it yields.
 
     The asyncio counterpart of :func:`pyprocsync.procsync.drive`: an exception raised
     while an operation runs (``CancelledError`` included) is thrown into the flow at
-    that operation's ``yield``; a result due at an instant is awaited last.
+    that operation's ``yield``.
     """
     reply: object = None
     error: BaseException | None = None
@@ -80,15 +80,21 @@ async def _drive(flow: Flow[Due[T]], execute: Callable[[Operation], Awaitable[ob
         try:
             op = flow.send(reply) if error is None else flow.throw(error)
         except StopIteration as stop:
-            result = stop.value
-            break
+            return cast(T, stop.value)
         try:
             reply, error = await execute(op), None
         except BaseException as exc:  # noqa: BLE001  # thrown into the flow, which decides
             reply, error = None, exc
-    if isinstance(result, AtInstant):
-        return cast(T, result.finish(cast(int, await execute(result.wait))))
-    return cast(T, result)
+
+
+async def _meet(due: Due[T]) -> T:
+    """:func:`pyprocsync.procsync.meet` for a coroutine: ``due``'s result, at its
+    instant when it is due at one (see :func:`pyprocsync.clock.async_sleep_until_ns`)."""
+    if isinstance(due, AtInstant):
+        wait = due.wait
+        await clock.async_sleep_until_ns(wait.at_ns, wait.spin_ns, on_monotonic=wait.on_monotonic)
+        return cast(T, due.finish())
+    return due
 
 
 class _Participation:
@@ -109,14 +115,10 @@ class _Participation:
         if isinstance(op, RunAction):
             result = None if self._action is None else self._action()
             return await result if inspect.isawaitable(result) else result
-        if isinstance(op, SleepUntil):
-            # The call's last step: hand everything back first, so that nothing but the
-            # result follows the instant.
-            await self.close()
-        elif isinstance(op, Listen):
+        if isinstance(op, Listen):
             self._channel = op.channel
             return await self._listener.listen(op.channel, self._mailbox, op.renew)
-        elif isinstance(op, Receive):
+        if isinstance(op, Receive):
             return await receive(self._mailbox, op.timeout)
         return await self._owner._execute(op)
 
@@ -225,7 +227,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         the release withdraws the arrival.
         """
         flow = sync_flow(self._settings, self._clocks, event_name, nodes, timeout)
-        return await self._run(flow)
+        return await _meet(await self._run(flow))
 
     async def reset(self, event_name: str) -> int:
         """Exactly :meth:`pyprocsync.ProcSync.reset`, awaited."""
@@ -246,8 +248,12 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         if self._owns_client:
             await self._client.aclose()
 
-    async def _run(self, flow: Flow[Due[T]], action: Callable[[], object] | None = None) -> T:
-        """Drive ``flow`` to its result; ``action`` (plain or async) serves its RunAction."""
+    async def _run(self, flow: Flow[T], action: Callable[[], object] | None = None) -> T:
+        """Drive ``flow`` to its result; ``action`` (plain or async) serves its RunAction.
+
+        A result due at an instant is returned as it is, for :func:`_meet`, after the
+        call has handed back its mailbox and listener reference (see the blocking
+        shell)."""
         listener = self._open_call(lambda: listener_task.acquire(self._client))
         participation = _Participation(self, listener, action)
         try:
@@ -287,17 +293,13 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         """Carry out an operation that needs no listener."""
         if isinstance(op, Call):
             return await self._call(op)
-        if isinstance(op, SleepUntil):
-            return await clock.async_sleep_until_ns(
-                op.at_ns, op.spin_ns, on_monotonic=op.on_monotonic
-            )
         if isinstance(op, ServerTime):
             if isinstance(self._client, RedisCluster):
                 return await self._client.time()
             pool = self._listener.command_pool()
             connection = await pool.get_connection()
             try:
-                return await _send_once(connection, ("TIME",), None)
+                return await _send_once(connection, lambda: ("TIME",), None)
             finally:
                 await pool.release(connection)
         raise TypeError(f"{op!r} needs a participation")
@@ -317,7 +319,8 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
                 pool = self._listener.command_pool()
                 connection = await pool.get_connection()
             try:
-                return await _send_once(connection, op.command(script.sha), budget.left(), script)
+                command = functools.partial(op.command, script.sha)
+                return await _send_once(connection, command, budget.left(), script)
             except REDIRECTS as exc:
                 if not cluster or budget.spent():
                     raise
@@ -333,9 +336,14 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
 
 
 async def _send_once(
-    connection: Any, command: tuple[Any, ...], timeout: float | None, script: Any = None
+    connection: Any,
+    command: Callable[[], tuple[Any, ...]],
+    timeout: float | None,
+    script: Any = None,
 ) -> object:
-    """Send ``command`` once on ``connection`` and read its reply within ``timeout`` s;
+    """Send the command ``command()`` builds once on ``connection`` (built right before
+    it is sent, see :class:`~pyprocsync.protocol.Stamp`) and read its reply within
+    ``timeout`` s;
     for an EVALSHA of ``script``, load the script and send it again if the server does
     not know it (see the blocking shell). A pooled connection the server has closed
     meanwhile (or that holds unread data) is replaced first, as redis-py's blocking pool
@@ -348,7 +356,7 @@ async def _send_once(
         if stale:
             await connection.disconnect()
     try:
-        await connection.send_command(*command)
+        await connection.send_command(*command())
         try:
             return await connection.read_response(timeout=timeout)
         except redis.exceptions.NoScriptError:  # a restarted or flushed server
@@ -356,7 +364,7 @@ async def _send_once(
                 raise
             await connection.send_command("SCRIPT", "LOAD", script.script)
             await connection.read_response()
-            await connection.send_command(*command)
+            await connection.send_command(*command())
             return await connection.read_response(timeout=timeout)
     except redis.ResponseError:
         raise  # a whole reply was read: the connection is fine
@@ -415,7 +423,7 @@ class Event(EventBase, _ClosingShell):
 
     async def wait(self, timeout: float | None = None) -> bool:
         """See :meth:`pyprocsync.Event.wait`."""
-        return await self._shell._run(self._wait_flow(timeout))
+        return await _meet(await self._shell._run(self._wait_flow(timeout)))
 
 
 class Barrier(BarrierBase, _ClosingShell):
@@ -447,7 +455,8 @@ class Barrier(BarrierBase, _ClosingShell):
     async def wait(self, timeout: float | None = None) -> int:
         """See :meth:`pyprocsync.Barrier.wait`."""
         try:
-            return (await self._shell._run(self._wait_flow(timeout), self._action)).index
+            flow = self._wait_flow(timeout)
+            return (await _meet(await self._shell._run(flow, self._action))).index
         except TimeOutError as exc:
             raise self._timeout_error(exc) from exc
 

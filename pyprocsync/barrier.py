@@ -6,7 +6,7 @@ from typing import Any
 
 from .base import BarrierBase
 from .exceptions import TimeOutError
-from .procsync import ClosingShell, ProcSync, _owning
+from .procsync import ClosingShell, ProcSync, _owning, meet
 
 __all__ = ["Barrier"]
 
@@ -91,7 +91,7 @@ class Barrier(BarrierBase, ClosingShell):
         :raises Exception: whatever ``action`` raised, in the participant that ran it.
         """
         try:
-            return self._shell._run(self._wait_flow(timeout), self._action).index
+            return meet(self._shell._run(self._wait_flow(timeout), self._action)).index
         except TimeOutError as exc:
             raise self._timeout_error(exc) from exc
 

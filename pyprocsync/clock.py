@@ -14,7 +14,8 @@ most :data:`MAX_SLEEP_NS` and aims each step anew at the wall clock (so a clock 
 during the wait moves the wake-up with it), then, for the last ``spin_ns``, a busy loop
 reading the wall clock: an operating-system sleep wakes up late by its timer slack and
 scheduling latency (about 0.1-0.2 ms on a virtual machine), a busy loop does not. The
-busy loop yields the processor after every look at the clock (see :func:`_spin_until_ns`).
+busy loop yields the processor after every look at the clock until the last
+:data:`PURE_SPIN_NS` (see :func:`_spin_until_ns`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import threading
 import time
 
 __all__ = [
     "LOOP_TIMER_SLACK_NS",
     "MAX_SLEEP_NS",
+    "PURE_SPIN_NS",
     "async_sleep_until_ns",
+    "let_waiting_threads_run",
     "monotonic",
     "monotonic_ns",
     "sleep_until_ns",
@@ -86,21 +90,32 @@ def _coarse_sleep_ns(target_ns: int, spin_ns: int, on_monotonic: bool = False) -
     return min(remaining - spin_ns, MAX_SLEEP_NS)
 
 
+#: The last stretch before an instant, ns, in which the busy wait no longer gives the
+#: processor away: a ``sched_yield`` costs about a microsecond and leaves the processor's
+#: caches cold for the code after it (the first lines after a yield-and-look loop ran
+#: 2-3 µs slower than warm ones on a 2-core VM), and may hand the processor to another
+#: process for a whole time slice right at the instant.
+PURE_SPIN_NS = 30_000
+
+#: Threads of this process inside :func:`sleep_until_ns` (their identities).
+_waiting: set[int] = set()
+
+
 def _spin_until_ns(target_ns: int, on_monotonic: bool = False) -> int:
     """Busy-wait until the clock reaches ``target_ns``; return the reading then.
 
-    Every look at the clock is followed by ``sched_yield``, and so is the moment the
-    target is seen: when more processes (or threads: the call releases the GIL) wait
-    for the same instant than there are cores, each one gives the core to the next
-    as soon as it has seen the instant, instead of holding it through the code that
-    follows. Measured on a 2-core VM with 4 processes (``pyprocsync bench``), this
-    cut the median spread of return instants from ~50 us to ~1-3 us.
+    Until :data:`PURE_SPIN_NS` before the target, every look at the clock is followed
+    by ``sched_yield``, which also releases the interpreter lock: when more processes
+    or threads wait for one instant than there are cores, each one gives the core to
+    the next instead of holding it. The last stretch is a plain busy loop, so that the
+    instant is seen on a warm processor and nothing is given away at it. A clock step
+    back during that stretch puts the loop back to yielding.
     """
     now = _now(on_monotonic)
     while now < target_ns:
-        _yield()
+        if target_ns - now > PURE_SPIN_NS:
+            _yield()
         now = _now(on_monotonic)
-    _yield()
     return now
 
 
@@ -111,9 +126,28 @@ def sleep_until_ns(target_ns: int, spin_ns: int, *, on_monotonic: bool = False) 
         of :func:`monotonic_ns`, which wall-clock steps do not move).
     :param spin_ns: how long before the instant to stop sleeping and busy-wait.
     """
-    while (step := _coarse_sleep_ns(target_ns, spin_ns, on_monotonic)) > 0:
-        _sleep(step / 1e9)
-    return _spin_until_ns(target_ns, on_monotonic)
+    thread = threading.get_ident()
+    _waiting.add(thread)
+    try:
+        while (step := _coarse_sleep_ns(target_ns, spin_ns, on_monotonic)) > 0:
+            _sleep(step / 1e9)
+        return _spin_until_ns(target_ns, on_monotonic)
+    finally:
+        _waiting.discard(thread)
+
+
+def let_waiting_threads_run() -> None:
+    """Release the interpreter lock for a moment if another thread of this process is
+    in :func:`sleep_until_ns`.
+
+    Threads of one process that are released at one instant run one at a time: each
+    waits for the lock while the one before it runs. The blocking classes call this
+    first thing in every call, so a thread that goes straight from one release into
+    its next call lets the threads released with it reach their callers first, instead
+    of holding the lock through its next arrival.
+    """
+    if _waiting:
+        _yield()
 
 
 #: How late an event loop's timer may fire: selectors wait in whole milliseconds.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import EventBase
-from .procsync import ClosingShell, ProcSync, _owning
+from .procsync import ClosingShell, ProcSync, _owning, meet
 
 __all__ = ["Event"]
 
@@ -77,4 +77,4 @@ class Event(EventBase, ClosingShell):
         :returns: ``True``, except ``False`` when ``timeout`` expired with no set.
         :raises TooLateError: see the class notes.
         """
-        return self._shell._run(self._wait_flow(timeout))
+        return meet(self._shell._run(self._wait_flow(timeout)))

@@ -23,11 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import clock, params
+from . import params
 from .exceptions import ProtocolError
 from .keys import FlagKeys
 from .params import Settings
-from .protocol import RECHECK, Due, Flow, Signal, Waiter, call, text
+from .protocol import RECHECK, Due, Flow, Signal, Waiter, call, now_us_for_scripts, text
 from .scripts import Script
 from .servertime import ClockState
 
@@ -162,8 +162,7 @@ def set_flow(settings: Settings, name: object) -> Flow[None]:
 
 
 def _set(settings: Settings, keys: FlagKeys, where: dict[str, Any]) -> Flow[None]:
-    now_us = -1 if settings.clock == "server" else clock.time_ns() // 1000
-    args = (now_us, settings.delay_us, settings.retention_ms, keys.channel)
+    args = (now_us_for_scripts(settings), settings.delay_us, settings.retention_ms, keys.channel)
     parse_set(text((yield from call(Script.FLAG_SET, keys.all, args, where))))
 
 

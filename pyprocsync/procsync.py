@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -31,12 +32,11 @@ from .protocol import (
     Receive,
     RunAction,
     ServerTime,
-    SleepUntil,
 )
 from .results import SyncResult
 from .rounds import reset_flow, sync_flow
 
-__all__ = ["ClosingShell", "ProcSync", "drive"]
+__all__ = ["ClosingShell", "ProcSync", "drive", "meet"]
 
 log = logging.getLogger("pyprocsync")
 
@@ -44,13 +44,13 @@ T = TypeVar("T")
 S = TypeVar("S")
 
 
-def drive(flow: Flow[Due[T]], execute: Callable[[Operation], object]) -> T:
-    """Run ``flow`` to its end, carrying out each operation it yields with ``execute``.
+def drive(flow: Flow[T], execute: Callable[[Operation], object]) -> T:
+    """Run ``flow`` to its end, carrying out each operation it yields with ``execute``;
+    return what the flow returns (for a flow that ends at an instant, the
+    :class:`~pyprocsync.protocol.AtInstant` to :func:`meet`).
 
     An exception raised by ``execute`` is thrown into the flow at the ``yield`` of that
-    operation, so the flow can react to it (or clean up and let it propagate). A result
-    due at an instant (:class:`~pyprocsync.protocol.AtInstant`) is awaited with
-    ``execute`` as the very last step.
+    operation, so the flow can react to it (or clean up and let it propagate).
     """
     reply: object = None
     error: BaseException | None = None
@@ -58,15 +58,25 @@ def drive(flow: Flow[Due[T]], execute: Callable[[Operation], object]) -> T:
         try:
             op = flow.send(reply) if error is None else flow.throw(error)
         except StopIteration as stop:
-            result = stop.value
-            break
+            return cast(T, stop.value)
         try:
             reply, error = execute(op), None
         except BaseException as exc:  # noqa: BLE001  # thrown into the flow, which decides
             reply, error = None, exc
-    if isinstance(result, AtInstant):
-        return cast(T, result.finish(cast(int, execute(result.wait))))
-    return cast(T, result)
+
+
+def meet(due: Due[T]) -> T:
+    """Return ``due``'s result: at its instant when it is due at one.
+
+    The public methods that release at an instant end with ``return meet(...)``, so
+    that after the instant only :meth:`~pyprocsync.protocol.AtInstant.finish` runs
+    before the caller's next line.
+    """
+    if isinstance(due, AtInstant):
+        wait = due.wait
+        clock.sleep_until_ns(wait.at_ns, wait.spin_ns, on_monotonic=wait.on_monotonic)
+        return cast(T, due.finish())
+    return due
 
 
 class _Participation:
@@ -86,14 +96,10 @@ class _Participation:
     def execute(self, op: Operation) -> object:
         if isinstance(op, RunAction):
             return None if self._action is None else self._action()
-        if isinstance(op, SleepUntil):
-            # The call's last step: hand everything back first, so that nothing but the
-            # result follows the instant.
-            self.close()
-        elif isinstance(op, Listen):
+        if isinstance(op, Listen):
             self._channel = op.channel
             return self._listener.listen(op.channel, self._mailbox, op.renew)
-        elif isinstance(op, Receive):
+        if isinstance(op, Receive):
             return receive(self._mailbox, op.timeout)
         return self._owner._execute(op)
 
@@ -303,7 +309,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         the round still needs ``nodes`` live participants. A participant that lost
         the server cannot withdraw; its lease lapses after ``liveness`` seconds.
         """
-        return self._run(sync_flow(self._settings, self._clocks, event_name, nodes, timeout))
+        return meet(self._run(sync_flow(self._settings, self._clocks, event_name, nodes, timeout)))
 
     def reset(self, event_name: str) -> int:
         """Break the current round of ``event_name`` if anyone waits in it, and open the next.
@@ -334,8 +340,14 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         if self._owns_client:
             self._client.close()
 
-    def _run(self, flow: Flow[Due[T]], action: Callable[[], object] | None = None) -> T:
-        """Drive ``flow`` to its result; ``action`` serves its RunAction (a barrier's)."""
+    def _run(self, flow: Flow[T], action: Callable[[], object] | None = None) -> T:
+        """Drive ``flow`` to its result; ``action`` serves its RunAction (a barrier's).
+
+        A result due at an instant is returned as it is, for :func:`meet`, after the
+        call has handed back its mailbox and listener reference: the wait is the
+        public method's own last step.
+        """
+        clock.let_waiting_threads_run()
         listener = self._open_call(lambda: listener_thread.acquire(self._client))
         participation = _Participation(self, listener, action)
         try:
@@ -380,12 +392,10 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         """Carry out an operation that needs no listener."""
         if isinstance(op, Call):
             return self._call(op)
-        if isinstance(op, SleepUntil):
-            return clock.sleep_until_ns(op.at_ns, op.spin_ns, on_monotonic=op.on_monotonic)
         if isinstance(op, ServerTime):
             if isinstance(self._client, RedisCluster):
                 return self._client.time()
-            return _send_once(self._listener.command_pool(), ("TIME",), None)
+            return _send_once(self._listener.command_pool(), lambda: ("TIME",), None)
         raise TypeError(f"{op!r} needs a participation")
 
     def _call(self, op: Call) -> object:
@@ -398,7 +408,9 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         while True:
             pool = self._pool_for(op.keys[0])
             try:
-                return _send_once(pool, op.command(script.sha), budget.left(), script)
+                return _send_once(
+                    pool, functools.partial(op.command, script.sha), budget.left(), script
+                )
             except REDIRECTS as exc:
                 if not isinstance(self._client, RedisCluster) or budget.spent():
                     raise
@@ -417,14 +429,16 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
 
 
 def _send_once(
-    pool: Any, command: tuple[Any, ...], timeout: float | None, script: Any = None
+    pool: Any, command: Callable[[], tuple[Any, ...]], timeout: float | None, script: Any = None
 ) -> object:
-    """Send ``command`` once on a connection of ``pool`` and read its reply within
-    ``timeout`` s (``None``: the socket's timeout). For an EVALSHA of ``script``, load
-    the script and send it again if the server does not know it."""
+    """Send the command that ``command()`` builds once on a connection of ``pool`` and
+    read its reply within ``timeout`` s (``None``: the socket's timeout). The command is
+    built once the connection is at hand (see :class:`~pyprocsync.protocol.Stamp`). For
+    an EVALSHA of ``script``, load the script and send it again if the server does not
+    know it."""
     connection = pool.get_connection()
     try:
-        connection.send_command(*command)
+        connection.send_command(*command())
         try:
             return _reply(connection, timeout)
         except redis.exceptions.NoScriptError:  # a restarted or flushed server
@@ -432,7 +446,7 @@ def _send_once(
                 raise
             connection.send_command("SCRIPT", "LOAD", script.script)
             connection.read_response()
-            connection.send_command(*command)
+            connection.send_command(*command())
             return _reply(connection, timeout)
     except redis.ResponseError:
         raise  # a whole reply was read: the connection is fine

@@ -2,7 +2,9 @@
 
 Every public operation (``ProcSync.sync``, ``Barrier.wait``, ``Event.wait`` and the rest)
 is a generator, a *flow*, that yields *operations* (run a script, subscribe, receive a
-message, sleep until an instant, run the barrier's action) and is sent their results.
+message, read the server's clock, run the barrier's action) and is sent their results.
+A flow that ends at a release instant returns an :class:`AtInstant`: the wait for the
+instant is not an operation but the last step of the public method itself.
 The blocking shell (:mod:`pyprocsync.procsync`) and the asyncio shell
 (:mod:`pyprocsync.asyncio`) drive the same flows, so the state machines, the decoding of
 replies and every error exist once. An exception raised while an operation runs is
@@ -23,8 +25,7 @@ from __future__ import annotations
 
 import abc
 import enum
-import functools
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
@@ -58,13 +59,25 @@ __all__ = [
     "ServerTime",
     "Signal",
     "SleepUntil",
+    "Stamp",
     "Waiter",
     "call",
+    "now_us_for_scripts",
     "text",
 ]
 
 T = TypeVar("T")
 O = TypeVar("O")  # noqa: E741  # what a waiter waits for
+
+
+class Stamp(enum.Enum):
+    """An argument of a :class:`Call` that is filled in as the command is sent."""
+
+    #: This host's wall clock, µs since the epoch, read once the connection is at hand,
+    #: right before the command is written to it: a connection opened for the call (the
+    #: first one of a process, or one replacing a broken one) does not eat into the lead
+    #: time of an instant based on that reading.
+    NOW_US = enum.auto()
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +92,15 @@ class Call:
 
     script: Script
     keys: tuple[str, ...]
-    args: tuple[str | int, ...]
+    args: tuple[str | int | Stamp, ...]
     timeout: float | None = None
 
     def command(self, sha: str) -> tuple[str | int, ...]:
-        """The ``EVALSHA`` command that runs the script registered as ``sha``."""
-        return ("EVALSHA", sha, len(self.keys), *self.keys, *self.args)
+        """The ``EVALSHA`` command that runs the script registered as ``sha``, its
+        :class:`Stamp` arguments filled in now (the shells call this last thing before
+        sending)."""
+        args = (clock.time_ns() // 1000 if arg is Stamp.NOW_US else arg for arg in self.args)
+        return ("EVALSHA", sha, len(self.keys), *self.keys, *args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +129,11 @@ class Receive:
 
 @dataclass(frozen=True, slots=True)
 class SleepUntil:
-    """Wait until the wall clock (``on_monotonic``: the monotonic clock) reads ``at_ns``.
+    """Wait until the wall clock (``on_monotonic``: the monotonic clock) reads ``at_ns``,
+    busy-waiting for the last ``spin_ns`` (see :mod:`pyprocsync.clock`).
 
-    The result is that clock's reading at return (ns). A flow never yields it: it is
-    the last step of a call, see :class:`AtInstant`.
+    Not an operation a flow yields: it is the wait of an :class:`AtInstant`, which the
+    public method carries out itself as its very last step.
     """
 
     at_ns: int
@@ -134,22 +151,37 @@ class RunAction:
     """Run the barrier's action (the result is ignored; what it raises is thrown in)."""
 
 
-Operation = Call | Listen | Receive | SleepUntil | RunAction | ServerTime
+Operation = Call | Listen | Receive | RunAction | ServerTime
 
 
 @dataclass(frozen=True, slots=True)
 class AtInstant(Generic[T]):
-    """A flow's result that is due at an instant: the caller carries out ``wait`` and
-    returns ``finish(late_ns)``, ``late_ns`` being how long after the instant the wait
-    returned.
+    """A flow's result that is due at an instant.
 
-    The wait is the last step of a call, after all its bookkeeping (the shells hand back
-    their pub/sub resources when they see ``wait``): between the instant and the caller
-    only ``finish`` runs.
+    A flow that ends at a release instant returns this instead of its result; the shell
+    hands back everything the call held (mailbox, listener reference, connections) and
+    returns it to the public method, which carries out :attr:`wait` and returns
+    :meth:`finish` as its last step (``meet`` in each shell). Between the instant and
+    the caller's next line only :meth:`finish` and two ``return`` statements run.
     """
 
+    #: The wait for the instant.
     wait: SleepUntil
-    finish: Callable[[int], T]
+    #: The result, built before the wait.
+    result: T
+    #: The attribute of :attr:`result` (a frozen dataclass) that receives how late the
+    #: wait returned, in seconds; ``None`` when the result has no such attribute.
+    late_field: str | None = None
+
+    def finish(self) -> T:
+        """Return :attr:`result`, its :attr:`late_field` set from one clock reading taken
+        now: the best estimate, inside the library, of how late the caller gets control
+        back (what is left to run is this method's return and the public method's)."""
+        if self.late_field is not None:
+            wait = self.wait
+            now = clock.monotonic_ns() if wait.on_monotonic else clock.time_ns()
+            object.__setattr__(self.result, self.late_field, (now - wait.at_ns) / 1e9)
+        return self.result
 
 
 #: What a flow that may end at an instant returns: its result, or the result due later.
@@ -175,19 +207,12 @@ class Instant:
         """``result`` now when there is no wait, else at the instant.
 
         ``late_field`` names the attribute of ``result`` (a frozen dataclass built
-        before the wait) that receives how late the wait returned, in seconds: it is
-        set in place, the only work left between the instant and the caller.
+        before the wait) that receives how late the caller got control back, in
+        seconds (see :meth:`AtInstant.finish`).
         """
-        if self.wait is None or late_field is None:
-            return result if self.wait is None else AtInstant(self.wait, lambda _: result)
-        return AtInstant(
-            self.wait, functools.partial(_set_late, result, late_field, self.target_ns)
-        )
-
-
-def _set_late(result: T, field: str, target_ns: int, returned_ns: int) -> T:
-    object.__setattr__(result, field, (returned_ns - target_ns) / 1e9)
-    return result
+        if self.wait is None:
+            return result
+        return AtInstant(self.wait, result, late_field)
 
 
 Flow = Generator[Operation, Any, T]
@@ -243,7 +268,7 @@ def text(value: object) -> str:
 def call(
     script: Script,
     keys: tuple[str, ...],
-    args: tuple[str | int, ...],
+    args: tuple[str | int | Stamp, ...],
     where: dict[str, Any],
     timeout: float | None = None,
 ) -> Flow[Any]:
@@ -262,6 +287,11 @@ def call(
         raise
     except LINK_ERRORS as exc:
         raise ConnectionLostError(f"lost the connection to Redis: {exc}", **where) from exc
+
+
+def now_us_for_scripts(settings: Settings) -> int | Stamp:
+    """See :meth:`Waiter.now_us_for_scripts`."""
+    return -1 if settings.clock == "server" else Stamp.NOW_US
 
 
 class Signal(enum.Enum):
@@ -323,7 +353,7 @@ class Waiter(abc.ABC, Generic[O]):
         """Seconds until the deadline (negative once passed), or ``None``."""
         return None if self.deadline is None else self.deadline - clock.monotonic()
 
-    def call(self, script: Script, keys: tuple[str, ...], *args: str | int) -> Flow[Any]:
+    def call(self, script: Script, keys: tuple[str, ...], *args: str | int | Stamp) -> Flow[Any]:
         """Run ``script`` (see :func:`call`) with this waiter's error context.
 
         Its reply may take until the deadline, but at least :data:`CALL_TIMEOUT_FLOOR`
@@ -435,10 +465,11 @@ class Waiter(abc.ABC, Generic[O]):
             if lead_us > 0:
                 yield from self.clocks.check_system_clock(settings.clock_samples, lead_us * 1000)
 
-    def now_us_for_scripts(self) -> int:
-        """The caller's "now" that scripts base instants on: this host's wall clock, or
-        ``-1`` in server-clock mode (the script then reads the server's)."""
-        return -1 if self.settings.clock == "server" else clock.time_ns() // 1000
+    def now_us_for_scripts(self) -> int | Stamp:
+        """The caller's "now" that scripts base instants on: this host's wall clock, read
+        as the command is sent (:attr:`Stamp.NOW_US`), or ``-1`` in server-clock mode
+        (the script then reads the server's)."""
+        return now_us_for_scripts(self.settings)
 
     def meet_instant(
         self, at_us: int, lead_us: int, server_clock: bool, *, learned_late_is_error: bool

@@ -60,6 +60,7 @@ from .protocol import (
     Receive,
     RunAction,
     Signal,
+    Stamp,
     Waiter,
     call,
     text,
@@ -266,7 +267,7 @@ class _Participant(Waiter[Outcome]):
                         return outcome
         return self._decision(reply)
 
-    def _script(self, script: Script, *args: str | int) -> Flow[Any]:
+    def _script(self, script: Script, *args: str | int | Stamp) -> Flow[Any]:
         return (yield from self.call(script, self.keys.all, *args))
 
     # -- transitions ---------------------------------------------------------------

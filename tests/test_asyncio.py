@@ -15,7 +15,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -43,9 +43,9 @@ from pyprocsync import (
     ProcSyncError,
     SyncResult,
     TimeOutError,
+    clock,
 )
 from pyprocsync.asyncio import Barrier, Event, ProcSync
-from pyprocsync.protocol import SleepUntil
 from pyprocsync.server import EmbeddedServer
 
 #: Bound on ``late_by`` with delay > 0: the release is awaited precisely; 50 ms leaves
@@ -87,20 +87,29 @@ async def closing(*instances: Any) -> None:
         await instance.aclose()
 
 
-def entered_release_wait(instance: Any) -> asyncio.Event:
-    """An asyncio.Event set when ``instance`` (a ProcSync, or the shell of an Event or
-    Barrier) starts waiting for a release instant."""
-    shell = getattr(instance, "_shell", instance)
-    execute = shell._execute
-    entered = asyncio.Event()
+@contextlib.contextmanager
+def release_waits() -> Iterator[set[asyncio.Task[Any]]]:
+    """The tasks that started waiting for a release instant while in the block (every
+    asyncio call waits through :func:`pyprocsync.clock.async_sleep_until_ns`)."""
+    entered: set[asyncio.Task[Any]] = set()
+    original = clock.async_sleep_until_ns
 
-    async def watching(op: Any) -> object:
-        if isinstance(op, SleepUntil):
-            entered.set()
-        return await execute(op)
+    async def watching(*args: Any, **kwargs: Any) -> int:
+        task = asyncio.current_task()
+        if task is not None:
+            entered.add(task)
+        return await original(*args, **kwargs)
 
-    shell._execute = watching
-    return entered
+    clock.async_sleep_until_ns = watching  # type: ignore[assignment]
+    try:
+        yield entered
+    finally:
+        clock.async_sleep_until_ns = original  # type: ignore[assignment]
+
+
+async def _entered(tasks: set[asyncio.Task[Any]], task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` is in ``tasks`` (for :func:`until`)."""
+    return task in tasks
 
 
 # -- ProcSync ------------------------------------------------------------------------------------
@@ -645,12 +654,12 @@ def test_cancel_during_the_release_wait_leaves_the_round_released(
     async def body(client: aioredis.Redis) -> None:
         keys = event_keys(run_id, "rel")
         a, b = ProcSync(client, run_id, 1.0), ProcSync(client, run_id, 1.0)
-        entered = entered_release_wait(a)
         try:
-            waiting = spawn(a.sync("rel", 2, LONG))
-            await until(lambda: _equals(client.zcard(keys.leases), 1), "the waiter")
-            partner = spawn(b.sync("rel", 2, LONG))
-            await asyncio.wait_for(entered.wait(), 10)
+            with release_waits() as entered:
+                waiting = spawn(a.sync("rel", 2, LONG))
+                await until(lambda: _equals(client.zcard(keys.leases), 1), "the waiter")
+                partner = spawn(b.sync("rel", 2, LONG))
+                await until(lambda: _entered(entered, waiting), "the release wait")
             waiting.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiting
@@ -676,12 +685,12 @@ def test_cancel_barrier_during_the_release_wait(server: EmbeddedServer, run_id: 
     async def body(client: aioredis.Redis) -> None:
         a = Barrier(client, "relb", 2, run_id=run_id, delay=1.0)
         b = Barrier(client, "relb", 2, run_id=run_id, delay=1.0)
-        entered = entered_release_wait(a)
         try:
-            waiting = spawn(a.wait(LONG))
-            await until(lambda: _equals(b.n_waiting(), 1), "the waiter")
-            partner = spawn(b.wait(LONG))
-            await asyncio.wait_for(entered.wait(), 10)
+            with release_waits() as entered:
+                waiting = spawn(a.wait(LONG))
+                await until(lambda: _equals(b.n_waiting(), 1), "the waiter")
+                partner = spawn(b.wait(LONG))
+                await until(lambda: _entered(entered, waiting), "the release wait")
             waiting.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiting

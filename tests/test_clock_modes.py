@@ -75,7 +75,7 @@ from pyprocsync.cli import URL_ENV, ExitCode
 from pyprocsync.cli import main as cli_main
 from pyprocsync.keys import EventKeys, FlagKeys
 from pyprocsync.procsync import drive
-from pyprocsync.protocol import Call, Listen, Receive, ServerTime, SleepUntil
+from pyprocsync.protocol import AtInstant, Call, Listen, Receive, ServerTime, SleepUntil
 from pyprocsync.rounds import sync_flow
 from pyprocsync.scripts import Script
 from pyprocsync.server import EmbeddedServer
@@ -238,13 +238,22 @@ class FakeRedis:
         self.world.advance(self.travel_s)
         return message(announcement)
 
+    def run(self, flow: Any) -> Any:
+        """Drive ``flow`` as a shell does, its instant included (see ``meet``)."""
+        due = drive(flow, self.execute)
+        if isinstance(due, AtInstant):
+            self.execute(due.wait)
+            return due.finish()
+        return due
+
     def arrive(self, op: Call) -> list[Any]:
         """ARRIVE: joined (others to come), or last: decided in the caller's mode."""
         assert op.script is Script.ARRIVE, op.script
-        self.arrive_args.append(op.args)
+        args = op.command("sha")[3 + len(op.keys) :]  # as the shell sends them
+        self.arrive_args.append(args)
         if self.others:
             return [0, self.generation, 0, b""]
-        arrival_us, lead_us = op.args[4], op.args[5]
+        arrival_us, lead_us = args[4], args[5]
         return [0, self.generation, 0, self.decide(int(arrival_us), int(lead_us)).encode()]
 
     def kinds(self) -> list[str]:
@@ -587,9 +596,7 @@ def test_server_mode_wall_steps_do_not_move_the_release(world: FakeWorld, step_s
     world.server_ahead(3_000_000_000)
     world.steps = {2: round(step_s * 1e9)}
     fake = FakeRedis(world)
-    result = drive(
-        sync_flow(make_settings(clock="server"), ClockState(), EVENT, 1, None), fake.execute
-    )
+    result = fake.run(sync_flow(make_settings(clock="server"), ClockState(), EVENT, 1, None))
     assert fake.kinds() == ["ServerTimex5", "Listen", "Receive", "Call", "SleepUntil"]
     assert fake.arrive_args[0][4] == -1
     (sleep,) = [op for op in fake.ops if isinstance(op, SleepUntil)]
@@ -618,9 +625,7 @@ def test_system_mode_wall_steps_move_the_release(
     world.steps = {2: round(step_s * 1e9)}
     fake = FakeRedis(world)
     settings = make_settings()
-    result = drive(
-        sync_flow(settings, ClockState(check_system_clock=False), EVENT, 1, None), fake.execute
-    )
+    result = fake.run(sync_flow(settings, ClockState(check_system_clock=False), EVENT, 1, None))
     assert fake.kinds() == ["Listen", "Receive", "Call", "SleepUntil"]
     decided_wall_us = (T0_NS + fake.decided_mono - MONO0_NS) / 1000
     assert fake.arrive_args[0][4] == pytest.approx(decided_wall_us, abs=10)
@@ -641,9 +646,8 @@ def test_system_mode_step_past_the_instant_ends_the_wait(world: FakeWorld) -> No
     return, shows the step (10.1 s - 1 s = 9.1 s)."""
     world.steps = {2: 10_000_000_000}
     fake = FakeRedis(world)
-    result = drive(
-        sync_flow(make_settings(delay=1.0), ClockState(check_system_clock=False), EVENT, 1, None),
-        fake.execute,
+    result = fake.run(
+        sync_flow(make_settings(delay=1.0), ClockState(check_system_clock=False), EVENT, 1, None)
     )
     assert len(world.sleeps) == 2
     assert fake.returned_mono - fake.decided_mono <= 2 * clock.MAX_SLEEP_NS + 100_000
@@ -673,7 +677,7 @@ def test_server_mode_stale_estimate_is_renewed_at_the_announcement(world: FakeWo
     fake = FakeRedis(world, others=True, wait_s=1.5, travel_s=0.007)
     state = ClockState()
     settings = make_settings(clock="server")
-    result = drive(sync_flow(settings, state, EVENT, 2, None), fake.execute)
+    result = fake.run(sync_flow(settings, state, EVENT, 2, None))
     assert fake.kinds() == [
         "ServerTimex5",
         "Listen",
@@ -690,7 +694,7 @@ def test_server_mode_stale_estimate_is_renewed_at_the_announcement(world: FakeWo
     assert 7000 <= latency <= 7000 + 100
 
     fake2 = FakeRedis(world, others=True, generation=1)
-    drive(sync_flow(settings, state, EVENT, 2, None), fake2.execute)
+    fake2.run(sync_flow(settings, state, EVENT, 2, None))
     assert fake2.arrive_args[0][8] == latency
 
 
@@ -700,9 +704,8 @@ def test_system_instance_follows_a_server_clock_instant(world: FakeWorld) -> Non
     demand, after the announcement, and waits on the monotonic clock."""
     world.server_ahead(800 * MS)
     fake = FakeRedis(world, others=True, server_decides=True, travel_s=0.002)
-    result = drive(
-        sync_flow(make_settings(), ClockState(check_system_clock=False), EVENT, 2, None),
-        fake.execute,
+    result = fake.run(
+        sync_flow(make_settings(), ClockState(check_system_clock=False), EVENT, 2, None)
     )
     assert fake.kinds() == ["Listen", "Receive", "Call", "Receive", "ServerTimex5", "SleepUntil"]
     (sleep,) = [op for op in fake.ops if isinstance(op, SleepUntil)]

@@ -120,7 +120,7 @@ class Stepper:
 
     def send(self, reply: Any) -> Any:
         if self._due is not None:
-            self.done, self.result, self.op = True, self._due.finish(reply), None
+            self.done, self.result, self.op = True, self._due.finish(), None
             return None
         return self._advance(lambda: self.flow.send(reply))
 
@@ -128,11 +128,12 @@ class Stepper:
         return self._advance(lambda: self.flow.throw(error))
 
     def expect_call(self, script: Script) -> tuple[Any, ...]:
-        """Assert the pending operation runs ``script``; return its ARGV."""
+        """Assert the pending operation runs ``script``; return its ARGV as the shell
+        sends it (stamps filled in)."""
         assert isinstance(self.op, Call), self.op
         assert self.op.script is script, self.op.script
         assert self.op.keys == KEYS.all
-        return self.op.args
+        return self.op.command("sha")[3 + len(KEYS.all) :]
 
     def expect_receive(self) -> Receive:
         assert isinstance(self.op, Receive), self.op
@@ -215,12 +216,13 @@ def test_released_by_announcement(fake_clock: FakeClock) -> None:
 
 def test_last_arrival_sleeps_until_the_instant(fake_clock: FakeClock) -> None:
     """The last arrival gets the outcome from ARRIVE itself and sleeps until the instant;
-    ``late_by`` is what the sleep reports, not assumed."""
+    ``late_by`` is read from the clock after the wait, not assumed."""
     stepper = start(make_settings(delay=0.1))
     at_us = T0_US + 100_000
     stepper.send([0, 0, 1, released(0, at_us, 100_000).encode()])
     assert stepper.op == SleepUntil(at_us * 1000, 500_000)
-    stepper.send(at_us * 1000 + 123_000)  # woke 123 µs late
+    fake_clock.wall_ns = at_us * 1000 + 123_000  # the wait returns 123 µs late
+    stepper.send(fake_clock.wall_ns)
     assert stepper.result.late_by == pytest.approx(123e-6)
     assert stepper.result.delay == pytest.approx(0.1)
     assert stepper.result.index == 1
