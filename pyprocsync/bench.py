@@ -1,48 +1,67 @@
 """``pyprocsync bench``: how precisely real processes are released, beside what the machine allows.
 
-The benchmark starts ``nodes`` worker processes. After a warm-up round they run two
-phases with the same wait code (:func:`pyprocsync.clock.sleep_until_ns` with the same
-spin):
+Every figure is read where a user reads it: in the participant's own code, with
+``time.time_ns()`` on the line after the call returns (not the library's report of
+itself, :attr:`SyncResult.late_by`, which the table shows beside it).
 
-* **limit**: every worker waits for the instants ``t0 + i * period``, agreed in advance
-  (``t0`` derives from the warm-up round's release instant, so no Redis is involved).
-  This is the precision the machine itself allows for waking N processes at once.
-* **sync**: every worker calls :meth:`ProcSync.sync` ``rounds`` times on one name,
-  idling ``think`` seconds after each release (on a machine with fewer cores than
-  nodes, a node that goes straight back to work takes the CPU from nodes still waking).
+The benchmark starts ``nodes`` worker processes, each with ``threads`` participants
+that share one :class:`ProcSync` (threads; with ``asyncio``: tasks of one event loop
+sharing one :class:`pyprocsync.asyncio.ProcSync`). After a warm-up round they run two
+phases:
 
-For each round, *spread* is the latest minus the earliest return instant across nodes
-and *late* is each node's return instant minus the agreed instant. A node that learns
-of a release after its instant (plus ``ProcSync``'s default ``late_tolerance``) gets
-:class:`~pyprocsync.TooLateError`: it counts as *too late*, its late value is how late
-it learned (it returned then), and it goes on with the next round. *Late over 1 ms*
-counts the returns more than 1 ms after the instant for any reason (a node that learned
-in time but did not get a processor at the instant, on an overloaded machine).
+* **limit**: every participant waits for the instants ``t0 + i * period``, agreed in
+  advance (``t0`` derives from the warm-up round's release instant, so no Redis is
+  involved), with the same wait code the library uses
+  (:func:`pyprocsync.clock.sleep_until_ns`, or its asyncio twin) and reads the clock on
+  the line after it returns. This is the precision the machine itself allows for
+  waking that many participants at once.
+* **sync**: every participant calls ``sync`` ``rounds`` times, on a new name each time
+  (``names="distinct"``, as the seed's examples do: ``"step0"``, ``"step1"``, ...) or on
+  one name (``names="same"``), idling ``think`` seconds after each release (on a machine
+  with fewer cores than participants, one that goes straight back to work takes the
+  processor from those still waking).
+
+With ``fresh`` set, the benchmark instead starts ``fresh`` times ``nodes`` new
+processes that each wait once for an instant agreed in advance (the limit) and then
+make their first ``sync`` call: the first synchronization of freshly started processes.
+
+For each round, *spread* is the latest minus the earliest reading across participants
+and *late* is each reading minus the agreed instant. A participant that learns of a
+release after its instant (plus ``ProcSync``'s default ``late_tolerance``) gets
+:class:`~pyprocsync.TooLateError`: it counts as *too late*, its late value is its
+reading when the error reached it, and it goes on with the next round. *Late over 1 ms*
+counts the readings more than 1 ms after the instant for any reason.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import multiprocessing
 import queue
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import redis
+import redis.asyncio as aioredis
 
 from . import clock
+from .asyncio import ProcSync as AsyncProcSync
 from .exceptions import ProcSyncError, TooLateError
 from .procsync import ProcSync
+from .results import SyncResult
 from .stats import summary
 
 __all__ = [
+    "FRESH_SPREAD_US",
     "LATE_OVER_US",
     "BenchConfig",
     "BenchError",
@@ -57,6 +76,10 @@ __all__ = [
 
 #: A return more than this many µs after the instant is counted as "late over 1 ms".
 LATE_OVER_US = 1000.0
+#: The spread, µs, that a start of fresh processes is counted against.
+FRESH_SPREAD_US = 200.0
+#: Seconds from launching fresh processes to the instant they first wait for.
+_FRESH_LEAD_S = 4.0
 _EVENT = "bench"
 
 
@@ -69,6 +92,7 @@ class BenchConfig:
     """What one benchmark run does."""
 
     url: str
+    #: Worker processes.
     nodes: int = 4
     rounds: int = 300
     #: Seconds, or ``"auto"`` (chosen from measured latency; the figures report it).
@@ -77,7 +101,21 @@ class BenchConfig:
     spin: float = 0.0005
     timeout: float = 30.0
     clock: str = "system"
+    #: ``"distinct"``: a new name per sync point; ``"same"``: one name for every round.
+    names: Literal["distinct", "same"] = "distinct"
+    #: Participants per process, sharing one instance.
+    threads: int = 1
+    #: Participants are asyncio tasks (of one loop per process) instead of threads.
+    use_asyncio: bool = False
+    #: When > 0: that many starts of fresh processes, one first sync each (``rounds``
+    #: is then unused).
+    fresh: int = 0
     run_id: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex}")
+
+    @property
+    def participants(self) -> int:
+        """Participants per round: processes times threads (or tasks)."""
+        return self.nodes * self.threads
 
     @property
     def period(self) -> float:
@@ -85,12 +123,27 @@ class BenchConfig:
         lead = 0.001 if isinstance(self.delay, str) else self.delay
         return max(lead, 0.001) + self.think
 
+    def event(self, round_: int) -> str:
+        """The name of round ``round_``'s sync point."""
+        return f"step{round_}" if self.names == "distinct" else _EVENT
+
+    def pattern(self) -> dict[str, Any]:
+        """How participants use the library, as the JSON output records it."""
+        return {
+            "names": self.names,
+            "threads": self.threads,
+            "asyncio": self.use_asyncio,
+            "fresh": self.fresh,
+            "participants": self.participants,
+        }
+
 
 @dataclass
 class _NodeRecord:
-    """What one worker measured, per round: µs after the agreed instant, and that instant.
+    """What one participant measured, per round, read in its own code: µs after the
+    agreed instant (limit and sync phases), and that instant.
 
-    A worker whose sync loop failed has fewer sync rounds than configured.
+    A participant whose sync loop failed has fewer sync rounds than configured.
     """
 
     rank: int
@@ -100,6 +153,27 @@ class _NodeRecord:
     errors: list[str]
     too_late: int = 0
     delays_us: list[float] = field(default_factory=list)
+    #: ``late_by`` as the library reported it, for the rounds it returned normally.
+    reported_late_us: list[float] = field(default_factory=list)
+    #: The caller's reading minus ``late_by``, µs, for the same rounds.
+    gap_us: list[float] = field(default_factory=list)
+
+    def add_result(self, result: SyncResult, returned_ns: int) -> None:
+        """Record a round that returned normally, read at ``returned_ns``."""
+        release_ns = round(result.release_at * 1e9)
+        late_us = (returned_ns - release_ns) / 1e3
+        self.sync_late_us.append(late_us)
+        self.release_us.append(release_ns / 1e3)
+        self.delays_us.append(result.delay * 1e6)
+        self.reported_late_us.append(result.late_by * 1e6)
+        self.gap_us.append(late_us - result.late_by * 1e6)
+
+    def add_too_late(self, exc: TooLateError, returned_ns: int) -> None:
+        """Record a round this participant learned of too late, read at ``returned_ns``."""
+        self.too_late += 1
+        release_s = exc.release_at or 0.0
+        self.sync_late_us.append((returned_ns - round(release_s * 1e9)) / 1e3)
+        self.release_us.append(release_s * 1e6)
 
 
 def die_with_parent() -> None:
@@ -111,10 +185,20 @@ def die_with_parent() -> None:
 
 
 def _worker(config: BenchConfig, rank: int, out: Any) -> None:
-    """Body of one worker process: warm up, run the limit phase, then the sync phase."""
+    """Body of one worker process: its participants (threads or tasks) run
+    :func:`_participate` (or :func:`_aparticipate`); each one's record goes to ``out``."""
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    record = _NodeRecord(rank, [], [], [], [])
+    ranks = range(rank * config.threads, (rank + 1) * config.threads)
+    if config.use_asyncio:
+        records = asyncio.run(_async_node(config, ranks, out))
+    else:
+        records = _blocking_node(config, ranks, out)
+    for record in records:
+        out.put(("done", record))
+
+
+def _blocking_node(config: BenchConfig, ranks: range, out: Any) -> list[_NodeRecord]:
     client = redis.Redis.from_url(config.url)
     node = ProcSync(
         client,
@@ -122,37 +206,89 @@ def _worker(config: BenchConfig, rank: int, out: Any) -> None:
         config.delay,  # type: ignore[arg-type]  # a number or "auto", as BenchConfig says
         spin=config.spin,
         clock=config.clock,  # type: ignore[arg-type]
-        node_id=f"bench-{rank}",
     )
+    records = [_NodeRecord(rank, [], [], [], []) for rank in ranks]
+    threads = [
+        threading.Thread(target=_participate, args=(node, config, record, out))
+        for record in records
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        node.close()
+        client.close()
+    return records
+
+
+def _participate(node: ProcSync, config: BenchConfig, record: _NodeRecord, out: Any) -> None:
+    """One participant: warm up, run the limit phase, then the sync phase."""
     try:
         t0_ns = round((_warm_up(node, config) + 0.5) * 1e9)
         spin_ns = round(config.spin * 1e9)
         period_ns = round(config.period * 1e9)
         for i in range(config.rounds):
             target = t0_ns + i * period_ns
-            record.limit_late_us.append((clock.sleep_until_ns(target, spin_ns) - target) / 1e3)
+            clock.sleep_until_ns(target, spin_ns)
+            record.limit_late_us.append((time.time_ns() - target) / 1e3)
         for i in range(config.rounds):
             try:
-                result = node.sync(_EVENT, config.nodes, config.timeout)
-                late_s, release_s = result.late_by, result.release_at
-                record.delays_us.append(result.delay * 1e6)
+                result = node.sync(config.event(i), config.participants, config.timeout)
+                returned_ns = time.time_ns()  # the caller's next line
+                record.add_result(result, returned_ns)
             except TooLateError as exc:  # the round was released: go on with the next
-                record.too_late += 1
-                late_s, release_s = exc.late_by or 0.0, exc.release_at or 0.0
-            except Exception as exc:  # noqa: BLE001  # reported, and ends this node's run
-                record.errors.append(f"round {i}: {type(exc).__name__}: {exc}")
-                break
-            time.sleep(config.think)  # first yield the CPU to nodes still waking, then record
-            record.sync_late_us.append(late_s * 1e6)
-            record.release_us.append(release_s * 1e6)
-            if rank == 0 and i % 10 == 0:
+                record.add_too_late(exc, time.time_ns())
+            time.sleep(config.think)
+            if record.rank == 0 and i % 10 == 0:
                 out.put(("progress", i))
-    except Exception as exc:  # noqa: BLE001  # reported to the parent
-        record.errors.append(f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001  # reported, and ends this participant's run
+        record.errors.append(f"round {len(record.sync_late_us)}: {type(exc).__name__}: {exc}")
+
+
+async def _async_node(config: BenchConfig, ranks: range, out: Any) -> list[_NodeRecord]:
+    client = aioredis.Redis.from_url(config.url)
+    node = AsyncProcSync(
+        client,
+        config.run_id,
+        config.delay,  # type: ignore[arg-type]
+        spin=config.spin,
+        clock=config.clock,  # type: ignore[arg-type]
+    )
+    records = [_NodeRecord(rank, [], [], [], []) for rank in ranks]
+    try:
+        await asyncio.gather(*(_aparticipate(node, config, record, out) for record in records))
     finally:
-        node.close()
-        client.close()
-        out.put(("done", record))
+        await node.aclose()
+        await client.aclose()
+    return records
+
+
+async def _aparticipate(
+    node: AsyncProcSync, config: BenchConfig, record: _NodeRecord, out: Any
+) -> None:
+    """:func:`_participate` for a task."""
+    try:
+        t0_ns = round((await _async_warm_up(node, config) + 0.5) * 1e9)
+        spin_ns = round(config.spin * 1e9)
+        period_ns = round(config.period * 1e9)
+        for i in range(config.rounds):
+            target = t0_ns + i * period_ns
+            await clock.async_sleep_until_ns(target, spin_ns)
+            record.limit_late_us.append((time.time_ns() - target) / 1e3)
+        for i in range(config.rounds):
+            try:
+                result = await node.sync(config.event(i), config.participants, config.timeout)
+                returned_ns = time.time_ns()  # the caller's next line
+                record.add_result(result, returned_ns)
+            except TooLateError as exc:
+                record.add_too_late(exc, time.time_ns())
+            await asyncio.sleep(config.think)
+            if record.rank == 0 and i % 10 == 0:
+                out.put(("progress", i))
+    except Exception as exc:  # noqa: BLE001  # reported, and ends this participant's run
+        record.errors.append(f"round {len(record.sync_late_us)}: {type(exc).__name__}: {exc}")
 
 
 def _warm_up(node: ProcSync, config: BenchConfig) -> float:
@@ -160,11 +296,54 @@ def _warm_up(node: ProcSync, config: BenchConfig) -> float:
     phase's instants are counted. Learned too late, it serves all the same: it is the
     same instant for every worker."""
     try:
-        return node.sync("warm-up", config.nodes, config.timeout).release_at
+        return node.sync("warm-up", config.participants, config.timeout).release_at
     except TooLateError as exc:
-        if exc.release_at is None:
-            raise
-        return exc.release_at
+        return _instant_of(exc)
+
+
+async def _async_warm_up(node: AsyncProcSync, config: BenchConfig) -> float:
+    """:func:`_warm_up` for a task."""
+    try:
+        return (await node.sync("warm-up", config.participants, config.timeout)).release_at
+    except TooLateError as exc:
+        return _instant_of(exc)
+
+
+def _instant_of(exc: TooLateError) -> float:
+    if exc.release_at is None:
+        raise exc
+    return exc.release_at
+
+
+def _fresh_worker(config: BenchConfig, rank: int, start: int, first_ns: int, out: Any) -> None:
+    """Body of one freshly started process: wait for ``first_ns`` (the limit), then make
+    this process's first ``sync`` call; read the clock after each."""
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    record = _NodeRecord(rank, [], [], [], [])
+    client = redis.Redis.from_url(config.url)
+    node = ProcSync(
+        client,
+        config.run_id,
+        config.delay,  # type: ignore[arg-type]
+        spin=config.spin,
+        clock=config.clock,  # type: ignore[arg-type]
+    )
+    try:
+        clock.sleep_until_ns(first_ns, round(config.spin * 1e9))
+        record.limit_late_us.append((time.time_ns() - first_ns) / 1e3)
+        try:
+            result = node.sync(f"start{start}", config.nodes, config.timeout)
+            returned_ns = time.time_ns()  # the caller's next line
+            record.add_result(result, returned_ns)
+        except TooLateError as exc:
+            record.add_too_late(exc, time.time_ns())
+    except Exception as exc:  # noqa: BLE001  # reported to the parent
+        record.errors.append(f"start {start}: {type(exc).__name__}: {exc}")
+    finally:
+        node.close()
+        client.close()
+        out.put(("done", record))
 
 
 def _collect(
@@ -172,11 +351,15 @@ def _collect(
     out: Any,
     config: BenchConfig,
     progress: Callable[[int], None],
+    expected: int,
 ) -> list[_NodeRecord]:
+    """Gather ``expected`` participants' records from ``out``, relaying progress."""
     records: list[_NodeRecord] = []
     # Generous: warm-up, both phases, and one timeout for a stuck round.
-    deadline = time.monotonic() + 2 * config.timeout + 2 * config.rounds * (config.period + 0.05)
-    while len(records) < len(workers):
+    rounds = 1 if config.fresh else config.rounds
+    deadline = time.monotonic() + 2 * config.timeout + 2 * rounds * (config.period + 0.05)
+    deadline += _FRESH_LEAD_S if config.fresh else 0.0
+    while len(records) < expected:
         if time.monotonic() > deadline:
             raise BenchError("the benchmark workers stopped answering")
         try:
@@ -217,20 +400,52 @@ def run_bench(
         the caller adds) plus ``raw``, the per-round values behind the summaries.
     :raises BenchError: a worker failed to start or stopped answering.
     """
+    if config.fresh:
+        return _figures(config, _fresh_starts(config, progress))
+    return _figures(config, _launch(config, progress, _worker, ()))
+
+
+def _launch(
+    config: BenchConfig,
+    progress: Callable[[int], None],
+    target: Callable[..., None],
+    args: tuple[Any, ...],
+) -> list[_NodeRecord]:
+    """Run ``target(config, rank, *args, out)`` in ``nodes`` new processes; return the
+    participants' records in rank order."""
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     workers = [
-        context.Process(target=_worker, args=(config, rank, out), daemon=True)
+        context.Process(target=target, args=(config, rank, *args, out), daemon=True)
         for rank in range(config.nodes)
     ]
+    expected = config.nodes if config.fresh else config.participants
     try:
         for worker in workers:
             worker.start()
-        records = _collect(workers, out, config, progress)
+        records = _collect(workers, out, config, progress, expected)
     finally:
         stop_workers(workers)
         out.close()
-    return _figures(config, records)
+    return sorted(records, key=lambda record: record.rank)
+
+
+def _fresh_starts(config: BenchConfig, progress: Callable[[int], None]) -> list[_NodeRecord]:
+    """``config.fresh`` starts of new processes; one record per rank holding one value
+    per start."""
+    merged = [_NodeRecord(rank, [], [], [], []) for rank in range(config.nodes)]
+    for start in range(config.fresh):
+        first_ns = time.time_ns() + round(_FRESH_LEAD_S * 1e9)
+        for total, record in zip(
+            merged, _launch(config, lambda _r: None, _fresh_worker, (start, first_ns)), strict=True
+        ):
+            for name in ("limit_late_us", "sync_late_us", "release_us", "errors", "delays_us"):
+                getattr(total, name).extend(getattr(record, name))
+            total.reported_late_us += record.reported_late_us
+            total.gap_us += record.gap_us
+            total.too_late += record.too_late
+        progress(start + 1)
+    return merged
 
 
 def _in_common(per_worker: list[list[float]]) -> tuple[list[float], list[float]]:
@@ -248,16 +463,20 @@ def _figures(config: BenchConfig, records: list[_NodeRecord]) -> dict[str, Any]:
     limit_late, limit_spread = _in_common([record.limit_late_us for record in records])
     complete = len(sync_spread)
     releases = records[0].release_us[:complete]
-    span_s = (releases[-1] - releases[0]) / 1e6 if len(releases) > 1 else 0.0
+    span_s = (releases[-1] - releases[0]) / 1e6 if len(releases) > 1 and not config.fresh else 0
     return {
         "nodes": config.nodes,
-        "rounds": config.rounds,
+        "rounds": config.fresh or config.rounds,
         "delay": config.delay,
         "think": config.think,
         "spin": config.spin,
+        "pattern": config.pattern(),
         "sync": {
             "spread_us": summary(sync_spread),
             "late_us": summary(sync_late),
+            "reported_late_us": summary(v for r in records for v in r.reported_late_us),
+            "gap_us": summary(v for r in records for v in r.gap_us),
+            "spread_within_200us": sum(1 for v in sync_spread if v <= FRESH_SPREAD_US),
             "barriers_per_s": (len(releases) - 1) / span_s if span_s > 0 else 0.0,
             "too_late": sum(record.too_late for record in records),
             "late_over_1ms": sum(1 for late in sync_late if late > LATE_OVER_US),
@@ -269,6 +488,7 @@ def _figures(config: BenchConfig, records: list[_NodeRecord]) -> dict[str, Any]:
         "limit": {
             "spread_us": summary(limit_spread),
             "late_us": summary(limit_late),
+            "spread_within_200us": sum(1 for v in limit_spread if v <= FRESH_SPREAD_US),
         },
         "raw": {
             "sync_spread_us": sync_spread,
@@ -301,9 +521,14 @@ def format_table(figures: dict[str, Any]) -> str:
 
     sync, limit = figures["sync"], figures["limit"]
     header = f"  {'':<22}" + "".join(f"{c:>10}" for c in cols)
+    pattern = figures.get("pattern") or BenchConfig(url="").pattern()
+    fresh = pattern["fresh"]
+    unit = f"{fresh} starts of fresh processes" if fresh else f"{figures['rounds']} rounds"
     lines = [
-        f"pyprocsync bench: {figures['nodes']} nodes x {figures['rounds']} rounds, "
+        f"pyprocsync bench: {figures['nodes']} nodes x {unit}, "
         f"delay {_lead(figures)}, think {figures['think']} s, server {figures['server']}",
+        f"pattern: {_describe(pattern)}; every figure read in the caller, on the line "
+        "after the call returns",
         "",
         "spread of return instants per round (us)",
         header,
@@ -316,6 +541,18 @@ def format_table(figures: dict[str, Any]) -> str:
         row("sync", sync["late_us"]),
         row("limit (no Redis)", limit["late_us"]),
         ratio(sync["late_us"], limit["late_us"]),
+    ]
+    if "reported_late_us" in sync:
+        lines += [
+            row("late_by (reported)", sync["reported_late_us"]),
+            row("caller - late_by", sync["gap_us"]),
+        ]
+    if fresh:
+        lines.append(
+            f"starts with spread <= {FRESH_SPREAD_US:.0f} us: sync "
+            f"{sync['spread_within_200us']}/{fresh}, limit {limit['spread_within_200us']}/{fresh}"
+        )
+    lines += [
         "",
         f"barriers/s: {sync['barriers_per_s']:.0f}   too late (TooLateError): "
         f"{sync['too_late']}   returned > 1 ms late: {sync['late_over_1ms']}   "
@@ -330,6 +567,20 @@ def format_table(figures: dict[str, Any]) -> str:
         )
     lines += [f"  error: {message}" for message in sync["error_messages"]]
     return "\n".join(lines)
+
+
+def _describe(pattern: dict[str, Any]) -> str:
+    """The pattern as one phrase, for the table."""
+    each = "task" if pattern["asyncio"] else "thread"
+    names = "a new name per point" if pattern["names"] == "distinct" else "one name"
+    sharing = (
+        f"{pattern['threads']} {each}s per process sharing one instance"
+        if pattern["threads"] > 1
+        else f"one {each} per process"
+    )
+    return f"{names}, {sharing}, {pattern['participants']} participants" + (
+        ", asyncio" if pattern["asyncio"] else ""
+    )
 
 
 def plot(figures: dict[str, Any], path: str) -> None:

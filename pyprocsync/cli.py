@@ -160,9 +160,10 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench",
         help="measure release precision with real processes, beside the machine's limit",
-        description="Start NODES processes that synchronize ROUNDS times on one name and "
-        "report the spread of their return instants and how late each returned, beside "
-        "a limit reference: the same processes waiting for instants agreed in advance.",
+        description="Start NODES processes that synchronize ROUNDS times and report the "
+        "spread of their return instants and how late each returned, read in the "
+        "caller on the line after the call returns, beside a limit reference: the same "
+        "participants waiting for instants agreed in advance, read the same way.",
     )
     _redis_option(bench, "; without either, a private embedded server is started")
     bench.add_argument("--nodes", type=count_arg, default=4, help="processes (default 4)")
@@ -185,6 +186,31 @@ def _parser() -> argparse.ArgumentParser:
         type=seconds_arg,
         default=0.0005,
         help="seconds of busy-waiting before the instant (default 0.0005)",
+    )
+    bench.add_argument(
+        "--names",
+        choices=("distinct", "same"),
+        default="distinct",
+        help="a new name per sync point (distinct, the default, as step0, step1, ...) or "
+        "one name for every round (same)",
+    )
+    bench.add_argument(
+        "--threads",
+        type=count_arg,
+        default=1,
+        help="participants per process, sharing one instance (default 1)",
+    )
+    bench.add_argument(
+        "--asyncio",
+        action="store_true",
+        help="participants are asyncio tasks sharing one pyprocsync.asyncio.ProcSync",
+    )
+    bench.add_argument(
+        "--fresh",
+        type=count_arg,
+        metavar="STARTS",
+        help="instead of rounds: STARTS times, start NODES new processes and measure "
+        "their first sync (one participant per process)",
     )
     bench.add_argument("--json", metavar="FILE", help="write the figures as JSON to FILE")
     bench.add_argument(
@@ -275,6 +301,12 @@ def check_reachable(url: str) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
+    if args.fresh and (args.threads > 1 or args.asyncio):
+        raise CommandError(
+            ExitCode.USAGE,
+            "--fresh measures one blocking participant per new process: "
+            "leave out --threads and --asyncio",
+        )
     if args.plot:
         try:
             import matplotlib  # noqa: F401, PLC0415
@@ -298,8 +330,12 @@ def _bench(args: argparse.Namespace) -> None:
             think=args.think,
             spin=args.spin,
             clock=args.clock,
+            names=args.names,
+            threads=args.threads,
+            use_asyncio=args.asyncio,
+            fresh=args.fresh or 0,
         )
-        figures = run_bench(config, progress=progress_bar(args.rounds))
+        figures = run_bench(config, progress=progress_bar(args.fresh or args.rounds))
         figures["server"] = server_label(url, embedded is not None)
     finally:
         if embedded is not None:

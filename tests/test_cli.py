@@ -848,6 +848,62 @@ def test_bench_json_and_quiet(server: EmbeddedServer, tmp_path: Path) -> None:
     assert "127.0.0.1" in figures["server"]
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("options", "pattern"),
+    [
+        ([], {"names": "distinct", "threads": 1, "asyncio": False, "fresh": 0}),
+        (["--names", "same"], {"names": "same", "threads": 1, "asyncio": False, "fresh": 0}),
+        (["--threads", "3"], {"names": "distinct", "threads": 3, "asyncio": False, "fresh": 0}),
+        (
+            ["--asyncio", "--threads", "2"],
+            {"names": "distinct", "threads": 2, "asyncio": True, "fresh": 0},
+        ),
+    ],
+    ids=["distinct", "same", "threads", "asyncio"],
+)
+def test_bench_patterns(
+    server: EmbeddedServer, tmp_path: Path, options: list[str], pattern: dict[str, Any]
+) -> None:
+    """Each pattern runs every participant through every round and records itself in the
+    JSON; the library's ``late_by`` is reported beside the caller's own reading, and the
+    caller reads after ``late_by`` was taken (the gap is never negative)."""
+    out = tmp_path / "bench.json"
+    done = run(
+        "bench", "--redis", server.url, "--nodes", "2", "--rounds", "12", "--delay", "0.02",
+        "--json", str(out), "--quiet", *options, timeout=100,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    check_figures(figures, 2, 12, 0.02)
+    participants = 2 * pattern["threads"]
+    assert figures["pattern"] == {**pattern, "participants": participants}
+    sync = figures["sync"]
+    assert sync["gap_us"]["p50"] >= 0
+    assert sync["reported_late_us"]["p50"] <= sync["late_us"]["p50"]
+
+
+@pytest.mark.timeout(120)
+def test_bench_fresh_processes(server: EmbeddedServer, tmp_path: Path) -> None:
+    """``--fresh 2``: two starts of two new processes, one first sync each; the figures
+    cover both starts and count the starts within 200 µs; ``--fresh`` with threads is a
+    usage error."""
+    out = tmp_path / "bench.json"
+    done = run(
+        "bench", "--redis", server.url, "--nodes", "2", "--fresh", "2", "--delay", "0.05",
+        "--json", str(out), timeout=100,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "2 starts of fresh processes" in done.stdout
+    figures = json.loads(out.read_text())
+    assert figures["pattern"]["fresh"] == 2
+    assert figures["sync"]["completed_rounds"] == 2
+    assert 0 <= figures["sync"]["spread_within_200us"] <= 2
+    refused = run("bench", "--redis", server.url, "--fresh", "2", "--threads", "2")
+    assert refused.returncode == ExitCode.USAGE
+    assert_one_line_error(refused.stderr, "--fresh")
+
+
 @pytest.mark.timeout(90)
 def test_bench_prints_the_table(server: EmbeddedServer) -> None:
     """Without ``--quiet``, ``bench`` prints the table: both measurements, both phases,
