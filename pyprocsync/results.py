@@ -31,8 +31,11 @@ class SyncResult:
     #: The agreed release instant, epoch seconds on this host's wall clock (in
     #: system-clock mode the protocol assumes it agrees with the other hosts' clocks).
     release_at: float
-    #: Seconds this participant returned after ``release_at``, measured at return.
-    #: With ``delay == 0`` it is the time it took to learn of the release.
+    #: Seconds after ``release_at`` that this participant's clock read as the call's
+    #: last step, after the wait: what is left before the caller's next line is two
+    #: ``return`` statements (``pyprocsync bench`` measures the difference, a few µs).
+    #: In server-clock mode it is read on the monotonic clock the wait used. With
+    #: ``delay == 0`` it is the time it took to learn of the release.
     late_by: float
     #: The lead time the round was released with (the last arriver's ``delay``, or the
     #: lead ``delay="auto"`` chose).
