@@ -36,6 +36,7 @@ from support import (
     ignores_sigint,
     join,
     kill_group,
+    listening,
     process_group,
     run_command,
     server_pids,
@@ -43,6 +44,7 @@ from support import (
     wait_for,
     wait_gone,
     waiting_members,
+    watch_args,
 )
 
 import pyprocsync
@@ -204,15 +206,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def listening(port: int) -> bool:
-    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def port_bindable(port: int) -> bool:
@@ -1280,17 +1273,7 @@ def test_status_watch_refreshes_until_ctrl_c(
     """``status --watch`` into a file (not a terminal) prints plain repeated blocks, no
     terminal escapes; a change (a participant arriving) shows in a later block; SIGINT
     ends it with exit 130 and one line."""
-    watcher = background(
-        "status",
-        "--watch",
-        "--interval",
-        "0.2",
-        "--run",
-        run_id,
-        "--redis",
-        server.url,
-        session=True,
-    )
+    watcher = background(*watch_args(run_id, server.url), session=True)
     wait_for(lambda: len(watch_blocks(watcher.stdout)) >= 2 or watcher.poll() is not None, 15)
     assert f"no events of run {run_id!r}" in watch_blocks(watcher.stdout)[0]
     waiter = background(*sync_args("start", 2, run_id, "--redis", server.url, "--timeout", "30"))
@@ -1313,7 +1296,7 @@ def test_status_watch_on_a_terminal_refreshes_in_place(server: EmbeddedServer, r
     terminal, screen_side = os.openpty()
     try:
         process = subprocess.Popen(
-            argv("status", "--watch", "--interval", "0.2", "--run", run_id, "--redis", server.url),
+            argv(*watch_args(run_id, server.url)),
             stdout=screen_side,
             stderr=subprocess.PIPE,
             env=environment(),

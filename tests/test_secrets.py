@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,10 +44,12 @@ from support import (
     children,
     command_line,
     join,
+    listening,
     run_command,
     start_thread,
     wait_for,
     waiting_members,
+    watch_args,
 )
 from tls_support import free_port
 
@@ -466,15 +467,6 @@ def check_command_error(done: subprocess.CompletedProcess[str], code: ExitCode) 
     return assert_one_line_error(done.stderr)
 
 
-def listening(port: int) -> bool:
-    """Whether something accepts connections on 127.0.0.1:``port``."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 def password_file(directory: Path, password: str = SECRET) -> str:
     """A file holding ``password`` on its first line, for ``--password-file``."""
     path = directory / "password"
@@ -810,15 +802,7 @@ def test_cli_watching_status_shows_no_password_on_its_command_line(
     ``$PYPROCSYNC_PASSWORD`` reaches the server, and ``ps`` shows no password on its
     command line; nor does its output."""
     running = command(
-        "status",
-        "--watch",
-        "--interval",
-        "0.2",
-        "--run",
-        run_id,
-        "--redis",
-        plain_url(own_server.port),
-        env=command_env(password=SECRET),
+        *watch_args(run_id, plain_url(own_server.port)), env=command_env(password=SECRET)
     )
     running.wait_output(f"no events of run {run_id!r}", "the first refresh")
     assert_not_on_command_lines({running.process.pid}, SECRET)
