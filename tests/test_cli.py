@@ -33,6 +33,7 @@ from support import (
     children,
     command_line,
     default_sigint,
+    event_keys,
     ignores_sigint,
     join,
     kill_group,
@@ -48,7 +49,7 @@ from support import (
 )
 
 import pyprocsync
-from pyprocsync import ProcSync, TimeOutError, TooLateError
+from pyprocsync import ProcSync, ProtocolError, TimeOutError, TooLateError
 from pyprocsync.bench import BenchConfig, _figures, _NodeRecord, _warm_up, format_table
 from pyprocsync.cli import URL_ENV, ExitCode
 from pyprocsync.credentials import PASSWORD_ENV, url_problem
@@ -1321,3 +1322,21 @@ def test_status_watch_on_a_terminal_refreshes_in_place(server: EmbeddedServer, r
     assert errors.strip() == b"pyprocsync: interrupted"
     assert shown.count(b"\x1b[H\x1b[2J") >= 2, shown
     assert f"no events of run {run_id!r}".encode() in shown
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("value", ["soon", "-5"])
+def test_read_status_refuses_a_first_arrival_time_it_did_not_write(
+    client: redis.Redis, run_id: str, make_sync: Callable[..., ProcSync], value: str
+) -> None:
+    """The first arrival's time (field ``t``) of a filling round is read as written: a
+    value pyprocsync does not write raises ProtocolError naming the event."""
+    node = make_sync(0.05)
+    thread, _outcome = start_thread(lambda: node.sync("held", 2, 30))
+    wait_for(lambda: waiting_members(client, run_id, "held"), 15, "the waiting participant")
+    assert read_status(client, run_id)[0].waited is not None
+    client.hset(event_keys(run_id, "held").state, "t", value)
+    with pytest.raises(ProtocolError, match="'held'"):
+        read_status(client, run_id)
+    node.reset("held")
+    join([thread], 15)
