@@ -251,9 +251,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument(
         "--interval",
-        type=_positive,
+        type=_number(float, 0.1, "a number of seconds >= 0.1"),
         default=1.0,
-        help="seconds between refreshes with --watch (default 1.0)",
+        help="seconds between refreshes with --watch (default 1.0, at least 0.1)",
     )
     _redis_option(status, "")
 

@@ -339,6 +339,7 @@ BAD_INPUT = [
     (["server", "--port", "-1"], "server", "--port"),
     (["sync", "--nodes", "2", "--redis", UNREACHABLE], "sync", "name"),
     (["status", "--watch", "--interval", "0", "--redis", UNREACHABLE], "status", "--interval"),
+    (["status", "--watch", "--interval", "0.01", "--redis", UNREACHABLE], "status", "--interval"),
     (["reset", "--redis", UNREACHABLE], "reset", "name"),
     (["status", "--password-file", "f", "--ask-password"], "status", "--ask-password"),
     (["frobnicate"], None, "frobnicate"),
