@@ -42,7 +42,8 @@ class Barrier(BarrierBase, ClosingShell):
         to size it from measured latency).
     :param options: the keyword options of :class:`ProcSync` (``liveness``,
         ``retention``, ``late_tolerance``, ``on_late``, ``spin``, ``node_id``,
-        ``prefix``, ``clock``, ``clock_samples``, ``clock_refresh``, ``auto_floor``).
+        ``prefix``, ``clock``, ``clock_samples``, ``clock_refresh``, ``auto_floor``,
+        ``member``).
     :raises InvalidArgumentError: an argument is invalid (nothing was sent).
 
     .. note::

@@ -1,9 +1,11 @@
-"""The ``pyprocsync`` command: ``bench``, ``sync``, ``server``, ``status`` and ``clock``.
+"""The ``pyprocsync`` command: ``bench``, ``sync``, ``server``, ``status``, ``reset`` and
+``clock``.
 
-``bench``, ``sync``, ``status`` and ``clock`` take ``--redis URL``, defaulting to
+Every command but ``server`` takes ``--redis URL``, defaulting to
 ``$PYPROCSYNC_REDIS_URL``; ``bench`` starts a private embedded server when neither is
-given. Errors print one line on
-stderr (``pyprocsync: error: ...``) and exit with a code of :class:`ExitCode`.
+given. No password is taken on the command line (see :mod:`pyprocsync.credentials`).
+Errors print one line on stderr (``pyprocsync: error: ...``) and exit with a code of
+:class:`ExitCode`.
 """
 
 from __future__ import annotations
@@ -11,19 +13,28 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from enum import IntEnum
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from . import __version__
 from .bench import BenchConfig, format_table, plot, progress_bar, run_bench, server_label
+from .credentials import (
+    SOURCES,
+    URL_ENV,
+    CredentialError,
+    add_password_options,
+    host_address,
+    read_password,
+    redact,
+    resolve_url,
+    url_problem,
+)
 from .exceptions import (
     BrokenBarrierError,
     InvalidArgumentError,
@@ -36,11 +47,19 @@ from .procsync import ProcSync, drive
 from .server import EmbeddedServer, ServerError
 from .servertime import estimate_flow
 from .stats import summary
-from .status import read_members, read_status
+from .status import format_status, read_members, read_status
 
-__all__ = ["CommandError", "ExitCode", "check_reachable", "count_arg", "main", "seconds_arg"]
-
-URL_ENV = "PYPROCSYNC_REDIS_URL"
+__all__ = [
+    "URL_ENV",
+    "CommandError",
+    "ExitCode",
+    "check_reachable",
+    "count_arg",
+    "main",
+    "redact",
+    "seconds_arg",
+    "timeout_arg",
+]
 
 
 class ExitCode(IntEnum):
@@ -74,32 +93,6 @@ class CommandError(Exception):
         self.code = code
 
 
-def redact(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``: the one before ``@`` and a
-    ``password=`` query argument. A URL that cannot be parsed is replaced as a whole
-    by ``<unparsable URL>`` (a password in it could not be found to hide)."""
-    try:
-        parts = urlsplit(url)
-        password, port = parts.password, parts.port
-    except ValueError:
-        return "<unparsable URL>"
-    query = "&".join(
-        f"{name}=***" if name.lower() == "password" else item
-        for item in parts.query.split("&")
-        if item
-        for name in [item.split("=", 1)[0]]
-    )
-    parts = parts._replace(query=query)
-    if password is not None:
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{user}:***@{host}" + (f":{port}" if port else "")
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)
-
-
 def _number(
     kind: Callable[[str], Any], low: float, what: str, high: float = math.inf
 ) -> Callable[[str], Any]:
@@ -127,6 +120,19 @@ def _seconds_or_auto(text: str) -> float | str:
 #: argparse type: a finite number of seconds >= 0.
 seconds_arg = _number(float, 0.0, "a number of seconds >= 0")
 _positive = _number(float, 1e-9, "a number of seconds > 0")
+
+
+def timeout_arg(text: str) -> float:
+    """argparse type: a number of seconds > 0, or ``inf`` (no limit, like the library)."""
+    try:
+        if float(text) == math.inf:
+            return math.inf
+    except ValueError:
+        pass
+    return float(_positive(text))
+
+
+timeout_arg.__name__ = "a number of seconds > 0 or inf"
 _port = _number(int, 0, "a port number (0-65535)", 65535)
 
 
@@ -134,9 +140,14 @@ def _redis_option(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--redis",
         metavar="URL",
-        default=os.environ.get(URL_ENV),
-        help=f"Redis server URL (redis://, rediss://, unix://); default ${URL_ENV}{what}",
+        help=f"Redis server URL (redis://, rediss://, unix://), without a password; "
+        f"default ${URL_ENV}{what}",
     )
+    add_password_options(parser)
+
+
+def _run_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", default="", help='run id (default: "", as in the library)')
 
 
 def _clock_option(parser: argparse.ArgumentParser) -> None:
@@ -172,7 +183,8 @@ def _parser() -> argparse.ArgumentParser:
         "--delay",
         type=_seconds_or_auto,
         default=0.01,
-        help="lead time in seconds, or 'auto' (default 0.01)",
+        help="lead time in seconds, or 'auto' (default 0.01: the workers share this "
+        "machine's clock, and a short lead keeps 300 rounds quick)",
     )
     _clock_option(bench)
     bench.add_argument(
@@ -227,13 +239,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("name", help="the synchronization point")
     sync.add_argument("--nodes", type=count_arg, required=True, help="participants to wait for")
-    sync.add_argument("--run", default="", help="run id (default: empty)")
-    sync.add_argument("--timeout", type=_positive, help="seconds to wait (default: forever)")
+    _run_option(sync)
+    sync.add_argument(
+        "--timeout", type=timeout_arg, help="seconds to wait, or inf (default: forever)"
+    )
     sync.add_argument(
         "--delay",
         type=_seconds_or_auto,
         default=1.0,
-        help="lead time in seconds, or 'auto' (default 1.0)",
+        help="lead time in seconds, or 'auto' (default 1.0, ProcSync's: it covers machines "
+        "whose clocks agree only roughly; lower it once `pyprocsync clock` shows them close)",
     )
     _clock_option(sync)
     _redis_option(sync, "")
@@ -246,19 +261,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     server.add_argument("--bind", default="127.0.0.1", help="address (default 127.0.0.1)")
     server.add_argument("--port", type=_port, default=6379, help="port (default 6379)")
-    server.add_argument(
-        "--password", help="password (required when binding to a non-loopback address)"
-    )
+    add_password_options(server)
 
     status = commands.add_parser(
         "status",
-        help="show the events of a run",
+        help="show the events of a run: who arrived, who is missing, for how long",
         description="List the events of a run that the server still holds: generation, "
-        "arrived / expected, state and age; then the run's registered members "
-        "(member=True), live or lapsed.",
+        "arrived / expected, state, age, how long a filling round has waited, who waits "
+        "and who is missing; then the run's registered members (member=True), live or "
+        "lapsed. With --watch, refresh until Ctrl-C.",
     )
-    status.add_argument("--run", required=True, help="run id")
+    _run_option(status)
+    status.add_argument(
+        "--watch", action="store_true", help="refresh in place until Ctrl-C (exit 130)"
+    )
+    status.add_argument(
+        "--interval",
+        type=_number(float, 0.1, "a number of seconds >= 0.1"),
+        default=1.0,
+        help="seconds between refreshes with --watch (default 1.0, at least 0.1)",
+    )
     _redis_option(status, "")
+
+    reset = commands.add_parser(
+        "reset",
+        help="reset a synchronization point: break its current round, open the next",
+        description="Break the current round of NAME if anyone waits in it (they get "
+        "'broken', exit 5 in `pyprocsync sync`) and make a broken round usable again; "
+        "print the generation the next arrival joins. Resetting an idle point does nothing.",
+    )
+    reset.add_argument("name", help="the synchronization point")
+    _run_option(reset)
+    _redis_option(reset, "")
 
     clock_cmd = commands.add_parser(
         "clock",
@@ -297,7 +331,8 @@ def check_reachable(url: str) -> None:
     except redis.RedisError as exc:
         raise CommandError(ExitCode.CONNECTION, f"Redis at {redact(url)} refused: {exc}") from None
     except ValueError:
-        raise CommandError(ExitCode.USAGE, f"bad --redis URL: {redact(url)}") from None
+        problem = url_problem(url) or "redis-py cannot use it"
+        raise CommandError(ExitCode.USAGE, f"bad --redis URL: {problem}") from None
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -382,17 +417,29 @@ def _is_loopback(address: str) -> bool:
 
 
 def _server(args: argparse.Namespace) -> None:
-    if not _is_loopback(args.bind) and not args.password:
+    password = read_password(args)
+    if not _is_loopback(args.bind) and not password:
         raise CommandError(
             ExitCode.USAGE,
-            f"refusing to listen on {args.bind} without a password: pass --password "
+            f"refusing to listen on {args.bind} without a password: give one with {SOURCES} "
             "(or bind to 127.0.0.1)",
         )
-    server = EmbeddedServer(port=args.port, bind=args.bind, password=args.password).start()
+    server = EmbeddedServer(port=args.port, bind=args.bind, password=password).start()
     # SIGTERM stops the server like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: _raise_interrupt())
     try:
-        print(f"pyprocsync server listening on {redact(server.url)} (Ctrl-C stops it)", flush=True)
+        print(f"pyprocsync server listening on {redact(server.url)} (Ctrl-C stops it)")
+        if _is_loopback(args.bind):
+            print("only this machine can connect; --bind 0.0.0.0 serves the others")
+        else:
+            host = host_address(args.bind)
+            shown = f"[{host}]" if ":" in host else host
+            print(f"other machines use: {redact(f'redis://:pw@{shown}:{server.port}/0')}")
+            print(
+                f"  there: export {URL_ENV}=redis://{shown}:{server.port}/0 and give the "
+                f"password with {SOURCES}"
+            )
+        sys.stdout.flush()
         while server.process is not None and server.process.poll() is None:
             time.sleep(0.5)
         raise CommandError(ExitCode.FAILED, "the server exited on its own")
@@ -404,28 +451,46 @@ def _raise_interrupt() -> NoReturn:
     raise KeyboardInterrupt
 
 
+#: Moves the cursor home and clears the terminal (ANSI).
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
+
+def _status_lines(client: redis.Redis, run_id: str) -> list[str]:
+    return format_status(run_id, read_status(client, run_id), read_members(client, run_id))
+
+
 def _status(args: argparse.Namespace) -> None:
     url = _require_url(args.redis)
     check_reachable(url)
-    with redis.Redis.from_url(url) as client:
-        statuses = read_status(client, args.run)
-        members = read_members(client, args.run)
-    if not statuses:
-        print(f"no events of run {args.run!r} on {redact(url)}")
-    else:
-        print(f"{'event':<24}{'generation':>11}{'arrived':>9}  {'state':<9}{'age s':>8}  waiting")
-    for st in statuses:
-        expected = "?" if st.expected is None else str(st.expected)
-        age = "-" if st.age is None else f"{st.age:.1f}"
-        print(
-            f"{st.event:<24}{st.generation:>11}{f'{st.arrived}/{expected}':>9}  "
-            f"{st.state:<9}{age:>8}  {', '.join(st.waiting)}"
-        )
-    if members:
-        print(f"\n{'member':<40}{'state':<8}{'lease s':>8}")
-    for member in members:
-        state = "live" if member.live else "lapsed"
-        print(f"{member.node_id:<40}{state:<8}{member.expires_in:>8.1f}")
+    with redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5) as client:
+        if not args.watch:
+            lines = _status_lines(client, args.run)
+            if not lines[0].startswith("no events"):
+                print("\n".join(lines))
+            else:
+                print(f"{lines[0]} on {redact(url)}", *lines[1:], sep="\n")
+            return
+        clear = CLEAR_SCREEN if sys.stdout.isatty() else ""
+        while True:
+            lines = _status_lines(client, args.run)
+            stamp = time.strftime("%H:%M:%S")
+            head = f"run {args.run!r} on {redact(url)} at {stamp}, every {args.interval:g} s"
+            print(f"{clear}{head} (Ctrl-C stops)", *lines, "", sep="\n", flush=True)
+            time.sleep(args.interval)
+
+
+def _reset(args: argparse.Namespace) -> None:
+    url = _require_url(args.redis)
+    check_reachable(url)
+    try:
+        with ProcSync.from_url(url, args.run) as node:
+            print(node.reset(args.name))
+    except InvalidArgumentError as exc:
+        raise CommandError(ExitCode.USAGE, str(exc)) from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise CommandError(
+            ExitCode.CONNECTION, f"cannot reach Redis at {redact(url)}: {exc}"
+        ) from None
 
 
 def _clock(args: argparse.Namespace) -> None:
@@ -458,15 +523,26 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "sync": _sync,
     "server": _server,
     "status": _status,
+    "reset": _reset,
     "clock": _clock,
 }
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    """Run the command of ``args``, its server URL (with the password) resolved first."""
+    try:
+        if args.command != "server":
+            args.redis = resolve_url(args.redis, args)
+        _COMMANDS[args.command](args)
+    except CredentialError as exc:
+        raise CommandError(ExitCode.USAGE, str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``pyprocsync`` command with ``argv`` (default ``sys.argv[1:]``); return its code."""
     args = _parser().parse_args(argv)
     try:
-        _COMMANDS[args.command](args)
+        _dispatch(args)
     except CommandError as failure:
         print(f"pyprocsync: error: {failure}", file=sys.stderr)
         return failure.code

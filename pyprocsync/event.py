@@ -33,7 +33,9 @@ class Event(EventBase, ClosingShell):
         ``"auto"``.
     :param options: the keyword options of :class:`ProcSync` (``liveness``,
         ``retention``, ``late_tolerance``, ``on_late``, ``spin``, ``node_id``,
-        ``prefix``, ``clock``, ``clock_samples``, ``clock_refresh``).
+        ``prefix``, ``clock``, ``clock_samples``, ``clock_refresh``, ``auto_floor``,
+        ``member``); ``auto_floor`` has no effect, since ``delay`` is never
+        ``"auto"``.
     :raises InvalidArgumentError: an argument is invalid (nothing was sent).
 
     .. note::

@@ -40,6 +40,20 @@ def text(name: str, value: object, *, empty: bool = True) -> str:
     return value
 
 
+def choice(name: str, value: object, options: tuple[str, ...]) -> str:
+    """``value``, one of the strings ``options``.
+
+    :raises ArgumentTypeError: ``value`` is not a ``str``.
+    :raises InvalidArgumentError: it is a string but none of ``options``.
+    """
+    allowed = " or ".join(repr(option) for option in options)
+    if not isinstance(value, str):
+        raise ArgumentTypeError(f"{name} must be {allowed}, not {type(value).__name__}")
+    if value not in options:
+        raise InvalidArgumentError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
 def _is_bool(value: object) -> bool:
     """True for ``bool`` and NumPy's boolean scalars (``numpy.bool_`` / ``numpy.bool``)."""
     return isinstance(value, bool) or type(value).__name__ in ("bool_", "bool")
@@ -187,10 +201,8 @@ class Settings:
         member: object = False,
     ) -> Settings:
         """Validate the constructor arguments of a ProcSync and build its settings."""
-        if not isinstance(clock, str) or clock not in ("system", "server"):
-            raise InvalidArgumentError(f"clock must be 'system' or 'server', got {clock!r}")
-        if not isinstance(on_late, str) or on_late not in ("raise", "proceed"):
-            raise InvalidArgumentError(f"on_late must be 'raise' or 'proceed', got {on_late!r}")
+        choice("clock", clock, ("system", "server"))
+        choice("on_late", on_late, ("raise", "proceed"))
         prefix = text("prefix", prefix, empty=False)
         if "{" in prefix or "}" in prefix:
             raise InvalidArgumentError("prefix must not contain '{' or '}' (hash tag braces)")

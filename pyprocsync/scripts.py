@@ -13,6 +13,9 @@ State of one event (names in :mod:`pyprocsync.keys`), a hash with fields:
     arrivals in the current round, and how many it needs (set by its first arrival).
 ``f``
     arrival indices given back by withdrawn participants, space separated.
+``t``
+    when the current round's first counted arrival came, server milliseconds (set
+    whenever an arrival makes ``n`` 1; read by ``pyprocsync status`` only).
 ``L``
     the slowest recent announcement, µs: how long participants took to learn of a
     release after it was decided (each reports its last one when it arrives); it sizes
@@ -263,6 +266,7 @@ if n >= k and not hold then
 end
 redis.call('ZADD', Z, now + liveness, member)  -- first: if refused, nothing is counted
 redis.call('HSET', H, 'g', fmt(g), 'n', n, 'k', k, 'm:' .. member, index)
+if n == 1 then redis.call('HSET', H, 't', fmt(now)) end
 keep(retention)
 if n >= k then
   redis.call('HSET', H, 'a', member)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import unquote
@@ -12,7 +13,14 @@ from .exceptions import ProtocolError
 from .keys import EventKeys, encode, members_key
 from .rounds import Broken, Released, member_node, parse_outcome
 
-__all__ = ["EventStatus", "MemberStatus", "read_members", "read_status"]
+__all__ = [
+    "EventStatus",
+    "MemberStatus",
+    "format_status",
+    "missing_members",
+    "read_members",
+    "read_status",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +45,9 @@ class EventStatus:
     age: float | None
     #: Node ids holding a lease in the current round.
     waiting: tuple[str, ...]
+    #: While ``filling``: seconds since the first arrival still counted in the current
+    #: round (by the server's clock), if the state records it; else ``None``.
+    waited: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +66,11 @@ class MemberStatus:
     expires_in: float
 
 
+def _server_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 def read_members(
     client: redis.Redis, run_id: str, *, prefix: str = "pyprocsync"
 ) -> list[MemberStatus]:
@@ -62,8 +78,7 @@ def read_members(
 
     :raises ProtocolError: the member set is not what pyprocsync writes.
     """
-    seconds, micros = client.time()
-    now_ms = seconds * 1000 + micros // 1000
+    now_ms = _server_ms(client)
     try:
         entries = cast(
             "list[tuple[bytes | str, float]]",
@@ -91,12 +106,15 @@ def _describe(
     pttl_ms: int,
     retention: float | None,
     waiting: tuple[str, ...],
+    *,
+    now_ms: int,
 ) -> EventStatus:
     try:
         generation = int(fields.get("g", "0"))
         arrived = int(fields.get("n", "0"))
         expected = int(fields["k"]) if "k" in fields else None
-        if min(generation, arrived, expected or 0) < 0:
+        first_ms = int(fields["t"]) if "t" in fields else None
+        if min(generation, arrived, expected or 0, first_ms or 0) < 0:
             raise ValueError("negative")
     except ValueError:
         raise ProtocolError(f"corrupt state for event {event!r}: {str(fields)[:200]}") from None
@@ -111,7 +129,10 @@ def _describe(
     else:
         state = "idle"
     age = None if retention is None or pttl_ms < 0 else max(0.0, retention - pttl_ms / 1e3)
-    return EventStatus(event, generation, state, arrived, expected, age, waiting)
+    waited = None
+    if state == "filling" and first_ms is not None:
+        waited = max(0.0, (now_ms - first_ms) / 1e3)
+    return EventStatus(event, generation, state, arrived, expected, age, waiting, waited)
 
 
 def read_status(
@@ -126,6 +147,7 @@ def read_status(
     :param retention: the retention the participants use, to compute ``age``.
     :raises ProtocolError: an event's state is not what pyprocsync writes.
     """
+    now_ms = _server_ms(client)
     head = f"{prefix}:{{{encode(run_id)}:"
     statuses = []
     for raw_key in client.scan_iter(match=f"{head}*}}", count=1000):
@@ -142,5 +164,65 @@ def read_status(
             if not str(exc).startswith("WRONGTYPE"):
                 raise
             raise ProtocolError(f"foreign data in the keys of event {event!r}: {exc}") from None
-        statuses.append(_describe(event, fields, pttl, retention, waiting))
+        statuses.append(_describe(event, fields, pttl, retention, waiting, now_ms=now_ms))
     return sorted(statuses, key=lambda status: status.event)
+
+
+def missing_members(
+    status: EventStatus, members: Sequence[MemberStatus]
+) -> tuple[MemberStatus, ...]:
+    """The registered members of the run that are not waiting in ``status``'s round:
+    who a ``filling`` round waits for, when the participants register (``member=True``).
+    Empty for a round that is not filling."""
+    if status.state != "filling":
+        return ()
+    waiting = set(status.waiting)
+    return tuple(member for member in members if member.node_id not in waiting)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def format_status(
+    run_id: str, statuses: Sequence[EventStatus], members: Sequence[MemberStatus]
+) -> list[str]:
+    """The lines ``pyprocsync status`` prints for ``run_id``.
+
+    A table of the events (generation, arrived/expected, state, ``age s`` since the
+    last change, ``waited s`` since the first arrival of a filling round, the node ids
+    waiting); under each filling round a ``missing:`` line: the registered members not
+    waiting in it (lapsed ones marked), or, without registered members, how many are
+    missing. Then the registered members, live or lapsed, with the seconds left on
+    their registration (negative: since it lapsed).
+    """
+    if not statuses:
+        lines = [f"no events of run {run_id!r}"]
+    else:
+        lines = [
+            f"{'event':<24}{'generation':>11}{'arrived':>9}  {'state':<9}{'age s':>8}"
+            f"{'waited s':>10}  waiting"
+        ]
+    for st in statuses:
+        expected = "?" if st.expected is None else str(st.expected)
+        lines.append(
+            f"{st.event:<24}{st.generation:>11}{f'{st.arrived}/{expected}':>9}  "
+            f"{st.state:<9}{_seconds(st.age):>8}{_seconds(st.waited):>10}  "
+            f"{', '.join(st.waiting)}".rstrip()
+        )
+        if st.state != "filling":
+            continue
+        absent = missing_members(st, members)
+        if members:
+            names = [f"{m.node_id} (lapsed)" if not m.live else m.node_id for m in absent]
+            lines.append(f"  missing: {', '.join(names) or 'none of the registered members'}")
+        elif st.expected is not None:
+            lines.append(
+                f"  missing: {st.expected - st.arrived} (not named: no member=True registrations)"
+            )
+    if members:
+        lines += ["", f"{'member':<40}{'state':<8}{'lease s':>8}"]
+    for member in members:
+        state = "live" if member.live else "lapsed"
+        lines.append(f"{member.node_id:<40}{state:<8}{member.expires_in:>8.1f}")
+    return lines

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -387,3 +388,18 @@ def assert_one_line_error(stderr: str, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], stderr
     return lines[0]
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def watch_args(run_id: str, url: str) -> list[str]:
+    """The arguments of ``pyprocsync status --watch`` of ``run_id`` at ``url``, refreshed
+    every 0.2 s."""
+    return ["status", "--watch", "--interval", "0.2", "--run", run_id, "--redis", url]

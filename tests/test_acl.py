@@ -9,6 +9,7 @@ prefixes apart.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Callable
 
@@ -21,6 +22,7 @@ import pyprocsync
 import pyprocsync.asyncio as aio
 from pyprocsync import Barrier, Event, InvalidArgumentError, ProcSync
 from pyprocsync.acl import CLIENT_COMMANDS, SCRIPT_COMMANDS, acl_rule
+from pyprocsync.cli import URL_ENV
 from pyprocsync.server import EmbeddedServer
 
 
@@ -67,8 +69,9 @@ def test_user_with_exactly_the_rule_runs_everything(
             await asyncio.gather(*(sync.sync("a", 2, 10) for _ in range(2)))
 
     asyncio.run(twin())
-    done = run_command(
-        [sys.executable, "-m", "pyprocsync", "status", "--redis", url, "--run", run_id]
+    done = run_command(  # the URL holds the user's password: not on the command line
+        [sys.executable, "-m", "pyprocsync", "status", "--run", run_id],
+        env={**os.environ, URL_ENV: url},
     )
     assert done.returncode == 0, done.stderr
     assert "s" in done.stdout

@@ -33,23 +33,29 @@ from support import (
     children,
     command_line,
     default_sigint,
+    event_keys,
     ignores_sigint,
+    join,
     kill_group,
+    listening,
     process_group,
     run_command,
     server_pids,
+    start_thread,
     wait_for,
     wait_gone,
     waiting_members,
+    watch_args,
 )
 
 import pyprocsync
-from pyprocsync import ProcSync, TimeOutError, TooLateError
+from pyprocsync import ProcSync, ProtocolError, TimeOutError, TooLateError
 from pyprocsync.bench import BenchConfig, _figures, _NodeRecord, _warm_up, format_table
 from pyprocsync.cli import URL_ENV, ExitCode
+from pyprocsync.credentials import PASSWORD_ENV, url_problem
 from pyprocsync.server import EmbeddedServer
 from pyprocsync.stats import percentile, summary
-from pyprocsync.status import read_status
+from pyprocsync.status import EventStatus, MemberStatus, format_status, read_status
 
 #: The console script installed next to the interpreter running the tests.
 CONSOLE_SCRIPT = Path(sys.executable).with_name("pyprocsync")
@@ -57,7 +63,7 @@ CONSOLE_SCRIPT = Path(sys.executable).with_name("pyprocsync")
 UNREACHABLE = "redis://127.0.0.1:1/0"
 #: Hard limit for one short command (start-up, parse, one round trip).
 QUICK = 30.0
-COMMANDS = ("bench", "sync", "server", "status")
+COMMANDS = ("bench", "sync", "server", "status", "reset", "clock")
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -70,8 +76,9 @@ def argv(*args: str, console: bool = False) -> list[str]:
 
 
 def environment(url: str | None = None) -> dict[str, str]:
-    """This process's environment, with ``$PYPROCSYNC_REDIS_URL`` set to ``url`` or unset."""
-    env = {k: v for k, v in os.environ.items() if k != URL_ENV}
+    """This process's environment, with ``$PYPROCSYNC_REDIS_URL`` set to ``url`` or unset
+    (and no ``$PYPROCSYNC_PASSWORD``)."""
+    env = {k: v for k, v in os.environ.items() if k not in (URL_ENV, PASSWORD_ENV)}
     if url is not None:
         env[URL_ENV] = url
     return env
@@ -202,15 +209,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def listening(port: int) -> bool:
-    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 def port_bindable(port: int) -> bool:
     """Whether a new listener could bind 127.0.0.1:``port`` (TIME_WAIT does not count)."""
     with socket.socket() as probe:
@@ -236,11 +234,22 @@ def server_child(command: Background, timeout: float = 15.0) -> int:
 
 
 def status_rows(stdout: str) -> dict[str, list[str]]:
-    """``pyprocsync status`` output as {event: [generation, arrived/expected, state, age,
-    waiting...]} (event names in these tests hold no spaces)."""
-    lines = stdout.strip().splitlines()
-    assert lines[0].split()[:6] == ["event", "generation", "arrived", "state", "age", "s"]
-    return {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    """The event table of ``pyprocsync status`` as {event: [generation, arrived/expected,
+    state, age, waited, waiting...]} (event names in these tests hold no spaces; the
+    indented ``missing:`` lines and the member table are left out)."""
+    lines = stdout.strip().split("\n\n")[0].splitlines()
+    assert lines[0].split() == [
+        "event",
+        "generation",
+        "arrived",
+        "state",
+        "age",
+        "s",
+        "waited",
+        "s",
+        "waiting",
+    ]
+    return {line.split()[0]: line.split()[1:] for line in lines[1:] if not line[0].isspace()}
 
 
 # -- help and version -----------------------------------------------------------------------
@@ -248,7 +257,7 @@ def status_rows(stdout: str) -> dict[str, list[str]]:
 
 @pytest.mark.timeout(60)
 def test_top_level_help_lists_every_command() -> None:
-    """``pyprocsync --help`` exits 0 and names the four commands."""
+    """``pyprocsync --help`` exits 0 and names every command."""
     done = run("--help")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: pyprocsync ")
@@ -263,18 +272,22 @@ def test_top_level_help_lists_every_command() -> None:
     [
         ("bench", ["--redis", "--nodes", "--rounds", "--delay", "--think", "--json", "--plot"]),
         ("sync", ["--nodes", "--run", "--timeout", "--delay", "--redis"]),
-        ("server", ["--bind", "--port", "--password"]),
-        ("status", ["--run", "--redis"]),
+        ("server", ["--bind", "--port", "--password-file", "--ask-password"]),
+        ("status", ["--run", "--watch", "--interval", "--redis", "--password-file"]),
+        ("reset", ["--run", "--redis", "--password-file", "--ask-password"]),
+        ("clock", ["--samples", "--max-offset", "--redis", "--password-file"]),
     ],
 )
 def test_subcommand_help(command: str, options: list[str]) -> None:
     """``pyprocsync COMMAND --help`` exits 0 with that command's usage and its options
-    (and ``sync --help`` documents the exit codes)."""
+    (and ``sync --help`` documents the exit codes); ``--password`` is not offered."""
     done = run(command, "--help")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"usage: pyprocsync {command} ")
     for option in options:
         assert option in done.stdout
+    assert "--password " not in done.stdout
+    assert "PYPROCSYNC_PASSWORD" in done.stdout
     assert URL_ENV in done.stdout or command == "server"
     if command == "sync":
         text = " ".join(done.stdout.split())
@@ -311,11 +324,24 @@ BAD_INPUT = [
     (["sync", "x", "--nodes", "1", "--delay", "nan", "--redis", UNREACHABLE], "sync", "--delay"),
     (["sync", "x", "--nodes", "1", "--delay", "inf", "--redis", UNREACHABLE], "sync", "--delay"),
     (["sync", "x", "--nodes", "1", "--timeout", "0", "--redis", UNREACHABLE], "sync", "--timeout"),
+    (
+        ["sync", "x", "--nodes", "1", "--timeout", "nan", "--redis", UNREACHABLE],
+        "sync",
+        "--timeout",
+    ),
+    (
+        ["sync", "x", "--nodes", "1", "--timeout", "-inf", "--redis", UNREACHABLE],
+        "sync",
+        "--timeout",
+    ),
     (["bench", "--think", "-0.5", "--redis", UNREACHABLE], "bench", "--think"),
     (["server", "--port", "x"], "server", "--port"),
     (["server", "--port", "-1"], "server", "--port"),
     (["sync", "--nodes", "2", "--redis", UNREACHABLE], "sync", "name"),
-    (["status", "--redis", UNREACHABLE], "status", "--run"),
+    (["status", "--watch", "--interval", "0", "--redis", UNREACHABLE], "status", "--interval"),
+    (["status", "--watch", "--interval", "0.01", "--redis", UNREACHABLE], "status", "--interval"),
+    (["reset", "--redis", UNREACHABLE], "reset", "name"),
+    (["status", "--password-file", "f", "--ask-password"], "status", "--ask-password"),
     (["frobnicate"], None, "frobnicate"),
 ]
 
@@ -476,10 +502,11 @@ def test_sync_too_late_exits_4(
     "url", [UNREACHABLE, "redis://:hunter2-secret@127.0.0.1:1/0"], ids=["plain", "password"]
 )
 def test_sync_unreachable_server_exits_6(url: str) -> None:
-    """An unreachable server makes ``sync`` exit 6 (connection) promptly, with one line
-    naming the URL and never its password."""
+    """An unreachable server (``$PYPROCSYNC_REDIS_URL``, which may carry the password)
+    makes ``sync`` exit 6 (connection) promptly, with one line naming the URL and never
+    its password."""
     started = time.monotonic()
-    done = run("sync", "x", "--nodes", "2", "--redis", url, "--timeout", "20")
+    done = run("sync", "x", "--nodes", "2", "--timeout", "20", url_env=url)
     assert done.returncode == ExitCode.CONNECTION, done.stderr
     line = assert_one_line_error(done.stderr, "127.0.0.1:1")
     assert "hunter2" not in done.stderr + done.stdout
@@ -573,6 +600,7 @@ def test_server_runs_in_foreground_until_ctrl_c(background: Callable[..., Backgr
     command = background("server", "--port", str(port))
     wait_listening(command, port)
     assert f"127.0.0.1:{port}" in command.stdout
+    assert "only this machine can connect" in command.stdout
     child = server_child(command)
     with redis.Redis(port=port, socket_timeout=5) as probe:
         assert probe.ping()
@@ -587,40 +615,17 @@ def test_server_runs_in_foreground_until_ctrl_c(background: Callable[..., Backgr
 
 @pytest.mark.timeout(60)
 def test_server_refuses_public_bind_without_password() -> None:
-    """``server --bind 0.0.0.0`` without ``--password`` exits 2 with one line naming
-    ``--password``, and starts nothing."""
+    """``server --bind 0.0.0.0`` without a password exits 2 with one line naming the
+    ways to give one, and starts nothing."""
     port = free_port()
     before = server_pids()
     done = run("server", "--bind", "0.0.0.0", "--port", str(port))
     assert done.returncode == ExitCode.USAGE, done.stderr
-    assert_one_line_error(done.stderr, "0.0.0.0", "--password")
+    assert_one_line_error(
+        done.stderr, "0.0.0.0", "$PYPROCSYNC_PASSWORD", "--password-file", "--ask-password"
+    )
     assert not listening(port)
     assert server_pids() <= before
-
-
-@pytest.mark.timeout(60)
-def test_server_password_is_required_and_never_shown(
-    background: Callable[..., Background],
-) -> None:
-    """``server --password PW``: clients without the password are refused, with it they
-    are served; the password appears neither in the command's output nor on the server
-    process's command line."""
-    secret = "s3cret-pw-4711"
-    port = free_port()
-    command = background("server", "--port", str(port), "--password", secret)
-    wait_listening(command, port)
-    child = server_child(command)
-    assert secret not in command_line(child)
-    # A bare PING (redis-py would spend seconds retrying the authentication error).
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as anonymous:
-        anonymous.sendall(b"PING\r\n")
-        assert anonymous.recv(200).startswith(b"-NOAUTH")
-    with redis.Redis(port=port, password=secret, socket_timeout=5) as member:
-        assert member.ping()
-    os.kill(command.pid, signal.SIGINT)
-    assert command.wait(20) == ExitCode.INTERRUPTED, command.stderr
-    assert "***" in command.stdout
-    assert secret not in command.stdout + command.stderr
 
 
 @pytest.mark.timeout(60)
@@ -682,7 +687,7 @@ def test_status_lists_events_with_generation_counts_and_state(
     assert rows["released"][:3] == ["3", "0/?", "released"]
     assert rows["broken"][:3] == ["0", "1/2", "broken"]
     assert rows["filling"][:3] == ["0", "1/2", "filling"]
-    assert f":{waiter.pid}:" in " ".join(rows["filling"][4:])
+    assert f":{waiter.pid}:" in " ".join(rows["filling"][5:])
     for row in rows.values():
         assert 0 <= float(row[3]) <= 60
 
@@ -1124,3 +1129,271 @@ def test_summary() -> None:
     empty = summary([])
     assert set(empty) == PERCENTILES
     assert all(math.isnan(v) for v in empty.values())
+
+
+# -- option defaults, --timeout inf, URL errors -----------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_sync_timeout_inf_means_no_limit(server: EmbeddedServer, run_id: str) -> None:
+    """``sync --timeout inf`` is accepted, as the library accepts ``timeout=inf``: the
+    round is released normally (exit 0)."""
+    done = run(
+        *sync_args("x", 1, run_id, "--redis", server.url, "--delay", "0", "--timeout", "inf")
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == done.stderr == ""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", ["sync x --nodes 1", "status", "reset x", "clock"])
+def test_run_defaults_to_the_empty_run_id(
+    fresh_server: Callable[..., EmbeddedServer], command: str
+) -> None:
+    """``--run`` defaults to ``""`` (the library's default) for ``sync``, ``status`` and
+    ``reset``: a round of a library participant in run ``""`` is seen and reset by
+    commands given no ``--run`` (a server of the test's own: nobody else uses run "")."""
+    own = fresh_server()
+    with ProcSync.from_url(own.url, delay=0.0) as node:
+        node.sync("x", 1, 10)
+        done = run(*command.split(), "--redis", own.url)
+        assert done.returncode == 0, done.stderr
+        if command == "status":
+            assert status_rows(done.stdout)["x"][:3] == ["1", "0/?", "released"]
+        elif command.startswith("reset"):
+            assert done.stdout.strip() == "1"
+        assert node.sync("x", 1, 10).generation == (2 if command.startswith("sync") else 1)
+
+
+BAD_URLS = [
+    ("redis://127.0.0.1:notaport/0", "port 'notaport' is not a number"),
+    ("redis://127.0.0.1:70000/0", "port 70000 is out of range"),
+    ("http://127.0.0.1:6379/0", "scheme 'http' is not one of"),
+    ("redis://127.0.0.1:6379/abc", "database 'abc' is not a number"),
+    ("redis://[::1:6379/0", "IPv6"),
+    ("redis://:6379/0", "no host name"),
+    ("unix://", "socket's path"),
+    ("redis://127.0.0.1:6379/0?socket_timeout=soon", "socket_timeout"),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("url", "reason"), BAD_URLS, ids=[case[0] for case in BAD_URLS])
+@pytest.mark.parametrize("command", ["sync x --nodes 1", "status", "reset x", "clock", "bench"])
+def test_bad_url_names_what_is_wrong(command: str, url: str, reason: str) -> None:
+    """A URL that cannot be used is a usage error (exit 2, one line) that says what is
+    wrong with it, for ``--redis`` and for ``$PYPROCSYNC_REDIS_URL`` alike."""
+    for origin, done in (
+        ("--redis URL", run(*command.split(), "--redis", url)),
+        (f"${URL_ENV}", run(*command.split(), url_env=url)),
+    ):
+        assert done.returncode == ExitCode.USAGE, done.stderr
+        assert_one_line_error(done.stderr, f"bad {origin}: ", reason)
+
+
+def test_url_problem_accepts_what_redis_py_accepts() -> None:
+    """``url_problem`` finds nothing wrong with the URL forms the documentation shows."""
+    for url in (
+        "redis://127.0.0.1:6379/0",
+        "redis://sync-host",
+        "rediss://cell@redis.example:6380/0?ssl_cert_reqs=required",
+        "redis://[::1]:6379/2",
+        "unix:///run/redis.sock?db=1",
+        "redis://:s3cret@host:1/0",
+    ):
+        assert url_problem(url) is None, url
+
+
+# -- reset ------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_reset_breaks_the_waiting_round_and_prints_the_next_generation(
+    server: EmbeddedServer, run_id: str, client: redis.Redis, background: Callable[..., Background]
+) -> None:
+    """``reset NAME --run RUN`` while a ``sync`` waits: the waiter exits 5 (broken), the
+    command prints the generation the next arrival joins and exits 0, and the next
+    rounds run; resetting the idle point prints the same generation."""
+    waiter = background(*sync_args("gate", 2, run_id, "--redis", server.url, "--timeout", "30"))
+    wait_for(lambda: waiting_members(client, run_id, "gate"), 15, "the waiting process")
+    done = run("reset", "gate", "--run", run_id, "--redis", server.url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "1\n"
+    assert done.stderr == ""
+    assert waiter.wait(15) == ExitCode.BROKEN
+    assert "reset" in waiter.stderr
+    shown = status_rows(run("status", "--run", run_id, "--redis", server.url).stdout)
+    assert shown["gate"][:3] == ["1", "0/?", "idle"]
+    again = run("reset", "gate", "--run", run_id, "--redis", server.url)
+    assert again.stdout == "1\n", again.stderr
+    pair = [
+        background(*sync_args("gate", 2, run_id, "--redis", server.url, "--delay", "0.05"))
+        for _ in range(2)
+    ]
+    wait_all(pair, 30)
+    assert [c.process.returncode for c in pair] == [0, 0], [c.stderr for c in pair]
+
+
+@pytest.mark.timeout(60)
+def test_reset_makes_a_timed_out_round_usable(server: EmbeddedServer, run_id: str) -> None:
+    """The shell script of the issue: after a timeout the point answers exit 5 until it
+    is reset; ``reset`` exits 0 and the next ``sync`` succeeds at once."""
+    args = sync_args("loaded", 2, run_id, "--redis", server.url, "--delay", "0")
+    assert run(*args, "--timeout", "0.3").returncode == ExitCode.TIMEOUT
+    assert run(*args, "--timeout", "5").returncode == ExitCode.BROKEN
+    done = run("reset", "loaded", "--run", run_id, "--redis", server.url)
+    assert (done.returncode, done.stdout) == (0, "1\n"), done.stderr
+    solo = sync_args("loaded", 1, run_id, "--redis", server.url, "--delay", "0", "--timeout", "5")
+    assert run(*solo).returncode == 0
+
+
+@pytest.mark.timeout(60)
+def test_reset_unreachable_server_exits_6() -> None:
+    """``reset`` against an unreachable server exits 6 with one line naming the URL."""
+    done = run("reset", "x", "--redis", UNREACHABLE)
+    assert done.returncode == ExitCode.CONNECTION, done.stderr
+    assert_one_line_error(done.stderr, UNREACHABLE)
+
+
+# -- what an operator sees when a cell stands still -------------------------------------------
+
+
+def server_seconds(client: redis.Redis) -> float:
+    seconds, micros = client.time()
+    return float(seconds) + micros / 1e6
+
+
+@pytest.mark.timeout(60)
+def test_status_shows_who_waits_who_is_missing_and_for_how_long(
+    server: EmbeddedServer, run_id: str, client: redis.Redis, make_sync: Callable[..., ProcSync]
+) -> None:
+    """With registered members (``member=True``): a filling round shows how long it has
+    waited (by the server's clock, since its first arrival), who waits, and the
+    registered members missing from it; the member table lists them live."""
+    cell_a = make_sync(0.05, member=True, node_id="cell-a")
+    cell_b = make_sync(0.05, member=True, node_id="cell-b")
+    cell_b.reset("elsewhere")  # its first call registers it
+    before = server_seconds(client)
+    thread, outcome = start_thread(lambda: cell_a.sync("start", 3, 30))
+    wait_for(lambda: waiting_members(client, run_id, "start"), 15, "cell-a waiting")
+    done = run("status", "--run", run_id, "--redis", server.url)
+    waited_bound = server_seconds(client) - before
+    cell_a.reset("start")
+    join([thread], 15)
+    assert outcome.error is not None
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[-3:] == ["waited", "s", "waiting"]
+    row = status_rows(done.stdout)["start"]
+    assert row[:3] == ["0", "1/3", "filling"]
+    assert 0 <= float(row[4]) <= waited_bound + 0.1
+    assert row[5] == "cell-a"
+    missing = next(line for line in lines if line.strip().startswith("missing:"))
+    assert missing.split() == ["missing:", "cell-b"]
+    members = {line.split()[0]: line.split()[1:] for line in lines[lines.index("") + 2 :]}
+    assert sorted(members) == ["cell-a", "cell-b"]
+    assert all(state == "live" and float(lease) > 0 for state, lease in members.values())
+
+
+def test_format_status_names_lapsed_and_unnamed_missing_participants() -> None:
+    """``format_status``: under a filling round, registered members not waiting are
+    listed with ``(lapsed)`` when their registration lapsed; without registered members
+    the number missing is given, unnamed; rounds that are not filling get no line."""
+    filling = EventStatus("start", 4, "filling", 1, 3, 0.4, ("cell-a",), 12.25)
+    released = EventStatus("done", 2, "released", 0, None, 3.0, ())
+    members = [
+        MemberStatus("cell-a", True, 8.0),
+        MemberStatus("cell-b", False, -2.5),
+        MemberStatus("cell-c", True, 9.0),
+    ]
+    lines = format_status("r", [released, filling], members)
+    assert lines[1].split() == ["done", "2", "0/?", "released", "3.0", "-"]
+    assert lines[2].split() == ["start", "4", "1/3", "filling", "0.4", "12.2", "cell-a"]
+    assert lines[3] == "  missing: cell-b (lapsed), cell-c"
+    assert lines[-2].split() == ["cell-b", "lapsed", "-2.5"]
+    unnamed = format_status("r", [filling], [])
+    assert unnamed[2] == "  missing: 2 (not named: no member=True registrations)"
+    assert format_status("r", [], []) == ["no events of run 'r'"]
+
+
+def watch_blocks(stdout: str) -> list[str]:
+    """The refreshes of ``status --watch`` in its output (each starts with its header)."""
+    return [block for block in stdout.split("\nrun ") if block.strip()]
+
+
+@pytest.mark.timeout(60)
+def test_status_watch_refreshes_until_ctrl_c(
+    server: EmbeddedServer,
+    run_id: str,
+    client: redis.Redis,
+    background: Callable[..., Background],
+) -> None:
+    """``status --watch`` into a file (not a terminal) prints plain repeated blocks, no
+    terminal escapes; a change (a participant arriving) shows in a later block; SIGINT
+    ends it with exit 130 and one line."""
+    watcher = background(*watch_args(run_id, server.url), session=True)
+    wait_for(lambda: len(watch_blocks(watcher.stdout)) >= 2 or watcher.poll() is not None, 15)
+    assert f"no events of run {run_id!r}" in watch_blocks(watcher.stdout)[0]
+    waiter = background(*sync_args("start", 2, run_id, "--redis", server.url, "--timeout", "30"))
+    wait_for(lambda: "filling" in watcher.stdout or watcher.poll() is not None, 15, "a refresh")
+    assert watcher.poll() is None, watcher.stderr
+    os.killpg(watcher.pid, signal.SIGINT)
+    assert watcher.wait(20) == ExitCode.INTERRUPTED
+    assert watcher.stderr.strip() == "pyprocsync: interrupted"
+    assert "\x1b" not in watcher.stdout
+    header = watcher.stdout.splitlines()[0]
+    assert header.startswith(f"run {run_id!r} on {server.url} at ")
+    assert "every 0.2 s" in header
+    waiter.kill()
+
+
+@pytest.mark.timeout(60)
+def test_status_watch_on_a_terminal_refreshes_in_place(server: EmbeddedServer, run_id: str) -> None:
+    """``status --watch`` with a terminal on stdout starts each refresh by moving the
+    cursor home and clearing the screen (ANSI); Ctrl-C (SIGINT) exits 130."""
+    terminal, screen_side = os.openpty()
+    try:
+        process = subprocess.Popen(
+            argv(*watch_args(run_id, server.url)),
+            stdout=screen_side,
+            stderr=subprocess.PIPE,
+            env=environment(),
+            start_new_session=True,
+            preexec_fn=default_sigint,  # noqa: PLW1509  # only resets one signal
+        )
+    finally:
+        os.close(screen_side)
+    shown = b""
+    try:
+        deadline = time.monotonic() + 15
+        while shown.count(b"\x1b[H\x1b[2J") < 2 and time.monotonic() < deadline:
+            shown += os.read(terminal, 4096)
+        process.send_signal(signal.SIGINT)
+        _, errors = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        os.close(terminal)
+    assert process.returncode == ExitCode.INTERRUPTED
+    assert errors.strip() == b"pyprocsync: interrupted"
+    assert shown.count(b"\x1b[H\x1b[2J") >= 2, shown
+    assert f"no events of run {run_id!r}".encode() in shown
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("value", ["soon", "-5"])
+def test_read_status_refuses_a_first_arrival_time_it_did_not_write(
+    client: redis.Redis, run_id: str, make_sync: Callable[..., ProcSync], value: str
+) -> None:
+    """The first arrival's time (field ``t``) of a filling round is read as written: a
+    value pyprocsync does not write raises ProtocolError naming the event."""
+    node = make_sync(0.05)
+    thread, _outcome = start_thread(lambda: node.sync("held", 2, 30))
+    wait_for(lambda: waiting_members(client, run_id, "held"), 15, "the waiting participant")
+    assert read_status(client, run_id)[0].waited is not None
+    client.hset(event_keys(run_id, "held").state, "t", value)
+    with pytest.raises(ProtocolError, match="'held'"):
+        read_status(client, run_id)
+    node.reset("held")
+    join([thread], 15)

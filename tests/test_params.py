@@ -193,6 +193,40 @@ def test_invalid_options_rejected(unreachable: redis.Redis, options: dict[str, A
         ProcSync(unreachable, "run", 0.1, **options)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"clock": 5},
+        {"clock": b"server"},
+        {"clock": None},
+        {"on_late": 1},
+        {"on_late": True},
+        {"member": "yes"},
+        {"prefix": 7},
+        {"clock_samples": 2.5},
+    ],
+    ids=repr,
+)
+def test_wrong_option_types_raise_argument_type_error(
+    unreachable: redis.Redis, options: dict[str, Any]
+) -> None:
+    """A keyword option of the wrong type (``clock=5``, ``on_late=1``...) raises
+    ArgumentTypeError, as the README says, not merely InvalidArgumentError."""
+    with pytest.raises(ArgumentTypeError):
+        ProcSync(unreachable, "run", 0.1, **options)
+
+
+@pytest.mark.parametrize("options", [{"clock": "monotonic"}, {"on_late": "ignore"}], ids=repr)
+def test_unknown_option_strings_are_invalid_not_mistyped(
+    unreachable: redis.Redis, options: dict[str, Any]
+) -> None:
+    """A string that is none of the choices is a bad value: InvalidArgumentError naming
+    the choices, and not ArgumentTypeError."""
+    with pytest.raises(InvalidArgumentError, match="must be '") as caught:
+        ProcSync(unreachable, "run", 0.1, **options)
+    assert not isinstance(caught.value, ArgumentTypeError)
+
+
 def test_settings_units() -> None:
     """Settings keep durations as integers in the protocol's units (µs, ms, ns)."""
     made = settings(delay=0.0123456, liveness=0.5, retention=2, late_tolerance=0.002, spin=0.001)

@@ -41,17 +41,22 @@ import redis
 from support import (
     LONG,
     assert_one_line_error,
+    children,
+    command_line,
     join,
+    listening,
     run_command,
     start_thread,
     wait_for,
     waiting_members,
+    watch_args,
 )
 from tls_support import free_port
 
 import pyprocsync.asyncio as aps
 from pyprocsync import Barrier, ConnectionLostError, Event, ProcSync
 from pyprocsync.cli import URL_ENV, ExitCode, redact
+from pyprocsync.credentials import PASSWORD_ENV, host_address
 from pyprocsync.server import EmbeddedServer
 
 #: The password the URLs under test carry (and, but for one case, the server's).
@@ -431,11 +436,14 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "pyprocsync", *args]
 
 
-def command_env(url: str | None = None) -> dict[str, str]:
-    """This environment, with ``$PYPROCSYNC_REDIS_URL`` set to ``url`` or unset."""
-    env = {k: v for k, v in os.environ.items() if k != URL_ENV}
+def command_env(url: str | None = None, password: str | None = None) -> dict[str, str]:
+    """This environment, with ``$PYPROCSYNC_REDIS_URL`` set to ``url`` and
+    ``$PYPROCSYNC_PASSWORD`` to ``password``, or unset."""
+    env = {k: v for k, v in os.environ.items() if k not in (URL_ENV, PASSWORD_ENV)}
     if url is not None:
         env[URL_ENV] = url
+    if password is not None:
+        env[PASSWORD_ENV] = password
     return env
 
 
@@ -445,6 +453,7 @@ def command_args(command: str) -> list[str]:
     return {
         "sync": ["sync", "point", "--nodes", "2", "--run", run, "--timeout", "20"],
         "status": ["status", "--run", run],
+        "reset": ["reset", "point", "--run", run],
         "clock": ["clock", "--samples", "3"],
         "bench": ["bench", "--rounds", "2", "--nodes", "2", "--quiet"],
     }[command]
@@ -458,31 +467,101 @@ def check_command_error(done: subprocess.CompletedProcess[str], code: ExitCode) 
     return assert_one_line_error(done.stderr)
 
 
+def password_file(directory: Path, password: str = SECRET) -> str:
+    """A file holding ``password`` on its first line, for ``--password-file``."""
+    path = directory / "password"
+    path.write_text(password + "\n", encoding="utf-8")
+    return str(path)
+
+
+def plain_url(port: int) -> str:
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def with_password_from(
+    via: str, argv: list[str], port: int, directory: Path
+) -> tuple[list[str], dict[str, str]]:
+    """``argv`` and its environment with the password ``SECRET`` for the server on
+    ``port`` given ``via`` the URL variable, the password variable or a password file."""
+    if via == "url variable":
+        return argv, command_env(url_of(port))
+    if via == "password variable":
+        return [*argv, "--redis", plain_url(port)], command_env(password=SECRET)
+    return [*argv, "--redis", plain_url(port), "--password-file", password_file(directory)], (
+        command_env()
+    )
+
+
+PASSWORD_SOURCES = ["url variable", "password variable", "password file"]
+COMMANDS = ["sync", "status", "reset", "clock", "bench"]
+
+
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("via", ["option", "environment"])
-@pytest.mark.parametrize("command", ["sync", "status", "clock", "bench"])
-def test_cli_wrong_password(locked_server: EmbeddedServer, command: str, via: str) -> None:
-    """Every command with a wrong password (``--redis`` or ``$PYPROCSYNC_REDIS_URL``):
-    exit 6, one error line showing the URL with ``***``, no password."""
-    url = url_of(locked_server.port)
-    argv = cli(*command_args(command))
-    if via == "option":
-        done = run_command([*argv, "--redis", url], env=command_env())
-    else:
-        done = run_command(argv, env=command_env(url))
-    line = check_command_error(done, ExitCode.CONNECTION)
+@pytest.mark.parametrize("via", PASSWORD_SOURCES)
+@pytest.mark.parametrize("command", COMMANDS)
+def test_cli_wrong_password(
+    locked_server: EmbeddedServer, command: str, via: str, tmp_path: Path
+) -> None:
+    """Every command with a wrong password (in ``$PYPROCSYNC_REDIS_URL``,
+    ``$PYPROCSYNC_PASSWORD`` or ``--password-file``): exit 6, one error line showing
+    the URL with ``***``, no password."""
+    argv, env = with_password_from(via, cli(*command_args(command)), locked_server.port, tmp_path)
+    line = check_command_error(run_command(argv, env=env), ExitCode.CONNECTION)
     assert f":***@127.0.0.1:{locked_server.port}" in line
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("command", ["status", "clock", "bench"])
+@pytest.mark.parametrize("command", ["status", "reset", "clock", "bench"])
 def test_cli_nobody_listens(command: str) -> None:
-    """``status``, ``clock`` and ``bench`` with a password URL to a port nobody listens
-    on: exit 6, one line, no password (``sync``: see test_cli.py)."""
+    """``status``, ``reset``, ``clock`` and ``bench`` with a password to a port nobody
+    listens on: exit 6, one line, no password (``sync``: see test_cli.py)."""
     port = free_port()
-    done = run_command(cli(*command_args(command), "--redis", url_of(port)))
+    argv = cli(*command_args(command), "--redis", plain_url(port))
+    done = run_command(argv, env=command_env(password=SECRET))
     line = check_command_error(done, ExitCode.CONNECTION)
     assert f":***@127.0.0.1:{port}" in line
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param(f"redis://:{SECRET}@127.0.0.1:1/0", id="before-at"),
+        pytest.param(f"redis://cell:{SECRET}@127.0.0.1:1/0", id="user-and-password"),
+        pytest.param(f"redis://127.0.0.1:1/0?password={SECRET}", id="query"),
+    ],
+)
+def test_cli_password_in_redis_option_is_refused(command: str, url: str) -> None:
+    """A ``--redis`` URL holding a password (which ``ps`` would show) is refused before
+    anything is sent: exit 2, one line pointing to the three ways to give it, no
+    password."""
+    done = run_command(cli(*command_args(command), "--redis", url), env=command_env())
+    check_command_error(done, ExitCode.USAGE)
+    line = done.stderr.strip()
+    for pointer in (PASSWORD_ENV, "--password-file", "--ask-password", URL_ENV):
+        assert pointer in line
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", ["server", *COMMANDS])
+@pytest.mark.parametrize("form", ["separate", "equals", "bare"])
+def test_cli_password_option_is_refused(command: str, form: str) -> None:
+    """``--password VALUE`` (or ``--password=VALUE``, or a bare ``--password``) is
+    refused by every command with one line pointing to the three ways to give a
+    password; the value is never echoed and nothing starts."""
+    given = {
+        "separate": ["--password", SECRET],
+        "equals": [f"--password={SECRET}"],
+        "bare": ["--password"],
+    }[form]
+    port = free_port()
+    args = ["server", "--port", str(port)] if command == "server" else command_args(command)
+    done = run_command(cli(*args, *given), env=command_env(plain_url(1)))
+    check_command_error(done, ExitCode.USAGE)
+    for pointer in (PASSWORD_ENV, "--password-file", "--ask-password"):
+        assert pointer in done.stderr
+    assert not listening(port)
 
 
 @pytest.mark.timeout(60)
@@ -491,11 +570,11 @@ def test_cli_sync_server_stops_while_waiting(own_server: EmbeddedServer, run_id:
     password."""
     argv = cli("sync", "point", "--nodes", "2", "--run", run_id, "--timeout", "20")
     waiter = subprocess.Popen(
-        [*argv, "--redis", own_server.url],
+        argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=command_env(),
+        env=command_env(own_server.url),
     )
     try:
         with own_server.client(socket_timeout=5) as admin:
@@ -519,30 +598,32 @@ def test_cli_bench_with_password(own_server: EmbeddedServer, tmp_path: Path) -> 
     progress on stderr nor its JSON figures name the password."""
     figures = tmp_path / "figures.json"
     argv = cli("bench", "--rounds", "2", "--nodes", "2", "--json", str(figures))
-    done = run_command([*argv, "--redis", own_server.url])
+    done = run_command(argv, env=command_env(own_server.url))
     assert done.returncode == ExitCode.OK, done.stderr
     assert_no_secret({"stdout": done.stdout, "stderr": done.stderr, "json": figures.read_text()})
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("command", ["sync", "status", "clock"])
+@pytest.mark.parametrize("command", ["sync", "status", "reset", "clock"])
 def test_cli_password_in_query_is_not_shown(command: str) -> None:
     """redis-py also takes the password as a query argument (``?password=...``, as
-    with every connection option); the error line must not show it either."""
+    with every connection option); in ``$PYPROCSYNC_REDIS_URL`` it is used, and the
+    error line must not show it either."""
     url = f"redis://127.0.0.1:{free_port()}/0?password={SECRET}"
-    done = run_command(cli(*command_args(command), "--redis", url))
+    done = run_command(cli(*command_args(command)), env=command_env(url))
     check_command_error(done, ExitCode.CONNECTION)
 
 
 @pytest.mark.timeout(60)
-def test_cli_unencoded_slash_in_password_is_not_shown() -> None:
-    """A password typed into the URL as it is, with a ``/`` that should have been
-    percent-encoded: the URL does not parse, and the usage error must not quote the
-    part of the password that redis-py took for a port."""
-    done = run_command(
-        cli(*command_args("sync"), "--redis", "redis://:s3cret/Pa55-XYZ@127.0.0.1:6379/0")
-    )
-    check_command_error(done, ExitCode.USAGE)
+@pytest.mark.parametrize("separator", ["/", "?", "#"])
+def test_cli_unencoded_separator_in_password_is_not_shown(separator: str) -> None:
+    """A password typed into the URL as it is, with a ``/``, ``?`` or ``#`` that should
+    have been percent-encoded: the URL does not split as meant, and the usage error
+    must not quote the part of the password that landed in the port or the path."""
+    url = f"redis://:s3cret{separator}Pa55-XYZ@127.0.0.1:6379/0"
+    done = run_command(cli(*command_args("sync")), env=command_env(url))
+    line = check_command_error(done, ExitCode.USAGE)
+    assert "percent-encode" in line
 
 
 # -- the server's own URL --------------------------------------------------------------------
@@ -566,34 +647,167 @@ def test_redacted_server_url_hides_any_password(password: str) -> None:
     assert_no_secret({"redacted url": shown}, forbidden(password))
 
 
-@pytest.mark.timeout(60)
-def test_cli_server_with_slash_in_password_is_not_shown(tmp_path: Path) -> None:
-    """``pyprocsync server --password 's3cret/Pa55-XYZ'`` announces its URL without
-    the password."""
-    password = "s3cret/Pa55-XYZ"
-    out_path, err_path = tmp_path / "server.out", tmp_path / "server.err"
-    port = free_port()
-    with out_path.open("wb") as out, err_path.open("wb") as err:
-        command = subprocess.Popen(
-            cli("server", "--port", str(port), "--password", password), stdout=out, stderr=err
-        )
-    try:
-        wait_for(
-            lambda: "listening" in out_path.read_text() or command.poll() is not None,
-            15,
-            "the server's announcement",
-        )
-    finally:
-        if command.poll() is None:
-            command.send_signal(signal.SIGINT)
+class Command:
+    """A ``pyprocsync`` command in the background, its output in files; stopped with
+    SIGINT (then killed) by :meth:`stop`."""
+
+    def __init__(self, directory: Path, args: list[str], env: dict[str, str], stdin: Any) -> None:
+        self.out_path, self.err_path = directory / "command.out", directory / "command.err"
+        with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
+            self.process = subprocess.Popen(
+                cli(*args), stdin=stdin, stdout=out, stderr=err, env=env, start_new_session=True
+            )
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def wait_output(self, text: str, what: str) -> None:
+        wait_for(lambda: text in self.stdout or self.process.poll() is not None, 15, what)
+        assert text in self.stdout, f"exit {self.process.poll()}: {self.stderr}"
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
         try:
-            command.wait(20)
+            return self.process.wait(20)
         except subprocess.TimeoutExpired:
-            command.kill()
-            command.wait()
-    stdout, stderr = out_path.read_text(), err_path.read_text()
-    assert "listening" in stdout, stderr
-    assert_no_secret({"stdout": stdout, "stderr": stderr}, forbidden(password))
+            self.process.kill()
+            return self.process.wait()
+
+
+@pytest.fixture
+def command(tmp_path: Path) -> Iterator[Callable[..., Command]]:
+    """Factory of background :class:`Command` s; every one is stopped at teardown."""
+    started: list[Command] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, stdin: Any = None) -> Command:
+        started.append(Command(tmp_path, list(args), env or command_env(), stdin))
+        return started[-1]
+
+    yield start
+    for each in started:
+        each.stop()
+
+
+def assert_not_on_command_lines(pids: set[int], password: str) -> None:
+    """What ``ps`` shows of ``pids`` (``/proc/PID/cmdline``) holds no piece of ``password``."""
+    assert pids
+    assert_no_secret({f"cmdline of {pid}": command_line(pid) for pid in pids}, forbidden(password))
+
+
+def type_password_at_prompt(command: Command, terminal: int, password: str) -> None:
+    """Answer the prompt of ``--ask-password`` on the terminal whose master is ``terminal``."""
+    wait_for(
+        lambda: "password:" in command.stderr or command.process.poll() is not None,
+        15,
+        "the password prompt",
+    )
+    os.write(terminal, password.encode() + b"\n")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("via", ["variable", "file", "prompt"])
+@pytest.mark.parametrize("password", [SECRET, "s3cret/Pa55-XYZ"], ids=["plain", "slash"])
+def test_cli_server_takes_the_password_off_the_command_line(
+    command: Callable[..., Command], tmp_path: Path, via: str, password: str
+) -> None:
+    """``pyprocsync server --bind 0.0.0.0`` with the password from ``$PYPROCSYNC_PASSWORD``,
+    ``--password-file`` or the ``--ask-password`` prompt (on a terminal): the server
+    requires it; neither the command's nor the server process's command line (what
+    ``ps`` shows) holds it; the command prints, with ``***`` for the password, a URL
+    with this host's address for the other machines and how to give the password
+    there, and never the password itself."""
+    port = free_port()
+    args = ["server", "--bind", "0.0.0.0", "--port", str(port)]  # password set
+    if via == "variable":
+        running = command(*args, env=command_env(password=password))
+    elif via == "file":
+        running = command(*args, "--password-file", password_file(tmp_path, password))
+    else:
+        terminal, answer_side = os.openpty()
+        try:
+            running = command(*args, "--ask-password", stdin=answer_side)
+            type_password_at_prompt(running, terminal, password)
+        finally:
+            os.close(answer_side)
+    running.wait_output("listening", "the server's announcement")
+    pids = {running.process.pid} | children(running.process.pid)
+    assert_not_on_command_lines(pids, password)
+    with redis.Redis(port=port, password=password, socket_timeout=5) as member:
+        assert member.ping()
+    with (
+        redis.Redis(port=port, socket_timeout=5) as anonymous,
+        pytest.raises(redis.AuthenticationError),
+    ):
+        anonymous.ping()
+    host = host_address("0.0.0.0")  # the wildcard the server was bound to
+    assert host != "0.0.0.0"
+    assert f"redis://:***@{host}:{port}/0" in running.stdout
+    assert f"{URL_ENV}=redis://{host}:{port}/0" in running.stdout
+    assert PASSWORD_ENV in running.stdout
+    assert running.stop() == ExitCode.INTERRUPTED
+    if via == "prompt":
+        os.close(terminal)
+    assert_no_secret({"stdout": running.stdout, "stderr": running.stderr}, forbidden(password))
+
+
+@pytest.mark.timeout(60)
+def test_cli_ask_password_without_a_terminal_is_refused() -> None:
+    """``--ask-password`` with standard input not a terminal: exit 2, one line naming the
+    other two ways, nothing started."""
+    port = free_port()
+    done = subprocess.run(
+        cli("server", "--port", str(port), "--ask-password"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=command_env(),
+        check=False,
+    )
+    line = check_command_error(done, ExitCode.USAGE)
+    assert PASSWORD_ENV in line
+    assert "--password-file" in line
+    assert not listening(port)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("content", "needle"), [(None, "No such file"), ("", "empty"), ("\n" + SECRET, "empty")]
+)
+def test_cli_bad_password_file_is_a_usage_error(
+    tmp_path: Path, content: str | None, needle: str
+) -> None:
+    """A ``--password-file`` that does not exist or whose first line is empty: exit 2,
+    one line naming the file and why."""
+    path = tmp_path / "password"
+    if content is not None:
+        path.write_text(content)
+    done = run_command(cli("status", "--password-file", str(path)), env=command_env(plain_url(1)))
+    line = check_command_error(done, ExitCode.USAGE)
+    assert str(path) in line
+    assert needle in line
+
+
+@pytest.mark.timeout(60)
+def test_cli_watching_status_shows_no_password_on_its_command_line(
+    own_server: EmbeddedServer, command: Callable[..., Command], run_id: str
+) -> None:
+    """A long-running client command (``status --watch``) with the password from
+    ``$PYPROCSYNC_PASSWORD`` reaches the server, and ``ps`` shows no password on its
+    command line; nor does its output."""
+    running = command(
+        *watch_args(run_id, plain_url(own_server.port)), env=command_env(password=SECRET)
+    )
+    running.wait_output(f"no events of run {run_id!r}", "the first refresh")
+    assert_not_on_command_lines({running.process.pid}, SECRET)
+    assert running.stop() == ExitCode.INTERRUPTED
+    assert_no_secret({"stdout": running.stdout, "stderr": running.stderr})
 
 
 @pytest.mark.timeout(60)

@@ -31,6 +31,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from unittest import mock
 
 import pytest
 import redis
@@ -40,7 +41,7 @@ from support import ACL_PASSWORD, in_threads, user_url
 import pyprocsync.asyncio as aio
 from pyprocsync import Barrier, Event, ProcSync
 from pyprocsync.acl import acl_rule
-from pyprocsync.cli import main
+from pyprocsync.cli import URL_ENV, main
 from pyprocsync.listeners import IDLE_LIMIT
 from pyprocsync.server import EmbeddedServer, find_server_binary
 
@@ -77,11 +78,16 @@ class CommandLineError(Exception):
     """A ``pyprocsync`` command that ended with an error line."""
 
 
-def command_line(*argv: str) -> str:
-    """Run ``pyprocsync argv`` in this process; its output, or CommandLineError with its
-    error line."""
+def command_line(*argv: str, url: str) -> str:
+    """Run ``pyprocsync argv`` in this process against ``url`` (given, password and all,
+    as ``$PYPROCSYNC_REDIS_URL``: the command refuses passwords on its command line);
+    its output, or CommandLineError with its error line."""
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with (
+        mock.patch.dict(os.environ, {URL_ENV: url}),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
         code = main(list(argv))
     if code != 0:
         raise CommandLineError(f"exit {code}: {err.getvalue().strip()}")
@@ -112,8 +118,8 @@ def workload(url: str, run_id: str) -> None:
             assert not bar.broken
             bar.abort()
             bar.reset()
-        command_line("status", "--run", run_id, "--redis", url)
-        command_line("clock", "--samples", "2", "--redis", url)
+        command_line("status", "--run", run_id, url=url)
+        command_line("clock", "--samples", "2", url=url)
     with ProcSync.from_url(url, run_id, 0, member=True, node_id="member", liveness=0.25) as me:
         me.sync("member", 1, 5)
     with ProcSync.from_url(url, run_id, 0, clock="server") as sync:
