@@ -25,7 +25,14 @@ from primitive_support import async_ready_counter, await_counter, ready_counter,
 from support import LONG, PROMPT, in_threads, join, start_thread, wait_for
 
 import pyprocsync.asyncio
-from pyprocsync import Barrier, BrokenBarrierError, ProcSync, SyncResult, TimeOutError
+from pyprocsync import (
+    Barrier,
+    BrokenBarrierError,
+    ConnectionLostError,
+    ProcSync,
+    SyncResult,
+    TimeOutError,
+)
 from pyprocsync.pytest_plugin import FakeCell
 from pyprocsync.status import read_members, read_status
 
@@ -180,6 +187,20 @@ def test_members_and_liveness(pyprocsync_fake: FakeCell) -> None:
     assert broken.value.reason == "lost"
     assert broken.value.missing == ("b",)
     assert time.monotonic() - started < 0.5 + PROMPT
+
+
+def test_server_outage_raises_connection_lost(pyprocsync_fake: FakeCell) -> None:
+    """``server.connected = False`` (the outage docs/testing.rst offers) makes a waiting
+    participant raise ConnectionLostError promptly; a new call raises it at once."""
+    waiter = pyprocsync_fake.procsync("run", 0.05)
+    client = pyprocsync_fake.client()
+    thread, outcome = start_thread(lambda: waiter.sync("down", 2, LONG))
+    wait_for(lambda: [s.arrived for s in read_status(client, "run")] == [1], PROMPT * 5)
+    pyprocsync_fake.server.connected = False
+    join([thread], PROMPT * 5)
+    assert isinstance(outcome.error, ConnectionLostError), outcome.error
+    with pytest.raises(ConnectionLostError):
+        waiter.sync("other", 1, LONG)
 
 
 # -- Event and Barrier ------------------------------------------------------------------
