@@ -272,8 +272,9 @@ class ThreadListener:
 
 
 def _wait(wake: socket.socket, connections: list[Any], timeout: float) -> None:
-    """Return when one of ``connections`` (pub/sub connections; ``None`` entries are
-    skipped) may have a message, ``wake`` has bytes, or ``timeout`` seconds passed.
+    """Return when one of ``connections`` (pub/sub connections; ``None`` entries and
+    connections without a socket are skipped) may have a message, ``wake`` has bytes,
+    or ``timeout`` seconds passed.
 
     A connection whose socket is a real :class:`socket.socket` (plain, TLS, Unix) is
     watched with ``select()`` together with ``wake``. A connection without one (an
@@ -290,7 +291,7 @@ def _wait(wake: socket.socket, connections: list[Any], timeout: float) -> None:
         sock = getattr(connection, "_sock", None)
         if isinstance(sock, socket.socket):
             sockets.append(sock)
-        elif connection is not None:
+        elif sock is not None:
             unselectable.append(connection)
     if unselectable:
         unselectable[0].can_read(timeout=min(timeout, _UNSELECTABLE_SLICE))

@@ -269,10 +269,15 @@ def test_barrier_rounds_in_threads(
     [(0.3, "system", 0.0), (0.05, "system", 0.0), (0.05, "server", SERVER_CLOCK_SPREAD)],
 )
 def test_async_rounds_in_tasks(
-    pyprocsync_fake: FakeCell, delay: float, clock: str, instants_apart: float
+    pyprocsync_fake: FakeCell,
+    idle_descriptor: int,
+    delay: float,
+    clock: str,
+    instants_apart: float,
 ) -> None:
     """Three tasks pass five rounds together with pyprocsync.asyncio.ProcSync on
-    ``fakeredis.aioredis.FakeRedis``, also with ``clock="server"``."""
+    ``fakeredis.aioredis.FakeRedis``, also with ``clock="server"`` (the asyncio
+    listener awaits the connection's reads and never looks at its descriptor)."""
 
     async def body() -> list[list[SyncResult]]:
         async with fakeredis.aioredis.FakeRedis(server=pyprocsync_fake.server) as client:
