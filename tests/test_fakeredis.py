@@ -133,6 +133,18 @@ def test_decoded_client_and_server_clock(pyprocsync_fake: FakeCell) -> None:
         assert abs(result.clock_offset) < PROMPT
 
 
+def test_auto_delay_with_a_floor(pyprocsync_fake: FakeCell) -> None:
+    """``delay="auto"`` works on fakeredis; with the floor docs/testing.rst advises for
+    threads, every round is led by at least that floor and nobody is late."""
+    syncs = [pyprocsync_fake.procsync("run", "auto", auto_floor=0.02) for _ in range(NODES)]
+    outcomes = in_threads(
+        *(lambda s=s: [s.sync("a", NODES, LONG) for _ in range(3)] for s in syncs)
+    )
+    per_node = [outcome.result() for outcome in outcomes]
+    check_rounds(per_node)
+    assert min(r.delay for r in per_node[0]) >= 0.02
+
+
 def test_timeout_breaks_the_round_until_reset(pyprocsync_fake: FakeCell) -> None:
     """A timeout breaks the round: a later arrival raises BrokenBarrierError("timeout")
     until reset(), which returns the next generation; then the event works again."""
