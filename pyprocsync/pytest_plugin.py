@@ -25,7 +25,6 @@ package to install, and no other test.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import uuid
 from collections.abc import Iterator
@@ -65,7 +64,7 @@ def _import_fakeredis() -> ModuleType:
         message saying what to install).
     """
     try:
-        module = importlib.import_module("fakeredis")
+        import fakeredis  # noqa: PLC0415  # optional dependency, only for this fixture
     except ImportError as exc:
         pytest.fail(f"pyprocsync_fake needs fakeredis ({exc}): {INSTALL_HINT}", pytrace=False)
     if importlib.util.find_spec("lupa") is None:
@@ -74,7 +73,7 @@ def _import_fakeredis() -> ModuleType:
             f"{INSTALL_HINT}",
             pytrace=False,
         )
-    return module
+    return fakeredis
 
 
 @final
