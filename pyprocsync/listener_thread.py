@@ -277,9 +277,10 @@ def _wait(wake: socket.socket, connections: list[Any], timeout: float) -> None:
     or ``timeout`` seconds passed.
 
     A connection whose socket is a real :class:`socket.socket` (plain, TLS, Unix) is
-    watched with ``select()`` together with ``wake``. A connection without one (an
-    in-process test double such as fakeredis's, whose ``fileno()`` is a made-up
-    number that may name an unrelated descriptor of this process) is waited on
+    watched with ``select()`` together with ``wake``. A connection whose socket is
+    some other object (an in-process test double such as fakeredis's, whose
+    ``fileno()`` is a made-up number that may name an unrelated descriptor of this
+    process) is waited on
     through its own ``can_read()`` for at most :data:`_UNSELECTABLE_SLICE`, and
     ``wake`` is only glanced at afterwards: its messages are seen at once, requests
     within that slice. Of several such connections only the first is waited on
