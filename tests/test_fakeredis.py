@@ -3,15 +3,20 @@ process sharing one ``FakeServer``, through the plugin's ``pyprocsync_fake`` fix
 
 This is the supported way to test a control script without a server (see
 docs/testing.rst); the integration tests stay on real servers. Rounds run in loops with
-the lead times users pick (0.3 s, 0.05 s) and must never be learned late: before the
-listener stopped trusting a fake connection's ``fileno()``, a made-up descriptor number
-made it see messages only at its 1 s idle wake. Timing bounds are generous semantic
-bounds, never speed measurements.
+the lead times users pick (0.3 s, 0.05 s), and participants must learn of releases
+promptly: before the listener stopped trusting a fake connection's ``fileno()``, a
+made-up descriptor number made it see messages only at its 1 s idle wake, so every
+round but the first was learned hundreds of milliseconds late. The loops let a
+participant that learns late proceed (``on_late="proceed"``), since a busy machine may
+hold one thread back for longer than the lead time now and then, and allow one late
+round per loop (see :func:`check_prompt`).
+Timing bounds are generous semantic bounds, never speed measurements.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import threading
 import time
@@ -42,9 +47,13 @@ T = TypeVar("T")
 NODES = 3
 ROUNDS = 5
 
-#: A participant returns at most this long after the release instant. The defect it
-#: guards against made participants learn of a release ~700 ms late.
+#: How long after the release instant a participant may return. The defect it guards
+#: against made participants learn of a release ~700 ms late.
 LATE_BOUND = 0.1
+
+#: Late rounds allowed in a loop of :data:`ROUNDS`: a busy machine may hold a thread
+#: back now and then. (The defect made three or four of five rounds late.)
+LATE_ROUNDS = 1
 
 #: How far apart participants' conversions of one server-clock instant may be: each
 #: estimates its offset to fakeredis's TIME (this host's clock) on its own.
@@ -55,13 +64,20 @@ def check_rounds(per_node: list[list[SyncResult]], instants_apart: float = 0.0) 
     """``per_node[i]`` are participant i's results of consecutive rounds: per round one
     generation (0, 1, ...), one release instant (its conversions to this host's clock
     at most ``instants_apart`` apart: with ``clock="server"`` each participant converts
-    with its own offset estimate), indices 0 .. n-1, nobody late."""
+    with its own offset estimate), indices 0 .. n-1, and rounds learned promptly (see
+    :func:`check_prompt`)."""
     for generation, results in enumerate(zip(*per_node, strict=True)):
         assert {r.generation for r in results} == {generation}
         instants = [r.release_at for r in results]
         assert max(instants) - min(instants) <= instants_apart, results
         assert sorted(r.index for r in results) == list(range(len(results)))
-        assert max(r.late_by for r in results) < LATE_BOUND, results
+    check_prompt([max(r.late_by for r in results) for results in zip(*per_node, strict=True)])
+
+
+def check_prompt(lateness: list[float], bound: float = LATE_BOUND) -> None:
+    """``lateness`` has one figure per round (its latest participant's): at most
+    :data:`LATE_ROUNDS` of them may exceed ``bound``."""
+    assert sum(late > bound for late in lateness) <= LATE_ROUNDS, lateness
 
 
 def arun(body: Callable[[], Awaitable[T]], timeout: float = LONG) -> T:
@@ -102,9 +118,9 @@ def test_rounds_in_threads(
     client (one listener) or each has its own, even when the fake connections' made-up
     descriptor numbers name an idle socket."""
     syncs = [
-        pyprocsync_fake.procsync("run", delay)
+        pyprocsync_fake.procsync("run", delay, on_late="proceed")
         if shared_client
-        else ProcSync(pyprocsync_fake.client(), "run", delay)
+        else ProcSync(pyprocsync_fake.client(), "run", delay, on_late="proceed")
         for _ in range(NODES)
     ]
 
@@ -122,7 +138,10 @@ def test_decoded_client_and_server_clock(pyprocsync_fake: FakeCell) -> None:
     """A ``decode_responses=True`` client works, and ``clock="server"`` agrees the
     instant on fakeredis's TIME (this host's clock: the offset is about zero)."""
     pyprocsync_fake.client(decode_responses=True)  # the shared client of the factories
-    syncs = [pyprocsync_fake.procsync("run", 0.05, clock="server") for _ in range(NODES)]
+    syncs = [
+        pyprocsync_fake.procsync("run", 0.05, clock="server", on_late="proceed")
+        for _ in range(NODES)
+    ]
     outcomes = in_threads(
         *(lambda s=s: [s.sync("c", NODES, LONG) for _ in range(3)] for s in syncs)
     )
@@ -136,7 +155,10 @@ def test_decoded_client_and_server_clock(pyprocsync_fake: FakeCell) -> None:
 def test_auto_delay_with_a_floor(pyprocsync_fake: FakeCell) -> None:
     """``delay="auto"`` works on fakeredis; with the floor docs/testing.rst advises for
     threads, every round is led by at least that floor and nobody is late."""
-    syncs = [pyprocsync_fake.procsync("run", "auto", auto_floor=0.02) for _ in range(NODES)]
+    syncs = [
+        pyprocsync_fake.procsync("run", "auto", auto_floor=0.02, on_late="proceed")
+        for _ in range(NODES)
+    ]
     outcomes = in_threads(
         *(lambda s=s: [s.sync("a", NODES, LONG) for _ in range(3)] for s in syncs)
     )
@@ -222,23 +244,29 @@ def test_server_outage_raises_connection_lost(pyprocsync_fake: FakeCell) -> None
 def test_event_rounds_in_threads(
     pyprocsync_fake: FakeCell, idle_descriptor: int, delay: float
 ) -> None:
-    """Five rounds: waiters in threads wait, one sets, every waiter returns True; the
-    flag is cleared before the next round."""
+    """Five rounds: waiters in threads wait, one sets, every waiter returns True within
+    ``delay`` and :data:`LATE_BOUND` of the set (see :func:`check_prompt`); the flag is
+    cleared before the next round."""
     client = pyprocsync_fake.client()
-    setter = pyprocsync_fake.event("flag", run_id="run", delay=delay)
+    options = {"run_id": "run", "delay": delay, "on_late": "proceed"}
+    setter = pyprocsync_fake.event("flag", **options)
+    lags = []
     for number in range(ROUNDS):
         ready = f"ready-{number}"
-        waiters = [pyprocsync_fake.event("flag", run_id="run", delay=delay) for _ in range(2)]
+        waiters = [pyprocsync_fake.event("flag", **options) for _ in range(2)]
         for waiter in waiters:
             ready_counter(waiter, client, ready)
         started = [start_thread(lambda w=w: w.wait(LONG)) for w in waiters]
         wait_counter(client, ready, len(waiters))
+        set_at = time.monotonic()
         setter.set()
         join([thread for thread, _ in started], LONG)
         assert [outcome.result() for _, outcome in started] == [True, True]
+        lags.append(max(outcome.finished_at for _, outcome in started) - set_at)
         assert setter.is_set()
         setter.clear()
         assert not setter.is_set()
+    check_prompt(lags, delay + LATE_BOUND)
 
 
 @pytest.mark.parametrize("delay", [0.3, 0.05])
@@ -246,7 +274,8 @@ def test_barrier_rounds_in_threads(
     pyprocsync_fake: FakeCell, idle_descriptor: int, delay: float
 ) -> None:
     """Five rounds of a three-party barrier: distinct indices, the action once per
-    round; abort() breaks it, reset() mends it."""
+    round, rounds at most ``delay`` and :data:`LATE_BOUND` apart (see
+    :func:`check_prompt`); abort() breaks it, reset() mends it."""
     actions: list[int] = []
     lock = threading.Lock()
 
@@ -255,14 +284,20 @@ def test_barrier_rounds_in_threads(
             actions.append(1)
 
     barriers = [
-        pyprocsync_fake.barrier("b", NODES, action, run_id="run", delay=delay) for _ in range(NODES)
+        pyprocsync_fake.barrier("b", NODES, action, run_id="run", delay=delay, on_late="proceed")
+        for _ in range(NODES)
     ]
     outcomes = in_threads(
-        *(lambda b=b: [b.wait(LONG) for _ in range(ROUNDS)] for b in barriers), timeout=LONG
+        *(lambda b=b: [(b.wait(LONG), time.monotonic()) for _ in range(ROUNDS)] for b in barriers),
+        timeout=LONG,
     )
-    for indices in zip(*(outcome.result() for outcome in outcomes), strict=True):
-        assert sorted(indices) == list(range(NODES))
+    ends = []
+    for passed in zip(*(outcome.result() for outcome in outcomes), strict=True):
+        assert sorted(index for index, _ in passed) == list(range(NODES))
+        ends.append(max(at for _, at in passed))
     assert len(actions) == ROUNDS
+    gaps = [later - earlier for earlier, later in itertools.pairwise(ends)]
+    check_prompt(gaps, delay + LATE_BOUND)
     barrier: Barrier = barriers[0]
     assert barrier.n_waiting == 0
     barrier.abort()
@@ -295,7 +330,9 @@ def test_async_rounds_in_tasks(
         async with fakeredis.aioredis.FakeRedis(server=pyprocsync_fake.server) as client:
 
             async def participant() -> list[SyncResult]:
-                async with pyprocsync.asyncio.ProcSync(client, "run", delay, clock=clock) as sync:
+                async with pyprocsync.asyncio.ProcSync(
+                    client, "run", delay, clock=clock, on_late="proceed"
+                ) as sync:
                     return [await sync.sync("step", NODES, LONG) for _ in range(ROUNDS)]
 
             return list(await asyncio.gather(*(participant() for _ in range(NODES))))
