@@ -49,6 +49,10 @@ _REST_OF_MESSAGE = 5.0
 #: request also wakes it).
 _IDLE_WAIT = 1.0
 
+#: Longest the thread waits on a connection that ``select()`` cannot watch before it
+#: looks at its requests (see :func:`_wait`).
+_UNSELECTABLE_SLICE = 0.01
+
 
 class ThreadListener:
     """One shared listener of the blocking classes (see the module docstring)."""
@@ -179,10 +183,9 @@ class ThreadListener:
                 self._apply(kind, node, channel)
             for node in list(self._pubsubs):
                 self._drain(node)
-            readable: list[Any] = [self._wake_in]
-            readable += [getattr(p.connection, "_sock", None) for p in self._pubsubs.values()]
+            connections = [p.connection for p in self._pubsubs.values()]
             try:
-                select.select([sock for sock in readable if sock is not None], [], [], _IDLE_WAIT)
+                _wait(self._wake_in, connections, _IDLE_WAIT)
             except Exception as exc:  # noqa: BLE001  # a socket closed or broke under us
                 for node in list(self._pubsubs):
                     self._fail(node, exc)
@@ -266,6 +269,35 @@ class ThreadListener:
         self._clients.clear()
         self._wake_in.close()
         self._wake_out.close()
+
+
+def _wait(wake: socket.socket, connections: list[Any], timeout: float) -> None:
+    """Return when one of ``connections`` (pub/sub connections; ``None`` entries and
+    connections without a socket are skipped) may have a message, ``wake`` has bytes,
+    or ``timeout`` seconds passed.
+
+    A connection whose socket is a real :class:`socket.socket` (plain, TLS, Unix) is
+    watched with ``select()`` together with ``wake``. A connection whose socket is
+    some other object (an in-process test double such as fakeredis's, whose
+    ``fileno()`` is a made-up number that may name an unrelated descriptor of this
+    process) is waited on
+    through its own ``can_read()`` for at most :data:`_UNSELECTABLE_SLICE`, and
+    ``wake`` is only glanced at afterwards: its messages are seen at once, requests
+    within that slice. Of several such connections only the first is waited on
+    (fakeredis has no cluster client, so there is one).
+    """
+    sockets: list[socket.socket] = [wake]
+    unselectable: list[Any] = []
+    for connection in connections:
+        sock = getattr(connection, "_sock", None)
+        if isinstance(sock, socket.socket):
+            sockets.append(sock)
+        elif sock is not None:
+            unselectable.append(connection)
+    if unselectable:
+        unselectable[0].can_read(timeout=min(timeout, _UNSELECTABLE_SLICE))
+        timeout = 0
+    select.select(sockets, [], [], timeout)
 
 
 _registry: Registry[tuple[int, int], ThreadListener] = Registry()
