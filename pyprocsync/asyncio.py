@@ -255,6 +255,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
             if self._settings.member and self._membership is None:
                 self._membership = _Membership(self)
                 await self._membership.start()
+            await listener.warm()  # no connection is opened between the flow's clock and send
             return await _drive(flow, participation.execute)
         finally:
             await participation.close()

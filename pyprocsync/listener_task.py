@@ -28,6 +28,7 @@ from .listeners import (
     private_pool,
     server_major,
 )
+from .protocol import LINK_ERRORS
 
 __all__ = ["TaskListener", "acquire", "receive", "release"]
 
@@ -64,6 +65,16 @@ class TaskListener:
             )
             self._command_pool = own if pool is None else pool
         return self._command_pool
+
+    async def warm(self) -> None:
+        """Make sure the command pool holds an open connection before a call starts
+        (see :meth:`ThreadListener.warm
+        <pyprocsync.listener_thread.ThreadListener.warm>`)."""
+        if self._cluster:
+            return
+        pool = self.command_pool()
+        with contextlib.suppress(*LINK_ERRORS):
+            await pool.release(await pool.get_connection())
 
     async def sharded(self) -> bool:
         """Whether announcements travel by sharded pub/sub (a cluster of servers >= 7);

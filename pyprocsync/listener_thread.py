@@ -6,6 +6,14 @@ the reference back, and the last one closes the listener. The listener's thread 
 touches its pub/sub connections: waiting participants queue their SUBSCRIBE and
 UNSUBSCRIBE requests and wake it through a socket pair, and it hands each message to the
 mailboxes of its channel (see :mod:`pyprocsync.listeners`).
+
+The thread sleeps in ``select`` on the connections' sockets, which sees only the bytes
+still in the kernel. Bytes already taken from the kernel (into the TLS layer of a
+``rediss://`` connection, or into redis-py's read buffer) are invisible to it; the
+drain after each wake-up finds them with ``can_read(timeout=0)``, which looks in both,
+and reads until it reports nothing left. A drain cut short at :data:`_DRAIN_LIMIT`
+(bytes may be left in those buffers) makes the next ``select`` a poll, so the rest is
+read at once, not after :data:`_IDLE_WAIT`.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from .listeners import (
     private_pool,
     server_major,
 )
+from .protocol import LINK_ERRORS
 
 __all__ = ["ThreadListener", "acquire", "receive", "release"]
 
@@ -88,6 +97,26 @@ class ThreadListener:
                 )
                 self._command_pool = own if pool is None else pool
             return self._command_pool
+
+    def warm(self) -> None:
+        """Make sure the command pool holds an open connection before a call starts.
+
+        A call reads the clock (the instant a last arrival or a setter announces is its
+        clock plus the lead time) and then sends its script: a connection opened in
+        between would be paid out of the lead time, and a ``rediss://`` one costs a TLS
+        handshake and redis-py's new SSL context (tens of milliseconds; more on a slow
+        machine or link). So a connection is taken from the pool (redis-py opens it, or
+        reopens one the server closed) and put back, idle, before the call's flow
+        starts. Calls of one process that run at the same moment may each still need
+        one of their own, once: the pool keeps what it opened. A failure is left to
+        the call's first command, which reports it. On a cluster the scripts go to the
+        shards' own pools, which loading the scripts opened: nothing is done.
+        """
+        if self._cluster:
+            return
+        pool = self.command_pool()
+        with contextlib.suppress(*LINK_ERRORS):
+            pool.release(pool.get_connection())
 
     def sharded(self) -> bool:
         """Whether announcements travel by sharded pub/sub (a cluster of servers >= 7);
@@ -177,12 +206,13 @@ class ThreadListener:
                 return
             for kind, node, channel in requests:
                 self._apply(kind, node, channel)
-            for node in list(self._pubsubs):
-                self._drain(node)
+            # Not a generator: every connection gets its turn.
+            cut_short = [self._drain(node) for node in list(self._pubsubs)]
+            sleep = 0.0 if any(cut_short) else _IDLE_WAIT
             readable: list[Any] = [self._wake_in]
             readable += [getattr(p.connection, "_sock", None) for p in self._pubsubs.values()]
             try:
-                select.select([sock for sock in readable if sock is not None], [], [], _IDLE_WAIT)
+                select.select([sock for sock in readable if sock is not None], [], [], sleep)
             except Exception as exc:  # noqa: BLE001  # a socket closed or broke under us
                 for node in list(self._pubsubs):
                     self._fail(node, exc)
@@ -205,14 +235,16 @@ class ThreadListener:
         except Exception as exc:  # noqa: BLE001  # handed to the waiters of that connection
             self._fail(node, exc)
 
-    def _drain(self, node: Hashable) -> None:
-        """Hand out every message that can be read from ``node``'s connection now."""
+    def _drain(self, node: Hashable) -> bool:
+        """Hand out every message that can be read from ``node``'s connection now, up to
+        :data:`_DRAIN_LIMIT`; True when the limit cut the drain short (more may be
+        buffered where ``select`` does not look)."""
         pubsub = self._pubsubs[node]
         connection: Any = pubsub.connection
         try:
             for _ in range(_DRAIN_LIMIT):
                 if connection is None or not connection.can_read(timeout=0):
-                    return
+                    return False
                 # A message has begun to arrive: the rest of a long one may take a moment.
                 response = connection.read_response(
                     disconnect_on_error=False, push_request=True, timeout=_REST_OF_MESSAGE
@@ -225,6 +257,8 @@ class ThreadListener:
                         mailbox.put_nowait(item)
         except Exception as exc:  # noqa: BLE001  # handed to the waiters of that connection
             self._fail(node, exc)
+            return False
+        return True
 
     def _fail(self, node: Hashable, exc: BaseException) -> None:
         error = link_error(exc)

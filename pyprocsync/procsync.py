@@ -342,6 +342,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
             self._load_scripts(listener)
             if self._settings.member and self._membership is None:
                 self._join_run()
+            listener.warm()  # no connection is opened between the flow's clock and send
             return drive(flow, participation.execute)
         finally:
             participation.close()
