@@ -34,7 +34,6 @@ from typing import Any, Literal, TypeVar, cast
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import clock, listener_task, params
 from .base import BarrierBase, EventBase, ProcSyncBase
@@ -341,13 +340,7 @@ async def _send_once(
     not know it (see the blocking shell). A pooled connection the server has closed
     meanwhile (or that holds unread data) is replaced first, as redis-py's blocking pool
     does: nothing was sent on it."""
-    if connection.is_connected:
-        try:
-            stale = await connection.can_read()
-        except (RedisConnectionError, OSError):
-            stale = True
-        if stale:
-            await connection.disconnect()
+    await listener_task.drop_if_stale(connection)
     try:
         await connection.send_command(*command)
         try:
