@@ -35,7 +35,6 @@ from typing import Any, Literal, TypeVar, cast
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import clock, listener_task, params
 from .base import BarrierBase, EventBase, ProcSyncBase
@@ -341,21 +340,15 @@ async def _send_once(
     timeout: float | None,
     script: Any = None,
 ) -> object:
-    """Send the command ``command()`` builds once on ``connection`` (built right before
-    it is sent, see :class:`~pyprocsync.protocol.Stamp`) and read its reply within
-    ``timeout`` s;
-    for an EVALSHA of ``script``, load the script and send it again if the server does
-    not know it (see the blocking shell). A pooled connection the server has closed
-    meanwhile (or that holds unread data) is replaced first, as redis-py's blocking pool
-    does: nothing was sent on it."""
-    if connection.is_connected:
-        try:
-            stale = await connection.can_read()
-        except (RedisConnectionError, OSError):
-            stale = True
-        if stale:
-            await connection.disconnect()
+    """Send the command ``command()`` builds once on ``connection`` and read its reply
+    within ``timeout`` s; for an EVALSHA of ``script``, load the script and send it
+    again if the server does not know it (see the blocking shell). A pooled connection
+    the server has closed meanwhile (or that holds unread data) is replaced first, as
+    redis-py's blocking pool does: nothing was sent on it. The connection is open
+    before ``command()`` builds the command (see :class:`~pyprocsync.protocol.Stamp`)."""
+    await listener_task.drop_if_stale(connection)
     try:
+        await connection.connect()  # (re)opened before command() reads the clock
         await connection.send_command(*command())
         try:
             return await connection.read_response(timeout=timeout)

@@ -29,7 +29,7 @@ from .listeners import (
     server_major,
 )
 
-__all__ = ["TaskListener", "acquire", "receive", "release"]
+__all__ = ["TaskListener", "acquire", "drop_if_stale", "receive", "release"]
 
 _MAIN = "main"
 
@@ -201,6 +201,22 @@ async def release(client: Any) -> None:
     listener = _registry.release(_key(client))
     if listener is not None:
         await listener.aclose()
+
+
+async def drop_if_stale(connection: Any) -> None:
+    """Disconnect a pooled ``connection`` that the server has closed meanwhile (or that
+    holds unread data), so that the next command (or ``connect()``) opens it anew.
+
+    redis-py's asyncio pool hands such a connection out as it is (its check is off
+    while maintenance notifications are on); its blocking pool reopens it itself.
+    """
+    if connection.is_connected:
+        try:
+            stale = await connection.can_read()
+        except (RedisConnectionError, OSError):
+            stale = True
+        if stale:
+            await connection.disconnect()
 
 
 async def receive(mailbox: asyncio.Queue[Any], timeout: float | None) -> object:

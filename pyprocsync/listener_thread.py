@@ -6,6 +6,14 @@ the reference back, and the last one closes the listener. The listener's thread 
 touches its pub/sub connections: waiting participants queue their SUBSCRIBE and
 UNSUBSCRIBE requests and wake it through a socket pair, and it hands each message to the
 mailboxes of its channel (see :mod:`pyprocsync.listeners`).
+
+The thread sleeps in ``select`` on the connections' sockets, which sees only the bytes
+still in the kernel. Bytes already taken from the kernel (into the TLS layer of a
+``rediss://`` connection, or into redis-py's read buffer) are invisible to it; the
+drain after each wake-up finds them with ``can_read(timeout=0)``, which looks in both,
+and reads until it reports nothing left. A drain cut short at :data:`_DRAIN_LIMIT`
+(bytes may be left in those buffers) makes the next ``select`` a poll, so the rest is
+read at once, not after :data:`_IDLE_WAIT`.
 """
 
 from __future__ import annotations
@@ -181,11 +189,11 @@ class ThreadListener:
                 return
             for kind, node, channel in requests:
                 self._apply(kind, node, channel)
-            for node in list(self._pubsubs):
-                self._drain(node)
+            # Not a generator: every connection gets its turn.
+            cut_short = [self._drain(node) for node in list(self._pubsubs)]
             connections = [p.connection for p in self._pubsubs.values()]
             try:
-                _wait(self._wake_in, connections, _IDLE_WAIT)
+                _wait(self._wake_in, connections, 0.0 if any(cut_short) else _IDLE_WAIT)
             except Exception as exc:  # noqa: BLE001  # a socket closed or broke under us
                 for node in list(self._pubsubs):
                     self._fail(node, exc)
@@ -208,14 +216,16 @@ class ThreadListener:
         except Exception as exc:  # noqa: BLE001  # handed to the waiters of that connection
             self._fail(node, exc)
 
-    def _drain(self, node: Hashable) -> None:
-        """Hand out every message that can be read from ``node``'s connection now."""
+    def _drain(self, node: Hashable) -> bool:
+        """Hand out every message that can be read from ``node``'s connection now, up to
+        :data:`_DRAIN_LIMIT`; True when the limit cut the drain short (more may be
+        buffered where ``select`` does not look)."""
         pubsub = self._pubsubs[node]
         connection: Any = pubsub.connection
         try:
             for _ in range(_DRAIN_LIMIT):
                 if connection is None or not connection.can_read(timeout=0):
-                    return
+                    return False
                 # A message has begun to arrive: the rest of a long one may take a moment.
                 response = connection.read_response(
                     disconnect_on_error=False, push_request=True, timeout=_REST_OF_MESSAGE
@@ -228,6 +238,8 @@ class ThreadListener:
                         mailbox.put_nowait(item)
         except Exception as exc:  # noqa: BLE001  # handed to the waiters of that connection
             self._fail(node, exc)
+            return False
+        return True
 
     def _fail(self, node: Hashable, exc: BaseException) -> None:
         error = link_error(exc)

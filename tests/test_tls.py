@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from typing import Any
 
 import pytest
 import redis
+from netproxy import Delay, NetProxy
 from support import (
     LONG,
     assert_one_line_error,
@@ -48,7 +50,7 @@ from tls_support import (
 )
 
 import pyprocsync.asyncio as aps
-from pyprocsync import Barrier, Event, ProcSync, SyncResult
+from pyprocsync import Barrier, Event, ProcSync, SyncResult, listener_thread
 from pyprocsync.cli import ExitCode
 from pyprocsync.server import EmbeddedServer, ServerError, find_server_binary
 
@@ -258,6 +260,114 @@ def test_event_and_barrier(tls_server: TlsServer, run_id: str) -> None:
 def any_subscriber(tls_server: TlsServer) -> bool:
     """Whether a pub/sub connection is subscribed on the TLS port."""
     return any(int(c.get("sub", 0)) > 0 for c in tls_server.tls_clients())
+
+
+#: The slow link's one-way delay from the setter to the server, seconds: a TLS
+#: connection opened over it takes several of them (handshake, then the first reply).
+UP = 0.1
+#: The sets' lead time: enough for one trip up (the announcing script), with room for
+#: a busy machine, but not for a connection opened after the setter read its clock.
+SLOW_LINK_LEAD = 0.25
+
+
+def wait_subscribed(tls_server: TlsServer) -> None:
+    wait_for(lambda: any_subscriber(tls_server), 10, "a subscriber on the TLS port")
+
+
+def close_setter_connections(tls_server: TlsServer, link: NetProxy) -> None:
+    """Have the server close the setter's connections (as its ``timeout`` setting
+    closes idle clients), and wait until the proxy passed the close on."""
+    with tls_server.admin() as admin:
+        for entry in admin.client_list():
+            if entry.get("name") == "setter":
+                admin.client_kill_filter(_id=entry["id"])
+    wait_for(lambda: link.connections == 0, 10, "the setter's connections closed")
+
+
+@pytest.mark.timeout(60)
+def test_sets_over_a_slow_link_are_on_time(tls_server: TlsServer, run_id: str) -> None:
+    """A setter whose link to the server is slow (each chunk it sends arrives ``UP``
+    later) sets the flag twice: first as its first command (its connection for
+    commands is not open yet), then after the server closed its connections. Each
+    set reaches a waiter within the lead time, so the waiter returns True instead of
+    raising TooLateError: no connection is opened (a TLS handshake and a first
+    reply, several trips over the link) between the setter reading its clock and
+    sending the set (issue 16)."""
+    with NetProxy(tls_server.server.bind, tls_server.port, up=Delay(UP)) as link:
+        setter_url = tls_url(link.port, tls_server.certs) + "&client_name=setter"
+        waiter = Event.from_url(tls_server.url(), "flag", run_id=run_id, delay=SLOW_LINK_LEAD)
+        setter = Event.from_url(setter_url, "flag", run_id=run_id, delay=SLOW_LINK_LEAD)
+        try:
+            for closed in (False, True):
+                if closed:
+                    close_setter_connections(tls_server, link)
+                thread, woken = start_thread(lambda: waiter.wait(LONG))
+                wait_subscribed(tls_server)
+                setter.set()
+                join([thread], LONG)
+                assert woken.result() is True
+                setter.clear()
+        finally:
+            waiter.close()
+            setter.close()
+
+
+@pytest.mark.timeout(60)
+def test_asyncio_sets_over_a_slow_link_are_on_time(tls_server: TlsServer, run_id: str) -> None:
+    """The asyncio twin of ``test_sets_over_a_slow_link_are_on_time``: waiter and setter
+    are tasks of one loop."""
+
+    async def main(link: NetProxy) -> None:
+        setter_url = tls_url(link.port, tls_server.certs) + "&client_name=setter"
+        waiter = aps.Event.from_url(tls_server.url(), "flag", run_id=run_id, delay=SLOW_LINK_LEAD)
+        setter = aps.Event.from_url(setter_url, "flag", run_id=run_id, delay=SLOW_LINK_LEAD)
+        try:
+            for closed in (False, True):
+                if closed:
+                    await asyncio.to_thread(close_setter_connections, tls_server, link)
+                woken = asyncio.ensure_future(waiter.wait(LONG))
+                await asyncio.to_thread(wait_subscribed, tls_server)
+                await setter.set()
+                assert await woken is True
+                await setter.clear()
+        finally:
+            await waiter.aclose()
+            await setter.aclose()
+
+    with NetProxy(tls_server.server.bind, tls_server.port, up=Delay(UP)) as link:
+        asyncio.run(asyncio.wait_for(main(link), LONG))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", ["tls", "plain"])
+def test_listener_reads_what_a_cut_short_drain_left(
+    tls_server: TlsServer, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages that arrive together (one TLS record, one TCP read) sit in the TLS
+    layer and redis-py's buffer once the first is read, where ``select`` does not see
+    them. With the listener's drain limit at 2 and its idle wait at an hour, three
+    messages published at once all reach the mailbox promptly: the drain that the
+    limit cut short is followed at once by another, not by a sleep in ``select``."""
+    monkeypatch.setattr(listener_thread, "_DRAIN_LIMIT", 2)
+    monkeypatch.setattr(listener_thread, "_IDLE_WAIT", 3600.0)
+    url = tls_server.url() if transport == "tls" else tls_server.server.url
+    with redis.Redis.from_url(url) as client, redis.Redis.from_url(url) as publisher:
+        listener = listener_thread.acquire(client)
+        try:
+            mailbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            assert listener.listen("burst", mailbox, renew=False)
+            assert listener_thread.receive(mailbox, PROMPT)["type"] == "subscribe"
+            for _ in range(2):
+                with publisher.pipeline(transaction=False) as pipe:
+                    for number in range(3):
+                        pipe.publish("burst", str(number))
+                    assert pipe.execute() == [1, 1, 1]
+                started = time.monotonic()
+                got = [listener_thread.receive(mailbox, PROMPT) for _ in range(3)]
+                assert [m and m["data"] for m in got] == [b"0", b"1", b"2"]
+                assert time.monotonic() - started < PROMPT
+        finally:
+            listener_thread.release(client)
 
 
 @pytest.mark.timeout(60)
