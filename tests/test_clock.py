@@ -7,6 +7,7 @@ each aimed anew at the wall clock, and busy-waits the last stretch.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -132,3 +133,74 @@ def test_async_sleep_until_returns_at_or_after_the_target() -> None:
     target = time.time_ns() + 20_000_000
     returned = asyncio.run(_async_wait(target, 500_000))
     assert target <= returned <= time.time_ns()
+
+
+def test_spin_yields_until_the_last_stretch_and_never_at_the_instant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The busy wait calls ``sched_yield`` after a look at the clock only while more than
+    :data:`~pyprocsync.clock.PURE_SPIN_NS` remain; the last stretch and the instant
+    itself give nothing away, and the reading that reached the target is returned."""
+    readings: list[int] = []
+    yields_at: list[int] = []
+    now = [0]
+
+    def time_ns() -> int:
+        now[0] += 5_000  # every look costs 5 µs
+        readings.append(now[0])
+        return now[0]
+
+    monkeypatch.setattr(clock, "time_ns", time_ns)
+    monkeypatch.setattr(clock, "_yield", lambda: yields_at.append(now[0]))
+    target = 200_000
+    returned = clock._spin_until_ns(target)
+    assert returned == readings[-1] >= target
+    assert readings[-2] < target
+    assert yields_at
+    assert all(target - at > clock.PURE_SPIN_NS for at in yields_at)
+    assert sum(1 for r in readings if target - r <= clock.PURE_SPIN_NS) >= 2
+
+
+def test_a_clock_step_back_in_the_last_stretch_yields_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wall clock stepped back by a second while the wait spins its last stretch puts
+    the loop back to yielding: no second of spinning without a yield."""
+    values = iter([990_000, 995_000, -1_000_000, *range(-990_000, 1_000_001, 10_000)])
+    yields: list[int] = []
+    monkeypatch.setattr(clock, "time_ns", lambda: next(values))
+    monkeypatch.setattr(clock, "_yield", lambda: yields.append(1))
+    assert clock._spin_until_ns(1_000_000) >= 1_000_000
+    assert len(yields) >= 190  # once per look while more than 30 µs remained
+
+
+def test_threads_released_together_let_each_other_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``let_waiting_threads_run`` releases the interpreter lock (a ``sched_yield``)
+    only while another thread of the process is inside ``sleep_until_ns``."""
+    yields: list[int] = []
+    monkeypatch.setattr(clock, "_yield", lambda: yields.append(1))
+    clock.let_waiting_threads_run()
+    assert yields == []
+    inside = threading.Event()
+    leave = threading.Event()
+
+    def sleeping_sleep(seconds: float) -> None:
+        inside.set()
+        leave.wait(10)
+
+    monkeypatch.setattr(clock, "_sleep", sleeping_sleep)
+    waiter = threading.Thread(
+        target=clock.sleep_until_ns, args=(time.time_ns() + 2 * 10**8, 0), daemon=True
+    )
+    waiter.start()
+    try:
+        assert inside.wait(10)
+        clock.let_waiting_threads_run()
+        assert yields == [1]
+    finally:
+        leave.set()
+        monkeypatch.setattr(clock, "_sleep", lambda seconds: None)
+        waiter.join(10)
+    assert not waiter.is_alive()
+    clock.let_waiting_threads_run()
+    assert yields == [1]

@@ -35,7 +35,16 @@ from pyprocsync import (
     params,
 )
 from pyprocsync.keys import EventKeys
-from pyprocsync.protocol import CALL_TIMEOUT_FLOOR, AtInstant, Call, Listen, Receive, SleepUntil
+from pyprocsync.protocol import (
+    CALL_TIMEOUT_FLOOR,
+    AtInstant,
+    Call,
+    Listen,
+    Receive,
+    SleepUntil,
+    Stamp,
+    now_us_for_scripts,
+)
 from pyprocsync.rounds import Broken, Released, parse_outcome, reset_flow, sync_flow
 from pyprocsync.scripts import CORRUPT_MARKER, Script
 from pyprocsync.servertime import ClockState
@@ -167,6 +176,21 @@ def heartbeat_expires(stepper: Stepper, fake: FakeClock) -> None:
 
 
 # -- the regular path -------------------------------------------------------------------
+
+
+def test_the_callers_clock_is_read_as_the_command_is_built(fake_clock: FakeClock) -> None:
+    """ARRIVE carries :attr:`Stamp.NOW_US` until the shell builds the command, which reads
+    the clock then (after the connection is at hand): time spent between the flow's
+    step and the sending, opening a connection say, is not taken from the lead time.
+    In server-clock mode the argument is -1 (the script reads the server's clock)."""
+    stepper = start()
+    assert isinstance(stepper.op, Call)
+    assert stepper.op.args[4] is Stamp.NOW_US
+    fake_clock.advance(0.25)  # a connection opened meanwhile
+    command = stepper.op.command("sha1")
+    assert command[:3] == ("EVALSHA", "sha1", len(KEYS.all))
+    assert command[3 + len(KEYS.all) + 4] == T0_US + 250_000
+    assert now_us_for_scripts(make_settings(clock="server")) == -1
 
 
 def test_subscribes_before_arriving(fake_clock: FakeClock) -> None:
