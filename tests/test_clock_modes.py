@@ -984,7 +984,9 @@ def test_auto_delay_floor_spike_and_decay(
     * with no further slow reports, each later automatically led round leads by
       ``2 * L`` while ``L`` decays by 1/32 per release: the lead shrinks round by round.
     """
-    a, b = make_sync("auto", auto_floor=0.003), make_sync("auto", auto_floor=0.003)
+    # The subject is the lead each round announces, not how late a loaded machine
+    # learns it: a 3 ms lead may be learned too late there (TooLateError), so proceed.
+    a, b = (make_sync("auto", auto_floor=0.003, on_late="proceed") for _ in range(2))
 
     def one_round() -> float:
         outcomes = in_threads(lambda: a.sync("ev", 2, 20), lambda: b.sync("ev", 2, 20))

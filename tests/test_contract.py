@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import math
 import os
+import random
 import signal
 import socket
 import threading
@@ -476,3 +477,83 @@ def test_a_poll_that_fills_the_barrier_releases_it(
 
     indices = blocking() if shell == "blocking" else asyncio.run(asynchronous())
     assert sorted(indices) == [0, 1]
+
+
+# -- cancellation always cancels (asyncio) --------------------------------------------------
+
+#: Cancellations in the stress test.
+CANCELLATIONS = 500
+
+
+@pytest.mark.timeout(120)
+def test_cancellation_stress(server: EmbeddedServer, run_id: str) -> None:
+    """500 waits of ``sync``, ``Event.wait`` and ``Barrier.wait`` cancelled at random
+    points (before the subscription, with ARRIVE in flight, after the announcement,
+    inside the final spin: a partner arrives, or sets, half of the time, and the
+    release instant is 3 ms after it): every cancelled task ends with CancelledError
+    (none hangs); no arrival stays counted; after closing, no subscription is left."""
+    rng = random.Random(12)
+    admin = make_client(server)
+
+    async def main() -> dict[str, int]:
+        client = aioredis.Redis(host=server.bind, port=server.port)
+        mine, partner = (pyprocsync.asyncio.ProcSync(client, run_id, 0.003) for _ in range(2))
+        event = pyprocsync.asyncio.Event(client, "e", run_id=run_id, delay=0.003)
+        barriers = [
+            pyprocsync.asyncio.Barrier(client, "b", 2, run_id=run_id, delay=0.003) for _ in range(2)
+        ]
+        reader = pyprocsync.asyncio.Barrier(client, "s", 2, run_id=run_id)
+        counts = {"cancelled": 0, "finished first": 0}
+        for _ in range(CANCELLATIONS):
+            kind = rng.choice(["sync", "event", "barrier"])
+            with_partner = rng.random() < 0.5
+            if kind == "sync":
+                task = asyncio.ensure_future(mine.sync("s", 2, 5))
+                other = partner.sync("s", 2, 5) if with_partner else None
+            elif kind == "barrier":
+                task = asyncio.ensure_future(barriers[0].wait(5))
+                other = barriers[1].wait(5) if with_partner else None
+            else:
+                await event.clear()
+                task = asyncio.ensure_future(event.wait(5))
+                other = event.set() if with_partner else None
+            helper = None if other is None else asyncio.ensure_future(other)
+            await asyncio.sleep(rng.uniform(0, 0.004))
+            requested = task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=5)
+            assert done, f"a cancelled {kind} hangs"
+            if requested:
+                assert task.cancelled(), f"{kind}: {task!r}"
+                counts["cancelled"] += 1
+            else:
+                counts["finished first"] += 1
+            if helper is not None:  # a partner left waiting alone is cancelled too
+                helper.cancel()
+                await asyncio.wait({helper}, timeout=5)
+                assert helper.done(), "a cancelled partner hangs"
+                if not helper.cancelled():
+                    helper.exception()  # retrieved (a partner may time out or be broken)
+            if kind != "event":
+                name = "s" if kind == "sync" else "b"
+                state = reader if name == "s" else barriers[0]
+                assert await state.n_waiting() == 0, f"an arrival of {name!r} leaked"
+                if await state.broken():
+                    await state.reset()
+        for instance in (mine, partner, event, *barriers, reader):
+            await instance.aclose()
+        await client.aclose()
+        return counts
+
+    counts = asyncio.run(asyncio.wait_for(main(), 100))
+    assert counts["cancelled"] > CANCELLATIONS // 2, counts
+    channels = [
+        EventKeys.of("pyprocsync", run_id, "s").channel,
+        EventKeys.of("pyprocsync", run_id, "b").channel,
+        FlagKeys.of("pyprocsync", run_id, "e").channel,
+    ]
+    wait_for(
+        lambda: all(count == 0 for _, count in admin.pubsub_numsub(*channels)),
+        10,
+        "the subscriptions to go",
+    )
+    assert admin.pubsub_channels(f"*{run_id}*") == []

@@ -1056,8 +1056,21 @@ def test_barrier_action(server: EmbeddedServer, value: object, entry: Entry) -> 
 TIMEOUTS = st.one_of(
     st.floats(1e-12, TEN_YEARS),
     st.sampled_from(
-        [None, math.inf, 1e-9, 0.001, 5, TEN_YEARS, 9.3e9, np.float64(1e10), 10**30]
-        + [0, -1, -math.inf, np.float64(-0.0)]
+        [
+            None,
+            math.inf,
+            1e-9,
+            0.001,
+            5,
+            TEN_YEARS,
+            9.3e9,
+            np.float64(1e10),
+            10**30,
+            0,
+            -1,
+            -math.inf,
+            np.float64(-0.0),
+        ]
     ),
 )
 
