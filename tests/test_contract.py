@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import math
 import os
 import random
@@ -67,14 +68,10 @@ def short_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(listeners, "REPLY_TIMEOUT", REPLY_LIMIT)
 
 
-@pytest.fixture(scope="module")
-def pausable() -> Iterator[EmbeddedServer]:
-    """A server of this module's own, to be stopped (SIGSTOP) and resumed."""
-    instance = EmbeddedServer().start()
-    try:
-        yield instance
-    finally:
-        instance.stop()
+@pytest.fixture
+def pausable(fresh_server: Callable[..., EmbeddedServer]) -> EmbeddedServer:
+    """A server of the test's own, to be stopped (SIGSTOP) and resumed."""
+    return fresh_server()
 
 
 @pytest.fixture
@@ -150,6 +147,22 @@ def warm_up(instance: Any) -> Any:
     return instance.reset("ev")
 
 
+async def settled(value: Any) -> Any:
+    """``value``, awaited if it is awaitable (an asyncio call; a blocking one has
+    returned already)."""
+    return await value if inspect.isawaitable(value) else value
+
+
+def client_of(shell: str, host: str, port: int) -> Any:
+    """A new client of ``host:port`` for ``shell``."""
+    return (redis.Redis if shell == "blocking" else aioredis.Redis)(host=host, port=port)
+
+
+async def close(instance: Any, client: Any) -> None:
+    await settled(instance.close())
+    await settled(client.aclose() if isinstance(client, aioredis.Redis) else client.close())
+
+
 def attempt(
     shell: str,
     primitive: str,
@@ -162,39 +175,23 @@ def attempt(
     """Run the call against ``127.0.0.1:port`` in a new client, in run ``run_id``
     (default: a new one); return its result (or the exception it raised) and how long
     it took. ``during`` runs (in another thread) while the call runs."""
-    run_id = run_id or uuid.uuid4().hex
     helper = None if during is None else threading.Thread(target=during)
-    if shell == "blocking":
-        client = redis.Redis(host="127.0.0.1", port=port)
-        instance = build(shell, primitive, client, run_id)
+
+    async def main() -> tuple[object, float]:
+        client = client_of(shell, "127.0.0.1", port)
+        instance = build(shell, primitive, client, run_id or uuid.uuid4().hex)
         started = time.monotonic()
         if helper is not None:
             helper.start()
         try:
-            outcome: object = invoke(instance, primitive, timeout)
+            result: object = await settled(invoke(instance, primitive, timeout))
         except ProcSyncError as exc:
-            outcome = exc
+            result = exc
         took = time.monotonic() - started
-        instance.close()
-        client.close()
-    else:
+        await close(instance, client)
+        return result, took
 
-        async def main() -> tuple[object, float]:
-            client = aioredis.Redis(host="127.0.0.1", port=port)
-            instance = build(shell, primitive, client, run_id)
-            started = time.monotonic()
-            if helper is not None:
-                helper.start()
-            try:
-                result: object = await invoke(instance, primitive, timeout)
-            except ProcSyncError as exc:
-                result = exc
-            took = time.monotonic() - started
-            await instance.aclose()
-            await client.aclose()
-            return result, took
-
-        outcome, took = asyncio.run(asyncio.wait_for(main(), 30))
+    outcome, took = asyncio.run(asyncio.wait_for(main(), 30))
     if helper is not None:
         helper.join()
     return outcome, took
@@ -337,33 +334,18 @@ def test_connections_dropped_after_the_first_call(
             assert not isinstance(outcome, BaseException), repr(outcome)
             assert took <= SLACK, took
 
-    if shell == "blocking":
-        with redis.Redis(host=server.bind, port=server.port) as client:
-            instance = build(shell, primitive, client, run_id)
-            warm_up(instance)
-            drop_all()
-            started = time.monotonic()
-            try:
-                outcome: object = invoke(instance, primitive, TIMEOUT)
-            except ProcSyncError as exc:
-                outcome = exc
-            second_call(started, outcome)
-            instance.close()
-        return
-
     async def main() -> None:
-        client = aioredis.Redis(host=server.bind, port=server.port)
+        client = client_of(shell, server.bind, server.port)
         instance = build(shell, primitive, client, run_id)
-        await warm_up(instance)
+        await settled(warm_up(instance))
         await asyncio.to_thread(drop_all)  # the loop runs meanwhile: it sees the drops
         started = time.monotonic()
         try:
-            result: object = await invoke(instance, primitive, TIMEOUT)
+            result: object = await settled(invoke(instance, primitive, TIMEOUT))
         except ProcSyncError as exc:
             result = exc
         second_call(started, result)
-        await instance.aclose()
-        await client.aclose()
+        await close(instance, client)
 
     asyncio.run(asyncio.wait_for(main(), 30))
 
@@ -397,45 +379,37 @@ def test_polls_behave_as_threading(shell: str, server: EmbeddedServer, run_id: s
     module: Any = pyprocsync if shell == "blocking" else pyprocsync.asyncio
     admin = make_client(server)
 
-    async def outcome(value: Any) -> Any:
-        return await value if asyncio.iscoroutine(value) else value
-
     async def main(client: Any) -> dict[str, object]:
         got: dict[str, object] = {}
         event = module.Event(client, "poll", run_id=run_id)
         for t in (0, -1, -math.inf):
             started = time.monotonic()
-            got[f"clear {t}"] = await outcome(event.wait(t))
+            got[f"clear {t}"] = await settled(event.wait(t))
             assert time.monotonic() - started < SLACK
         assert admin.pubsub_numsub(FlagKeys.of("pyprocsync", run_id, "poll").channel)[0][1] == 0
-        await outcome(event.set())
+        await settled(event.set())
         for t in (0, -1, -math.inf):
-            got[f"set {t}"] = await outcome(event.wait(t))
+            got[f"set {t}"] = await settled(event.wait(t))
         alone = module.Barrier(client, "alone", 1, run_id=run_id, delay=0)
-        got["parties=1"] = await outcome(alone.wait(0))
+        got["parties=1"] = await settled(alone.wait(0))
         pair = module.Barrier(client, "pair", 2, run_id=run_id, delay=0)
         with pytest.raises(BrokenBarrierError) as broken:
-            await outcome(pair.wait(0))
+            await settled(pair.wait(0))
         assert isinstance(broken.value, TimeOutError)
         got["parties=2"] = "broken"
-        got["broken after"] = await outcome(pair.broken if shell == "blocking" else pair.broken())
+        got["broken after"] = await settled(pair.broken if shell == "blocking" else pair.broken())
         for instance in (event, alone, pair):
-            await outcome(instance.close())
+            await settled(instance.close())
         return got
 
-    if shell == "blocking":
-        with redis.Redis(host=server.bind, port=server.port) as client:
-            got = asyncio.run(main(client))
-    else:
+    async def run() -> dict[str, object]:
+        client = client_of(shell, server.bind, server.port)
+        try:
+            return await main(client)
+        finally:
+            await settled(client.aclose() if shell == "asyncio" else client.close())
 
-        async def run() -> dict[str, object]:
-            client = aioredis.Redis(host=server.bind, port=server.port)
-            try:
-                return await main(client)
-            finally:
-                await client.aclose()
-
-        got = asyncio.run(run())
+    got = asyncio.run(run())
     assert got == expected
 
 
