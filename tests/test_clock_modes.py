@@ -75,7 +75,7 @@ from pyprocsync.cli import URL_ENV, ExitCode
 from pyprocsync.cli import main as cli_main
 from pyprocsync.keys import EventKeys, FlagKeys
 from pyprocsync.procsync import drive
-from pyprocsync.protocol import Call, Listen, Receive, ServerTime, SleepUntil
+from pyprocsync.protocol import Call, Listen, Prepare, Receive, ServerTime, SleepUntil
 from pyprocsync.rounds import sync_flow
 from pyprocsync.scripts import Script
 from pyprocsync.server import EmbeddedServer
@@ -211,6 +211,8 @@ class FakeRedis:
         return f"R {self.generation} {arrival_us + lead_us} {lead_us}"
 
     def execute(self, op: Any) -> object:
+        if isinstance(op, Prepare):  # the scripts are loaded (not among the ops compared)
+            return None
         self.ops.append(op)
         if isinstance(op, ServerTime):
             return self.world.time_reply()
