@@ -11,6 +11,7 @@ from .event import Event
 from .exceptions import (
     ArgumentTypeError,
     BrokenBarrierError,
+    BrokenByTimeoutError,
     ConnectionLostError,
     InvalidArgumentError,
     ParameterMismatchError,
@@ -26,6 +27,7 @@ __all__ = [
     "ArgumentTypeError",
     "Barrier",
     "BrokenBarrierError",
+    "BrokenByTimeoutError",
     "ConnectionLostError",
     "Event",
     "InvalidArgumentError",

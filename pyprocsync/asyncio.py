@@ -28,6 +28,8 @@ import contextlib
 import functools
 import inspect
 import logging
+import math
+import sys
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
@@ -35,13 +37,16 @@ from typing import Any, Literal, TypeVar, cast
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import clock, listener_task, params
 from .base import BarrierBase, EventBase, ProcSyncBase
 from .exceptions import TimeOutError
-from .listener_task import TaskListener, receive
+from .listener_task import TaskListener, TaskMailbox, cancel_safe, receive
+from .listeners import at_server, connecting_within
 from .members import leave_flow, renew_flow
 from .protocol import (
+    LINK_ERRORS,
     REDIRECT_PAUSE_S,
     REDIRECTS,
     AtInstant,
@@ -51,12 +56,19 @@ from .protocol import (
     Flow,
     Listen,
     Operation,
+    Prepare,
     Receive,
     RunAction,
     ServerTime,
+    constant,
 )
 from .results import SyncResult
 from .rounds import reset_flow, sync_flow
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _expires_after
+else:  # redis-py depends on async-timeout there
+    from async_timeout import timeout as _expires_after
 
 __all__ = ["Barrier", "Event", "ProcSync"]
 
@@ -107,7 +119,7 @@ class _Participation:
         self._listener = listener  # a reference taken for this call
         self._held = True
         self._action = action
-        self._mailbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._mailbox = TaskMailbox()
         self._channel: str | None = None
 
     async def execute(self, op: Operation) -> object:
@@ -116,7 +128,7 @@ class _Participation:
             return await result if inspect.isawaitable(result) else result
         if isinstance(op, Listen):
             self._channel = op.channel
-            return await self._listener.listen(op.channel, self._mailbox, op.renew)
+            return await self._listener.listen(op.channel, self._mailbox, op.renew, op.timeout)
         if isinstance(op, Receive):
             return await receive(self._mailbox, op.timeout)
         return await self._owner._execute(op)
@@ -201,7 +213,6 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         "use pyprocsync.ProcSync)"
     )
     _membership: _Membership | None = None
-    _script_task: asyncio.Future[None] | None = None
 
     @classmethod
     def from_url(
@@ -256,52 +267,65 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         listener = self._open_call(lambda: listener_task.acquire(self._client))
         participation = _Participation(self, listener, action)
         try:
-            await self._load_scripts(listener)
-            if self._settings.member and self._membership is None:
-                self._membership = _Membership(self)
-                await self._membership.start()
             return await _drive(flow, participation.execute)
         finally:
             await participation.close()
 
-    async def _load_scripts(self, listener: TaskListener) -> None:
-        """Register and load the scripts before the first arrival (see the blocking
-        shell); one task loads them, the others of a first burst wait for it."""
+    async def _prepare(self, timeout: float | None) -> None:
+        """Carry out :class:`~pyprocsync.protocol.Prepare` (see the blocking shell)."""
+        await self._load_scripts(timeout)
+        if self._settings.member and self._membership is None:
+            self._membership = _Membership(self)
+            await self._membership.start()
+
+    async def _load_scripts(self, timeout: float | None) -> None:
+        """Register and load the scripts before the first arrival, within ``timeout``
+        seconds (see the blocking shell)."""
         if self._scripts:
             return
-        if self._script_task is None:
-            self._script_task = asyncio.ensure_future(self._load_scripts_once(listener))
-        await asyncio.shield(self._script_task)
-
-    async def _load_scripts_once(self, listener: TaskListener) -> None:
-        try:
-            scripts = self._register_scripts(await listener.sharded())
-            if self._cluster:
-                for script in scripts.values():
-                    await self._client.script_load(script.script)
-            else:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for script in scripts.values():
-                        pipe.script_load(script.script)
-                    await pipe.execute()
-            self._scripts = scripts
-        finally:
-            self._script_task = None
+        scripts = self._register_scripts(await self._listener.sharded())
+        if self._cluster:
+            for script in scripts.values():
+                await self._client.script_load(script.script)
+        else:
+            budget = Budget(timeout)
+            for script in scripts.values():
+                await self._command(constant("SCRIPT", "LOAD", script.script), budget.left())
+        self._scripts = scripts
 
     async def _execute(self, op: Operation) -> object:
-        """Carry out an operation that needs no listener."""
+        """Carry out an operation that needs no listener; a link error names the server,
+        and a cancellation redis-py lost on the way is raised (see
+        :func:`~pyprocsync.listener_task.cancel_safe`)."""
+        try:
+            return await cancel_safe(self._io(op))
+        except LINK_ERRORS as exc:
+            raise at_server(exc, self._listener.server) from exc
+
+    async def _io(self, op: Operation) -> object:
         if isinstance(op, Call):
             return await self._call(op)
+        if isinstance(op, Prepare):
+            await self._prepare(op.timeout)
+            return None
         if isinstance(op, ServerTime):
             if isinstance(self._client, RedisCluster):
                 return await self._client.time()
-            pool = self._listener.command_pool()
-            connection = await pool.get_connection()
-            try:
-                return await _send_once(connection, lambda: ("TIME",), None)
-            finally:
-                await pool.release(connection)
+            return await self._command(constant("TIME"), op.timeout)
         raise TypeError(f"{op!r} needs a participation")
+
+    async def _command(
+        self, command: Callable[[], tuple[Any, ...]], timeout: float | None, script: Any = None
+    ) -> object:
+        """:func:`_send_once` on a connection of the command pool, which is ready within
+        ``timeout`` seconds (see :func:`~pyprocsync.listeners.connecting_within`)."""
+        pool = self._listener.command_pool()
+        with connecting_within(timeout):
+            connection = await pool.get_connection()
+        try:
+            return await _send_once(connection, command, timeout, script)
+        finally:
+            await pool.release(connection)
 
     async def _call(self, op: Call) -> object:
         """Run a script once, its reply bounded by ``op.timeout`` (see the blocking
@@ -309,29 +333,24 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         script = self._scripts[op.script]
         budget = Budget(op.timeout)
         client: Any = self._client
-        cluster = isinstance(client, RedisCluster)
+        if not isinstance(client, RedisCluster):
+            command = functools.partial(op.command, script.sha)
+            return await self._command(command, budget.left(), script)
         while True:
-            node: Any = client.get_node_from_key(op.keys[0]) if cluster else None
-            if node is not None:
-                connection = node.acquire_connection()
-            else:
-                pool = self._listener.command_pool()
-                connection = await pool.get_connection()
+            node: Any = client.get_node_from_key(op.keys[0])
+            connection = node.acquire_connection()
             try:
                 command = functools.partial(op.command, script.sha)
                 return await _send_once(connection, command, budget.left(), script)
             except REDIRECTS as exc:
-                if not cluster or budget.spent():
+                if budget.spent():
                     raise
                 if isinstance(exc, redis.exceptions.MovedError):
                     await client.nodes_manager.initialize()
                 else:
                     await asyncio.sleep(REDIRECT_PAUSE_S)
             finally:
-                if node is not None:
-                    node.release(connection)
-                else:
-                    await pool.release(connection)
+                node.release(connection)
 
 
 async def _send_once(
@@ -348,22 +367,41 @@ async def _send_once(
     before ``command()`` builds the command (see :class:`~pyprocsync.protocol.Stamp`)."""
     await listener_task.drop_if_stale(connection)
     try:
-        await connection.connect()  # (re)opened before command() reads the clock
+        with connecting_within(timeout):  # (re)opened before command() reads the clock
+            await connection.connect()
         await connection.send_command(*command())
         try:
-            return await connection.read_response(timeout=timeout)
+            return await _reply(connection, timeout)
         except redis.exceptions.NoScriptError:  # a restarted or flushed server
             if script is None:
                 raise
             await connection.send_command("SCRIPT", "LOAD", script.script)
             await connection.read_response()
             await connection.send_command(*command())
-            return await connection.read_response(timeout=timeout)
+            return await _reply(connection, timeout)
     except redis.ResponseError:
         raise  # a whole reply was read: the connection is fine
     except BaseException:
         await connection.disconnect()  # a reply may still be on its way
         raise
+
+
+async def _reply(connection: Any, timeout: float | None) -> object:
+    """Read a reply within ``timeout`` s (``None``: the connection's ``socket_timeout``).
+
+    Not with redis-py's own ``read_response(timeout=...)``: when that expires it returns
+    ``None``, which is also what a script that returns nothing replies.
+
+    :raises redis.exceptions.TimeoutError: no reply in time (the connection is closed).
+    """
+    if timeout is None:
+        return await connection.read_response()
+    try:
+        async with _expires_after(timeout):
+            # inf: the deadline alone bounds it, not the connection's socket_timeout
+            return await connection.read_response(timeout=math.inf)
+    except asyncio.TimeoutError as exc:
+        raise RedisTimeoutError(f"no reply within {timeout:.3f} s") from exc
 
 
 class _ClosingShell(_ClosedOnExit):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from . import flags, params, rounds
-from .exceptions import ArgumentTypeError, BrokenBarrierError, ProcSyncError, TimeOutError
+from .exceptions import ArgumentTypeError, BrokenByTimeoutError, ProcSyncError, TimeOutError
 from .params import ClockMode, OnLate, Settings
 from .protocol import Due, Flow
 from .results import SyncResult
@@ -80,7 +80,6 @@ class ProcSyncBase:
         self._owns_client = False
         # Registered at the first call, when it is known how announcements travel.
         self._scripts: dict[Script, Any] = {}
-        self._script_lock = threading.Lock()  # one thread loads them (blocking shell)
         self._state_lock = threading.Lock()
         self._closed = False
         self._holds_listener = False  # one reference to the shared listener, until closed
@@ -199,7 +198,7 @@ class BarrierBase:
         if action is not None and not callable(action):
             raise ArgumentTypeError("action must be callable or None")
         self._action = action
-        self._timeout = params.timeout(timeout)
+        self._timeout = params.wait_timeout(timeout)
         self._shell: Any = self._shell_type(redis_client, run_id, delay, **options)
 
     @property
@@ -220,6 +219,7 @@ class BarrierBase:
             self._parties,
             self._timeout if timeout is None else timeout,
             has_action=self._action is not None,
+            poll=True,
         )
 
     def _read_flow(self) -> Flow[rounds.RoundState]:
@@ -229,11 +229,12 @@ class BarrierBase:
         return rounds.abort_flow(self._shell._settings, self._name)
 
     @staticmethod
-    def _timeout_error(exc: TimeOutError) -> BrokenBarrierError:
-        """The error of a participant whose own timeout expired (as threading's)."""
-        return BrokenBarrierError(
+    def _timeout_error(exc: TimeOutError) -> BrokenByTimeoutError:
+        """The error of a participant whose own timeout expired: a BrokenBarrierError
+        (as threading's) that is also a TimeOutError."""
+        return BrokenByTimeoutError(
             str(exc),
-            reason="timeout",
+            timeout=exc.timeout,
             arrived=exc.arrived,
             expected=exc.expected,
             event=exc.event,

@@ -396,12 +396,14 @@ def _sync(args: argparse.Namespace) -> None:
     try:
         with ProcSync.from_url(url, args.run, args.delay, clock=args.clock) as node:
             node.sync(args.name, args.nodes, args.timeout)
+    except (BrokenBarrierError, ParameterMismatchError) as exc:
+        # First: another participant's timeout breaks the round with an error that is
+        # also a TimeOutError (BrokenByTimeoutError), and that is exit 5, not 3.
+        raise CommandError(ExitCode.BROKEN, str(exc)) from None
     except TimeOutError as exc:
         raise CommandError(ExitCode.TIMEOUT, str(exc)) from None
     except TooLateError as exc:
         raise CommandError(ExitCode.TOO_LATE, str(exc)) from None
-    except (BrokenBarrierError, ParameterMismatchError) as exc:
-        raise CommandError(ExitCode.BROKEN, str(exc)) from None
     except InvalidArgumentError as exc:
         raise CommandError(ExitCode.USAGE, str(exc)) from None
     except ValueError:  # from redis-py: a URL it cannot parse (its message may quote it)

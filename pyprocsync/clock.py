@@ -25,6 +25,7 @@ import os
 import select
 import threading
 import time
+from collections.abc import Callable
 
 __all__ = [
     "LOOP_TIMER_SLACK_NS",
@@ -101,7 +102,9 @@ PURE_SPIN_NS = 30_000
 _waiting: set[int] = set()
 
 
-def _spin_until_ns(target_ns: int, on_monotonic: bool = False) -> int:
+def _spin_until_ns(
+    target_ns: int, on_monotonic: bool = False, warm: Callable[[], object] | None = None
+) -> int:
     """Busy-wait until the clock reaches ``target_ns``; return the reading then.
 
     Until :data:`PURE_SPIN_NS` before the target, every look at the clock is followed
@@ -115,11 +118,20 @@ def _spin_until_ns(target_ns: int, on_monotonic: bool = False) -> int:
     while now < target_ns:
         if target_ns - now > PURE_SPIN_NS:
             _yield()
+        elif warm is not None:
+            warm()
+            warm = None
         now = _now(on_monotonic)
     return now
 
 
-def sleep_until_ns(target_ns: int, spin_ns: int, *, on_monotonic: bool = False) -> int:
+def sleep_until_ns(
+    target_ns: int,
+    spin_ns: int,
+    *,
+    on_monotonic: bool = False,
+    warm: Callable[[], object] | None = None,
+) -> int:
     """Block until the wall clock reads ``target_ns``; return that clock at return.
 
     :param target_ns: the instant, epoch nanoseconds (with ``on_monotonic``: a reading
@@ -131,7 +143,7 @@ def sleep_until_ns(target_ns: int, spin_ns: int, *, on_monotonic: bool = False) 
     try:
         while (step := _coarse_sleep_ns(target_ns, spin_ns, on_monotonic)) > 0:
             _sleep(step / 1e9)
-        return _spin_until_ns(target_ns, on_monotonic)
+        return _spin_until_ns(target_ns, on_monotonic, warm)
     finally:
         _waiting.discard(thread)
 

@@ -5,7 +5,9 @@ All of them derive from :class:`ProcSyncError`, which derives from :class:`Excep
 Where a standard exception means the same thing it is a second parent, so code written
 against the standard library keeps working: :class:`TimeOutError` is a
 :class:`TimeoutError`, :class:`BrokenBarrierError` is a :class:`threading.BrokenBarrierError`,
-:class:`InvalidArgumentError` and :class:`ParameterMismatchError` are :class:`ValueError`.
+:class:`InvalidArgumentError` and :class:`ParameterMismatchError` are :class:`ValueError`;
+:class:`BrokenByTimeoutError` is both a :class:`TimeOutError` and a
+:class:`BrokenBarrierError`.
 
 Each exception carries what it is about as attributes (``event``, ``run_id``,
 ``generation``, and more per class), so a handler never has to parse the message.
@@ -22,6 +24,7 @@ import redis.exceptions
 __all__ = [
     "ArgumentTypeError",
     "BrokenBarrierError",
+    "BrokenByTimeoutError",
     "ConnectionLostError",
     "InvalidArgumentError",
     "ParameterMismatchError",
@@ -78,9 +81,10 @@ class TimeOutError(ProcSyncError, TimeoutError):
     """This participant's timeout expired before every participant arrived.
 
     If this participant had arrived, the round is now broken for every other participant
-    too (they raise :class:`BrokenBarrierError`), and for later arrivals until the event
-    is reset. If the timeout expired before its arrival could even be sent (the
-    subscription was not confirmed in time), the round was not touched.
+    too (they raise :class:`BrokenByTimeoutError`, a :class:`BrokenBarrierError` that is
+    also a :class:`TimeOutError`), and for later arrivals until the event is reset. If
+    the timeout expired before its arrival could even be sent (the subscription was not
+    confirmed in time), the round was not touched.
 
     :ivar timeout: the timeout that expired, in seconds (``None`` if not given).
     :ivar arrived: how many participants had arrived, or ``None`` when not known.
@@ -161,6 +165,45 @@ class BrokenBarrierError(ProcSyncError, threading.BrokenBarrierError):
         self.missing = tuple(missing)
         self.arrived = arrived
         self.expected = expected
+
+
+class BrokenByTimeoutError(BrokenBarrierError, TimeOutError):
+    """The round broke because a participant's timeout expired.
+
+    What every other participant waiting in that round raises (and every later arrival
+    until the event is reset), and what :meth:`Barrier.wait <pyprocsync.Barrier.wait>`
+    raises when its own timeout expires. It is both a :class:`BrokenBarrierError`
+    (``reason="timeout"``), so threading-style ``except BrokenBarrierError`` catches it,
+    and a :class:`TimeOutError`, so 0.1.0 code's ``except TimeOutError`` still catches
+    it on every node (in 0.1.0 every node raised ``TimeOutError``). A
+    :meth:`ProcSync.sync <pyprocsync.ProcSync.sync>` participant whose own timeout
+    expired raises a plain :class:`TimeOutError`.
+
+    Its attributes are those of both parents; ``timeout`` is the timeout that expired
+    when it was this participant's own, else ``None`` (another participant's).
+
+    .. versionadded:: 1.0
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        timeout: float | None = None,
+        missing: Sequence[str] = (),
+        arrived: int | None = None,
+        expected: int | None = None,
+        **context: Any,
+    ) -> None:
+        super().__init__(
+            message,
+            reason="timeout",
+            missing=missing,
+            arrived=arrived,
+            expected=expected,
+            timeout=timeout,
+            **context,
+        )
 
 
 class ParameterMismatchError(ProcSyncError, ValueError):

@@ -27,7 +27,7 @@ from . import params
 from .exceptions import ProtocolError
 from .keys import FlagKeys
 from .params import Settings
-from .protocol import RECHECK, Due, Flow, Signal, Waiter, call, now_us_for_scripts, text
+from .protocol import RECHECK, Due, Flow, Signal, Waiter, call, now_us_for_scripts, prepare, text
 from .scripts import Script
 from .servertime import ClockState
 
@@ -121,10 +121,11 @@ class _FlagWaiter(Waiter[FlagSet | None]):
         return (yield from self.check())  # a set that raced the deadline still counts
 
     def run(self) -> Flow[Due[bool]]:
+        yield from self.prepare()
         if self.settings.clock == "server":
             yield from self.prepare_clock()
-        if not (yield from self.listen()):
-            # Not subscribed by the deadline: a flag set already still counts.
+        if self.timeout == 0 or not (yield from self.listen()):
+            # A poll, or not subscribed by the deadline: a flag set already still counts.
             woken_by = yield from self.check()
             return False if woken_by is None else (yield from self._meet(woken_by, False))
         woken_by = yield from self.check()
@@ -162,6 +163,7 @@ def set_flow(settings: Settings, name: object) -> Flow[None]:
 
 
 def _set(settings: Settings, keys: FlagKeys, where: dict[str, Any]) -> Flow[None]:
+    yield from prepare(where)
     args = (now_us_for_scripts(settings), settings.delay_us, settings.retention_ms, keys.channel)
     parse_set(text((yield from call(Script.FLAG_SET, keys.all, args, where))))
 
@@ -173,6 +175,7 @@ def clear_flow(settings: Settings, name: object) -> Flow[None]:
 
 
 def _clear(settings: Settings, keys: FlagKeys, where: dict[str, Any]) -> Flow[None]:
+    yield from prepare(where)
     yield from call(Script.FLAG_CLEAR, keys.all, (settings.retention_ms,), where)
 
 
@@ -183,6 +186,7 @@ def is_set_flow(settings: Settings, name: object) -> Flow[bool]:
 
 
 def _is_set(settings: Settings, keys: FlagKeys, where: dict[str, Any]) -> Flow[bool]:
+    yield from prepare(where)
     reply = yield from call(Script.FLAG_CHECK, keys.all, (-1, settings.retention_ms), where)
     return _check_reply(reply)[0]
 
@@ -192,7 +196,9 @@ def wait_flow(
 ) -> Flow[Due[bool]]:
     """The flow of ``Event.wait``: True once the flag is (or was meanwhile) set.
 
+    A timeout <= 0 is a poll, as in threading: the flag is read once (no subscription).
+
     :raises InvalidArgumentError: an argument is invalid (nothing was sent).
     """
     checked = params.text("name", name, empty=False)
-    return _FlagWaiter(settings, clocks, checked, params.timeout(timeout)).run()
+    return _FlagWaiter(settings, clocks, checked, params.wait_timeout(timeout)).run()

@@ -10,9 +10,11 @@ channel (see :mod:`pyprocsync.listeners`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import Hashable
-from typing import Any
+import sys
+from collections.abc import Awaitable, Hashable
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -21,17 +23,67 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .listeners import (
     COMMAND_CONNECTIONS,
+    CONNECT_TIMEOUT,
     Mailbox,
     Registry,
     Subscriptions,
+    connecting_within,
+    describe,
     link_error,
     private_pool,
     server_major,
 )
 
-__all__ = ["TaskListener", "acquire", "drop_if_stale", "receive", "release"]
+__all__ = [
+    "TaskListener",
+    "TaskMailbox",
+    "acquire",
+    "cancel_safe",
+    "drop_if_stale",
+    "receive",
+    "release",
+]
 
 _MAIN = "main"
+
+T = TypeVar("T")
+
+
+if sys.version_info >= (3, 11):
+
+    async def cancel_safe(awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` (redis-py I/O); if the task was cancelled meanwhile and the
+        cancellation got lost on the way, raise :class:`asyncio.CancelledError` anyway.
+
+        redis-py's asyncio connections send under :func:`asyncio.wait_for` when a socket
+        timeout is set (every handshake, every command); on Python 3.10 and 3.11 it
+        returns normally when the cancellation arrives as the send completes, and the
+        cancelled call went on waiting until its timeout. A request that nobody
+        withdrew (``Task.uncancel``) still shows in ``Task.cancelling()``: it is raised
+        here.
+        """
+        task = asyncio.current_task()
+        before = 0 if task is None else task.cancelling()
+        result = await awaitable
+        if task is not None and task.cancelling() > before:
+            raise asyncio.CancelledError
+        return result
+
+else:  # Python 3.10: no Task.cancelling()
+
+    async def cancel_safe(awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` in a task of its own: a cancellation of the caller always
+        raises here, after that task (cancelled in turn) has ended, so the I/O it did is
+        over before the caller reacts (see the Python 3.11 version)."""
+        inner = asyncio.ensure_future(awaitable)
+        try:
+            return await asyncio.shield(inner)
+        except asyncio.CancelledError:
+            inner.cancel()
+            await asyncio.wait([inner])
+            if not inner.cancelled():
+                inner.exception()  # retrieved: the cancellation is what the caller sees
+            raise
 
 
 class TaskListener:
@@ -40,6 +92,7 @@ class TaskListener:
     def __init__(self, client: Any) -> None:
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
+        self.server = describe(client)
         self._sharded: bool | None = None
         self._subscriptions = Subscriptions()
         self._pubsubs: dict[Hashable, PubSub] = {}
@@ -59,8 +112,9 @@ class TaskListener:
             pool = private_pool(
                 own,
                 aioredis.BlockingConnectionPool,
+                replies=True,
                 max_connections=COMMAND_CONNECTIONS,
-                timeout=None,
+                timeout=CONNECT_TIMEOUT,
             )
             self._command_pool = own if pool is None else pool
         return self._command_pool
@@ -76,10 +130,18 @@ class TaskListener:
                 self._sharded = False
         return self._sharded
 
-    async def listen(self, channel: str, mailbox: Mailbox, renew: bool) -> bool:
+    async def listen(
+        self, channel: str, mailbox: Mailbox, renew: bool, timeout: float | None = None
+    ) -> bool:
         """Cover ``channel`` for ``mailbox``; True when the mailbox is to receive the
         subscription's confirmation. See :meth:`ThreadListener.listen
-        <pyprocsync.listener_thread.ThreadListener.listen>`."""
+        <pyprocsync.listener_thread.ThreadListener.listen>`. A connection opened for
+        it is ready within ``timeout`` seconds (see
+        :func:`~pyprocsync.listeners.connecting_within`)."""
+        with connecting_within(timeout):
+            return await cancel_safe(self._listen(channel, mailbox, renew))
+
+    async def _listen(self, channel: str, mailbox: Mailbox, renew: bool) -> bool:
         sharded = await self.sharded()
         if renew and self._cluster:
             await self._client.nodes_manager.initialize()
@@ -100,7 +162,10 @@ class TaskListener:
                 except BaseException as exc:
                     # The SUBSCRIBE may not have been sent: nobody may wait for its
                     # confirmation. (Its waiters subscribe again on a new connection.)
-                    await self._fail(node, link_error(exc))
+                    error = link_error(exc, self.server)
+                    await self._fail(node, error)
+                    if error is not exc and isinstance(exc, Exception):
+                        raise error from exc
                     raise
             if self._pubsubs.get(node) is not pubsub:
                 # The connection failed meanwhile (this mailbox was told); a SUBSCRIBE
@@ -124,7 +189,7 @@ class TaskListener:
                 async with self._subscribing:
                     await (pubsub.sunsubscribe if sharded else pubsub.unsubscribe)(name)
             except Exception as exc:  # noqa: BLE001  # handed to that connection's waiters
-                await self._fail(node, link_error(exc))
+                await self._fail(node, link_error(exc, self.server))
 
     async def aclose(self) -> None:
         """Stop the readers and close the connections; waiters left get an error."""
@@ -166,7 +231,7 @@ class TaskListener:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001  # handed to that connection's waiters
-            await self._fail(node, link_error(exc))
+            await self._fail(node, link_error(exc, self.server))
 
     async def _fail(self, node: Hashable, error: BaseException) -> None:
         """Drop ``node``'s connection: its waiters receive ``error``."""
@@ -219,13 +284,51 @@ async def drop_if_stale(connection: Any) -> None:
             await connection.disconnect()
 
 
-async def receive(mailbox: asyncio.Queue[Any], timeout: float | None) -> object:
+class TaskMailbox:
+    """A waiting task's mailbox: the listener puts items in, one task takes them out.
+
+    Its :meth:`get` waits for an item on a future of its own with a timer beside it,
+    not under :func:`asyncio.wait_for`: on Python 3.10 and 3.11, ``wait_for`` returns
+    the item and swallows a cancellation that arrives as the item does (the task then
+    kept waiting, "cancelling", until its timeout). Here a cancellation always raises
+    :class:`asyncio.CancelledError` in the waiting task.
+    """
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        """Add ``item`` and wake the waiting task (called on the loop's thread)."""
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self, timeout: float | None) -> Any:
+        """The next item, waiting at most ``timeout`` seconds (``None``: no limit) for
+        one; ``None`` when none came."""
+        if not self._items and (timeout is None or timeout > 0):
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = None if timeout is None else loop.call_later(timeout, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+        return self._items.popleft() if self._items else None
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def receive(mailbox: TaskMailbox, timeout: float | None) -> object:
     """The next item of ``mailbox`` within ``timeout`` seconds (``None``: no limit), or
     ``None``; an error put there by the listener is raised."""
-    try:
-        item = await asyncio.wait_for(mailbox.get(), None if timeout is None else max(0, timeout))
-    except asyncio.TimeoutError:
-        return None
+    item = await mailbox.get(timeout)
     if isinstance(item, BaseException):
         raise item
     return item

@@ -34,9 +34,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .listeners import (
     COMMAND_CONNECTIONS,
+    CONNECT_TIMEOUT,
     Mailbox,
     Registry,
     Subscriptions,
+    describe,
     link_error,
     private_pool,
     server_major,
@@ -68,6 +70,7 @@ class ThreadListener:
     def __init__(self, client: Any) -> None:
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
+        self.server = describe(client)
         self._sharded: bool | None = None
         self._subscriptions = Subscriptions()
         self._lock = threading.Lock()
@@ -88,15 +91,20 @@ class ThreadListener:
         """The pool script calls use: the caller's settings without retries, at most
         :data:`~pyprocsync.listeners.COMMAND_CONNECTIONS` connections (a call waits for a
         free one), so a process's connections do not grow with its participants. The
-        caller's own pool where its settings cannot be copied."""
+        caller's own pool where its settings cannot be copied.
+
+        Its connections connect and answer within the limits of
+        :func:`~pyprocsync.listeners.private_pool` (``replies``); a call waits at most
+        :data:`~pyprocsync.listeners.CONNECT_TIMEOUT` seconds for a free one."""
         with self._lock:
             if self._command_pool is None:
                 own = self._client.connection_pool
                 pool = private_pool(
                     own,
                     redis.BlockingConnectionPool,
+                    replies=True,
                     max_connections=COMMAND_CONNECTIONS,
-                    timeout=None,
+                    timeout=CONNECT_TIMEOUT,
                 )
                 self._command_pool = own if pool is None else pool
             return self._command_pool
@@ -242,7 +250,7 @@ class ThreadListener:
         return True
 
     def _fail(self, node: Hashable, exc: BaseException) -> None:
-        error = link_error(exc)
+        error = link_error(exc, self.server)
         with self._lock:
             deliveries = self._subscriptions.fail(node, error)
         pubsub = self._pubsubs.pop(node, None)

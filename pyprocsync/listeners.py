@@ -23,9 +23,14 @@ stored state.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
+import inspect
 import threading
+import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -37,10 +42,15 @@ from redis.retry import Retry
 
 __all__ = [
     "COMMAND_CONNECTIONS",
+    "CONNECT_TIMEOUT",
     "IDLE_LIMIT",
+    "REPLY_TIMEOUT",
     "Mailbox",
     "Registry",
     "Subscriptions",
+    "at_server",
+    "connecting_within",
+    "describe",
     "link_error",
     "private_pool",
     "private_pool_settings",
@@ -54,6 +64,20 @@ COMMAND_CONNECTIONS = 8
 #: Channels kept subscribed while nobody waits on them; beyond, the least recently
 #: used is unsubscribed.
 IDLE_LIMIT = 64
+
+#: Longest a connection of pyprocsync's own (command and listener connections) may take
+#: to connect and to complete its handshake (AUTH, HELLO, CLIENT SETINFO), seconds, when
+#: the call has no earlier deadline and the client's settings allow longer.
+CONNECT_TIMEOUT = 5.0
+
+#: Longest a command connection of pyprocsync's own waits for a reply when the call has
+#: no timeout and the client's ``socket_timeout`` allows longer, seconds.
+REPLY_TIMEOUT = 10.0
+
+#: The deadline (``time.monotonic()``) by which a connection opened now must be ready.
+_connect_by: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "pyprocsync_connect_by", default=None
+)
 
 _KIND = {"ssubscribe": "subscribe", "smessage": "message", "sunsubscribe": "unsubscribe"}
 
@@ -91,16 +115,109 @@ def private_pool_settings(pool: Any) -> dict[str, Any] | None:
         and name not in ("maint_notifications_pool_handler", "event_dispatcher")
     }
     copied["retry"] = Retry(NoBackoff(), 0)
-    copied["connection_class"] = connection_class
+    copied["connection_class"] = _bounded_class(connection_class)
+    connect_timeout = settings.get("socket_connect_timeout")
+    copied["socket_connect_timeout"] = _within(connect_timeout, CONNECT_TIMEOUT)
     return copied
 
 
-def private_pool(pool: Any, pool_class: Callable[..., Any], **limits: Any) -> Any:
+def private_pool(
+    pool: Any, pool_class: Callable[..., Any], *, replies: bool = False, **limits: Any
+) -> Any:
     """A new pool of ``pool_class`` (blocking or asyncio, plain or bounded) with the
     settings :func:`private_pool_settings` copies from ``pool``, and ``limits``
-    (``max_connections=...``); ``None`` when they cannot be copied."""
+    (``max_connections=...``); ``None`` when they cannot be copied. With ``replies`` (a
+    command pool), a reply may take at most :data:`REPLY_TIMEOUT` seconds."""
     settings = private_pool_settings(pool)
-    return None if settings is None else pool_class(**settings, **limits)
+    if settings is None:
+        return None
+    if replies:
+        settings["socket_timeout"] = _within(settings.get("socket_timeout"), REPLY_TIMEOUT)
+    return pool_class(**settings, **limits)
+
+
+def _within(value: float | None, limit: float) -> float:
+    """``value`` (a socket timeout, ``None`` for none) capped at ``limit``."""
+    return limit if value is None else min(value, limit)
+
+
+@contextlib.contextmanager
+def connecting_within(timeout: float | None) -> Iterator[None]:
+    """A connection that pyprocsync's pools open inside this block is ready within
+    ``timeout`` seconds (``None``: :data:`CONNECT_TIMEOUT`) or fails with
+    ``redis.exceptions.TimeoutError``. (A context variable: it holds for the thread or
+    task that enters the block, and for tasks it starts.)"""
+    token = _connect_by.set(None if timeout is None else time.monotonic() + timeout)
+    try:
+        yield
+    finally:
+        _connect_by.reset(token)
+
+
+@contextlib.contextmanager
+def _connect_limits(connection: Any) -> Iterator[None]:
+    """While ``connection`` connects: its connect and handshake timeouts capped at
+    :data:`CONNECT_TIMEOUT` and at the time left before the deadline of
+    :func:`connecting_within`; restored afterwards (replies then have the pool's)."""
+    connect_timeout, reply_timeout = connection.socket_connect_timeout, connection.socket_timeout
+    deadline = _connect_by.get()
+    left = CONNECT_TIMEOUT if deadline is None else max(deadline - time.monotonic(), 0.001)
+    limit = min(left, CONNECT_TIMEOUT)
+    connection.socket_connect_timeout = _within(connect_timeout, limit)
+    connection.socket_timeout = _within(reply_timeout, limit)
+    try:
+        yield
+    finally:
+        connection.socket_connect_timeout, connection.socket_timeout = (
+            connect_timeout,
+            reply_timeout,
+        )
+
+
+class _BoundedConnect:
+    """Mixin of a blocking connection class: see :func:`_connect_limits`."""
+
+    def connect(self) -> None:
+        with _connect_limits(self):
+            super().connect()  # type: ignore[misc]
+
+
+class _BoundedAsyncConnect:
+    """Mixin of an asyncio connection class: see :func:`_connect_limits`."""
+
+    async def connect(self) -> None:
+        with _connect_limits(self):
+            await super().connect()  # type: ignore[misc]
+
+
+@functools.cache
+def _bounded_class(connection_class: Any) -> type:
+    """``connection_class`` whose ``connect`` honours :func:`connecting_within`."""
+    asynchronous = inspect.iscoroutinefunction(connection_class.connect)
+    mixin = _BoundedAsyncConnect if asynchronous else _BoundedConnect
+    return type(connection_class.__name__, (mixin, connection_class), {"__module__": __name__})
+
+
+def describe(client: Any) -> str:
+    """Name the server ``client`` talks to in an error message: its address, never a
+    password."""
+    pool = getattr(client, "connection_pool", None)
+    service = getattr(pool, "service_name", None)
+    if isinstance(service, str):
+        return f"Redis (Sentinel service {service!r})"
+    settings = getattr(pool, "connection_kwargs", None)
+    if not isinstance(settings, dict):
+        return "the Redis cluster" if pool is None else "Redis"
+    if settings.get("path"):
+        return f"Redis at unix://{settings['path']}"
+    return f"Redis at {settings.get('host', 'localhost')}:{settings.get('port', 6379)}"
+
+
+def at_server(exc: BaseException, server: str) -> Exception:
+    """A link error ``exc`` as raised to the flows: of the same kind (a timeout stays a
+    timeout), its message naming ``server``."""
+    kind = RedisTimeoutError if isinstance(exc, RedisTimeoutError) else RedisConnectionError
+    return kind(f"{server}: {exc}")
 
 
 @dataclass
@@ -212,16 +329,17 @@ def server_major(info: dict[str, Any]) -> int:
     return int(head) if head.isdigit() else 0
 
 
-def link_error(exc: BaseException) -> BaseException:
-    """What the waiters of a failed listener connection receive: errors in the server's
-    reply (a missing ACL permission) as they are, anything else as a lost link. A
-    cluster redirection (the channel's slot lives on another shard now) counts as a
-    lost link: the waiters subscribe again after reloading the slot map."""
-    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
-        return exc
+def link_error(exc: BaseException, server: str) -> BaseException:
+    """What the waiters of a failed listener connection to ``server`` receive: errors
+    in the server's reply (a missing ACL permission) as they are, anything else as a
+    lost link (see :func:`at_server`). A cluster redirection (the channel's slot lives
+    on another shard now) counts as a lost link: the waiters subscribe again after
+    reloading the slot map."""
     if isinstance(exc, ResponseError) and not isinstance(exc, (MovedError, AskError)):
         return exc
-    return RedisConnectionError(f"pub/sub connection failed: {exc!r}")
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        return at_server(exc, server)
+    return RedisConnectionError(f"{server}: pub/sub connection failed: {exc!r}")
 
 
 def _text(value: object) -> str:

@@ -148,6 +148,15 @@ def timeout(value: object) -> float | None:
     return None if math.isinf(result) else result
 
 
+def wait_timeout(value: object) -> float | None:
+    """Check the timeout of ``Event.wait`` or ``Barrier.wait``, as threading takes it:
+    ``None`` or ``inf`` (wait forever), else a number; one <= 0 means a poll (``0.0``)."""
+    if value is None:
+        return None
+    result = seconds("timeout", value)
+    return None if result == math.inf else max(result, 0.0)
+
+
 def default_node_id() -> str:
     """Return ``host:pid:thread``, the node id used when none is configured."""
     return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"

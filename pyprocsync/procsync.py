@@ -18,8 +18,10 @@ from redis.cluster import RedisCluster
 from . import clock, listener_thread, params
 from .base import ProcSyncBase
 from .listener_thread import ThreadListener, receive
+from .listeners import at_server, connecting_within
 from .members import leave_flow, renew_flow
 from .protocol import (
+    LINK_ERRORS,
     REDIRECT_PAUSE_S,
     REDIRECTS,
     AtInstant,
@@ -29,9 +31,11 @@ from .protocol import (
     Flow,
     Listen,
     Operation,
+    Prepare,
     Receive,
     RunAction,
     ServerTime,
+    constant,
 )
 from .results import SyncResult
 from .rounds import reset_flow, sync_flow
@@ -74,7 +78,9 @@ def meet(due: Due[T]) -> T:
     """
     if isinstance(due, AtInstant):
         wait = due.wait
-        clock.sleep_until_ns(wait.at_ns, wait.spin_ns, on_monotonic=wait.on_monotonic)
+        clock.sleep_until_ns(
+            wait.at_ns, wait.spin_ns, on_monotonic=wait.on_monotonic, warm=due.finish
+        )
         return cast(T, due.finish())
     return due
 
@@ -351,9 +357,6 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         listener = self._open_call(lambda: listener_thread.acquire(self._client))
         participation = _Participation(self, listener, action)
         try:
-            self._load_scripts(listener)
-            if self._settings.member and self._membership is None:
-                self._join_run()
             return drive(flow, participation.execute)
         finally:
             participation.close()
@@ -365,37 +368,50 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
             self._membership = _Membership(self)
         self._membership.start()
 
-    def _load_scripts(self, listener: ThreadListener) -> None:
-        """Register the scripts and load them into the server before the first arrival.
+    def _prepare(self, timeout: float | None) -> None:
+        """Carry out :class:`~pyprocsync.protocol.Prepare`: load the scripts, and
+        register this instance as a member of its run if it is to be one."""
+        self._load_scripts(timeout)
+        if self._settings.member and self._membership is None:
+            self._join_run()
+
+    def _load_scripts(self, timeout: float | None) -> None:
+        """Register the scripts and load them into the server before the first arrival,
+        within ``timeout`` seconds (``None``: the connection limits).
 
         The last arrival's release instant is its clock plus the delay, read before its
         ARRIVE is sent; a NOSCRIPT retry on that path would eat into the lead time.
-        (After a server restart the retry still happens, once.) One thread loads them;
-        the others of a first burst of calls wait for it.
+        (After a server restart the retry still happens, once.) They are loaded through
+        the command pool (no retries, bounded like every call); threads of a first burst
+        of calls may each load them, which is harmless.
         """
         if self._scripts:
             return
-        with self._script_lock:
-            if not self._scripts:
-                scripts = self._register_scripts(listener.sharded())
-                if self._cluster:  # SCRIPT LOAD goes to every primary
-                    for script in scripts.values():
-                        self._client.script_load(script.script)
-                else:
-                    with self._client.pipeline(transaction=False) as pipe:
-                        for script in scripts.values():
-                            pipe.script_load(script.script)
-                        pipe.execute()
-                self._scripts = scripts
+        scripts = self._register_scripts(self._listener.sharded())
+        if self._cluster:  # SCRIPT LOAD goes to every primary
+            for script in scripts.values():
+                self._client.script_load(script.script)
+        else:
+            budget = Budget(timeout)
+            pool = self._listener.command_pool()
+            for script in scripts.values():
+                _send_once(pool, constant("SCRIPT", "LOAD", script.script), budget.left())
+        self._scripts = scripts
 
     def _execute(self, op: Operation) -> object:
-        """Carry out an operation that needs no listener."""
-        if isinstance(op, Call):
-            return self._call(op)
-        if isinstance(op, ServerTime):
-            if isinstance(self._client, RedisCluster):
-                return self._client.time()
-            return _send_once(self._listener.command_pool(), lambda: ("TIME",), None)
+        """Carry out an operation that needs no listener; a link error names the server."""
+        try:
+            if isinstance(op, Call):
+                return self._call(op)
+            if isinstance(op, Prepare):
+                self._prepare(op.timeout)
+                return None
+            if isinstance(op, ServerTime):
+                if isinstance(self._client, RedisCluster):
+                    return self._client.time()
+                return _send_once(self._listener.command_pool(), constant("TIME"), op.timeout)
+        except LINK_ERRORS as exc:
+            raise at_server(exc, self._listener.server) from exc
         raise TypeError(f"{op!r} needs a participation")
 
     def _call(self, op: Call) -> object:
@@ -432,11 +448,13 @@ def _send_once(
     pool: Any, command: Callable[[], tuple[Any, ...]], timeout: float | None, script: Any = None
 ) -> object:
     """Send the command that ``command()`` builds once on a connection of ``pool`` and
-    read its reply within ``timeout`` s (``None``: the socket's timeout). The command is
-    built once the connection is at hand (see :class:`~pyprocsync.protocol.Stamp`). For
-    an EVALSHA of ``script``, load the script and send it again if the server does not
-    know it."""
-    connection = pool.get_connection()
+    read its reply within ``timeout`` s (``None``: the socket's timeout); a connection
+    opened for it is ready within ``timeout`` too (see
+    :func:`~pyprocsync.listeners.connecting_within`). The command is built once the
+    connection is at hand (see :class:`~pyprocsync.protocol.Stamp`). For an EVALSHA of
+    ``script``, load the script and send it again if the server does not know it."""
+    with connecting_within(timeout):
+        connection = pool.get_connection()
     try:
         connection.send_command(*command())
         try:
@@ -458,7 +476,10 @@ def _send_once(
 
 
 def _reply(connection: Any, timeout: float | None) -> object:
-    """Read a reply, waiting at most ``timeout`` s (``None``: the socket's timeout)."""
+    """Read a reply, waiting at most ``timeout`` s (``None``: the connection's
+    ``socket_timeout``)."""
+    if timeout is None:
+        timeout = connection.socket_timeout
     if timeout is None:
         return connection.read_response()
     return connection.read_response(timeout=timeout)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
@@ -34,7 +34,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import clock
-from .exceptions import ConnectionLostError, ProtocolError, TimeOutError, TooLateError
+from .exceptions import (
+    ConnectionLostError,
+    ProcSyncError,
+    ProtocolError,
+    TimeOutError,
+    TooLateError,
+)
 from .params import Settings
 from .scripts import CORRUPT_MARKER, Script
 
@@ -54,6 +60,7 @@ __all__ = [
     "Instant",
     "Listen",
     "Operation",
+    "Prepare",
     "Receive",
     "RunAction",
     "ServerTime",
@@ -61,8 +68,12 @@ __all__ = [
     "SleepUntil",
     "Stamp",
     "Waiter",
+    "bound",
     "call",
+    "constant",
+    "link_lost",
     "now_us_for_scripts",
+    "prepare",
     "text",
 ]
 
@@ -104,17 +115,30 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True)
+class Prepare:
+    """Make sure the scripts are loaded into the server (once per instance: the first
+    call connects here), taking at most ``timeout`` seconds (``None``: the connection
+    limits, see :data:`pyprocsync.listeners.CONNECT_TIMEOUT`). Every flow yields it
+    first, before it reads a clock for an instant; the result is ``None``.
+    """
+
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Listen:
     """Make this participant's subscription cover ``channel``.
 
     The result is ``True`` when a SUBSCRIBE was sent (the flow then waits for its
     confirmation), ``False`` when the subscription existed already (messages buffered
     on it before this call were discarded). With ``renew``, the pub/sub connection is
-    replaced by a new one first (the old one failed).
+    replaced by a new one first (the old one failed). Connecting for it may take at
+    most ``timeout`` seconds (``None``: the connection limits).
     """
 
     channel: str
     renew: bool = False
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +167,10 @@ class SleepUntil:
 
 @dataclass(frozen=True, slots=True)
 class ServerTime:
-    """Read the server's clock (``TIME``); the result is the reply, ``[seconds, µs]``."""
+    """Read the server's clock (``TIME``) within ``timeout`` seconds (``None``: the
+    connection limits); the result is the reply, ``[seconds, µs]``."""
+
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +178,7 @@ class RunAction:
     """Run the barrier's action (the result is ignored; what it raises is thrown in)."""
 
 
-Operation = Call | Listen | Receive | RunAction | ServerTime
+Operation = Prepare | Call | Listen | Receive | RunAction | ServerTime
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +313,39 @@ def call(
             raise ProtocolError(f"foreign or corrupt data in Redis: {message}", **where) from exc
         raise
     except LINK_ERRORS as exc:
-        raise ConnectionLostError(f"lost the connection to Redis: {exc}", **where) from exc
+        raise link_lost(exc, where) from exc
+
+
+def prepare(where: dict[str, Any], timeout: float | None = None) -> Flow[None]:
+    """The first step of every flow: load the scripts (see :class:`Prepare`).
+
+    :raises ConnectionLostError: the server could not be reached, or did not answer
+        within ``timeout`` seconds.
+    """
+    try:
+        yield Prepare(timeout)
+    except LINK_ERRORS as exc:
+        raise link_lost(exc, where) from exc
+
+
+def link_lost(exc: Exception, where: dict[str, Any]) -> ConnectionLostError:
+    """The error for a link error ``exc`` (whose message names the server) of a call
+    about ``where``."""
+    about = f" ({where['event']!r})" if where.get("event") is not None else ""
+    return ConnectionLostError(f"lost the connection to Redis{about}: {exc}", **where)
+
+
+def bound(deadline: float | None) -> float | None:
+    """How long an operation may take for a call whose deadline (monotonic seconds) is
+    ``deadline``: until it, but at least :data:`CALL_TIMEOUT_FLOOR`; ``None`` without
+    a deadline."""
+    return None if deadline is None else max(deadline - clock.monotonic(), CALL_TIMEOUT_FLOOR)
+
+
+def constant(*command: str | int) -> Callable[[], tuple[str | int, ...]]:
+    """What the shells send for a command without :class:`Stamp` arguments: a builder
+    of ``command`` as it is (see :meth:`Call.command` for one that has some)."""
+    return lambda: command
 
 
 def now_us_for_scripts(settings: Settings) -> int | Stamp:
@@ -360,29 +419,41 @@ class Waiter(abc.ABC, Generic[O]):
         seconds: a server that stops answering (paused, overloaded, cut off without a
         reset) cannot hold a participant far past its timeout.
         """
-        remaining = self.remaining()
-        timeout = None if remaining is None else max(remaining, CALL_TIMEOUT_FLOOR)
         try:
-            return (yield from call(script, keys, args, self.where(), timeout))
+            return (yield from call(script, keys, args, self.where(), bound(self.deadline)))
         except ConnectionLostError as exc:
-            late = self.remaining()
-            if late is None or late > 0 or not isinstance(exc.__cause__, RedisTimeoutError):
-                raise
-            # The server did not answer before the deadline (paused, overloaded): to
-            # the caller that is its timeout.
-            raise TimeOutError(
-                f"gave up waiting for {self.name!r} after {self.timeout} s: the server did "
-                "not answer in time",
-                timeout=self.timeout,
-                **self.where(),
-            ) from exc
+            raise self.past_deadline(exc) from exc.__cause__
 
-    def link_lost(self, exc: Exception) -> ConnectionLostError:
-        """The error for a pub/sub connection that could not be replaced."""
-        return ConnectionLostError(
+    def prepare(self) -> Flow[None]:
+        """:func:`prepare` within this waiter's deadline."""
+        try:
+            yield from prepare(self.where(), bound(self.deadline))
+        except ConnectionLostError as exc:
+            raise self.past_deadline(exc) from exc.__cause__
+
+    def past_deadline(self, exc: ConnectionLostError) -> ProcSyncError:
+        """``exc`` as the caller is to see it: a server that did not answer (or could
+        not be connected to) before the deadline is, to the caller, its timeout
+        (:class:`TimeOutError`); anything else stays a lost connection."""
+        late = self.remaining()
+        if late is None or late > 0 or not isinstance(exc.__cause__, RedisTimeoutError):
+            return exc
+        return TimeOutError(
+            f"gave up waiting for {self.name!r} after {self.timeout} s: the server did "
+            f"not answer in time ({exc.__cause__})",
+            timeout=self.timeout,
+            **self.where(),
+        )
+
+    def link_lost(self, exc: Exception) -> ProcSyncError:
+        """The error for a pub/sub connection that could not be replaced (see
+        :meth:`past_deadline`)."""
+        lost = ConnectionLostError(
             f"lost the connection to Redis while waiting for {self.name!r}: {exc}",
             **self.where(),
         )
+        lost.__cause__ = exc
+        return self.past_deadline(lost)
 
     def listen(self, *, renew: bool = False) -> Flow[bool]:
         """Subscribe to the channel; True once confirmed, False at the deadline.
@@ -390,7 +461,7 @@ class Waiter(abc.ABC, Generic[O]):
         A failed connection is replaced once; if the new one fails too, the link is lost.
         """
         try:
-            if not (yield Listen(self.channel, renew)):
+            if not (yield Listen(self.channel, renew, bound(self.deadline))):
                 return True
             while True:
                 remaining = self.remaining()
@@ -399,6 +470,9 @@ class Waiter(abc.ABC, Generic[O]):
                 if self.classify((yield Receive(remaining))) is SUBSCRIBED:
                     return True
         except LINK_ERRORS as exc:
+            remaining = self.remaining()
+            if remaining is not None and remaining <= 0:
+                return False
             if renew:
                 raise self.link_lost(exc) from exc
             return (yield from self.listen(renew=True))
@@ -457,13 +531,18 @@ class Waiter(abc.ABC, Generic[O]):
         estimate; in system-clock mode, check this host's clock once per instance."""
         settings = self.settings
         if settings.clock == "server":
-            yield from self.clocks.fresh(
-                settings.clock_refresh_ns, settings.clock_samples, self.where()
-            )
+            try:
+                yield from self.clocks.fresh(
+                    settings.clock_refresh_ns, settings.clock_samples, self.where(), self.deadline
+                )
+            except ConnectionLostError as exc:
+                raise self.past_deadline(exc) from exc.__cause__
         else:
             lead_us = settings.auto_floor_us if settings.auto_delay else settings.delay_us
             if lead_us > 0:
-                yield from self.clocks.check_system_clock(settings.clock_samples, lead_us * 1000)
+                yield from self.clocks.check_system_clock(
+                    settings.clock_samples, lead_us * 1000, self.deadline
+                )
 
     def now_us_for_scripts(self) -> int | Stamp:
         """The caller's "now" that scripts base instants on: this host's wall clock, read

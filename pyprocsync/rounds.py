@@ -44,6 +44,7 @@ from redis.exceptions import ResponseError
 from . import clock, params
 from .exceptions import (
     BrokenBarrierError,
+    BrokenByTimeoutError,
     ParameterMismatchError,
     ProcSyncError,
     ProtocolError,
@@ -63,6 +64,7 @@ from .protocol import (
     Stamp,
     Waiter,
     call,
+    prepare,
     text,
 )
 from .results import SyncResult
@@ -211,15 +213,14 @@ class _Participant(Waiter[Outcome]):
 
     def _broken(self, outcome: Broken) -> BrokenBarrierError:
         missing = f"; missing: {', '.join(outcome.missing)}" if outcome.missing else ""
-        return BrokenBarrierError(
+        message = (
             f"round {outcome.generation} of {self.name!r} is broken ({outcome.reason}, "
-            f"{outcome.arrived} of {outcome.expected} arrived{missing})",
-            reason=outcome.reason,
-            missing=outcome.missing,
-            arrived=outcome.arrived,
-            expected=outcome.expected,
-            **self.where(),
+            f"{outcome.arrived} of {outcome.expected} arrived{missing})"
         )
+        counts = {"arrived": outcome.arrived, "expected": outcome.expected, **self.where()}
+        if outcome.reason == "timeout":  # 0.1.0's TimeOutError on every node
+            return BrokenByTimeoutError(message, missing=outcome.missing, **counts)
+        return BrokenBarrierError(message, reason=outcome.reason, missing=outcome.missing, **counts)
 
     def _timed_out(self, arrived: int | None, expected: int | None) -> TimeOutError:
         counts = "" if arrived is None else f" ({arrived} of {expected} arrived)"
@@ -273,8 +274,11 @@ class _Participant(Waiter[Outcome]):
     # -- transitions ---------------------------------------------------------------
 
     def run(self) -> Flow[Due[SyncResult]]:
+        yield from self.prepare()
         yield from self.prepare_clock()
-        if not (yield from self.listen()):
+        # A poll (timeout 0, Barrier.wait only) arrives and, unless that released the
+        # round, abandons it at once, as threading's does: no subscription needed.
+        if self.timeout != 0 and not (yield from self.listen()):
             raise self._timed_out(None, None)  # nothing was counted: the round is untouched
         try:
             outcome = yield from self._arrive()
@@ -511,11 +515,14 @@ def sync_flow(
     timeout: object,
     *,
     has_action: bool = False,
+    poll: bool = False,
 ) -> Flow[Due[SyncResult]]:
     """Validate the arguments of ``sync`` and return the flow of one participant.
 
     With ``has_action``, this participant runs the shell's action (operation
     :class:`~pyprocsync.protocol.RunAction`) if it arrives last, before the release.
+    With ``poll`` (``Barrier.wait``), a timeout <= 0 is a poll, as in threading: the
+    arrival is counted and, unless it completed the round, the round breaks at once.
 
     :raises InvalidArgumentError: an argument is invalid (nothing was sent).
     """
@@ -524,7 +531,7 @@ def sync_flow(
         clocks,
         params.text("event_name", event, empty=False),
         params.count("nodes", nodes),
-        params.timeout(timeout),
+        params.wait_timeout(timeout) if poll else params.timeout(timeout),
         has_action=has_action,
     ).run()
 
@@ -545,6 +552,7 @@ def reset_flow(settings: Settings, event: object) -> Flow[int]:
 
 
 def _reset(settings: Settings, keys: EventKeys, where: dict[str, Any]) -> Flow[int]:
+    yield from prepare(where)
     reply = yield from call(Script.RESET, keys.all, (settings.retention_ms, keys.channel), where)
     if not isinstance(reply, int):
         raise ProtocolError(f"unexpected RESET reply: {reply!r}")
@@ -561,6 +569,7 @@ def abort_flow(settings: Settings, event: object) -> Flow[None]:
 
 
 def _abort(settings: Settings, keys: EventKeys, where: dict[str, Any]) -> Flow[None]:
+    yield from prepare(where)
     yield from call(Script.ABORT, keys.all, (settings.retention_ms, keys.channel), where)
 
 
@@ -574,6 +583,7 @@ def read_flow(settings: Settings, event: object) -> Flow[RoundState]:
 
 
 def _read(keys: EventKeys, where: dict[str, Any]) -> Flow[RoundState]:
+    yield from prepare(where)
     return _decode_read((yield from call(Script.READ, keys.all, (), where)))
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from . import clock
 from .exceptions import ConnectionLostError, ProcSyncError, ProtocolError
-from .protocol import LINK_ERRORS, Flow, ServerTime, text
+from .protocol import LINK_ERRORS, Flow, ServerTime, bound, text
 
 __all__ = ["ClockEstimate", "ClockState", "estimate_flow", "parse_time"]
 
@@ -76,10 +76,14 @@ def parse_time(reply: Any) -> int:
     return seconds * 1_000_000_000 + micros * 1000
 
 
-def estimate_flow(samples: int, where: dict[str, Any] | None = None) -> Flow[ClockEstimate]:
+def estimate_flow(
+    samples: int, where: dict[str, Any] | None = None, deadline: float | None = None
+) -> Flow[ClockEstimate]:
     """Take ``samples`` TIME round trips and return the estimate of the shortest one.
 
     :param where: context (``event``, ``run_id``) for the errors it raises.
+    :param deadline: the call's deadline (monotonic seconds) that bounds each round
+        trip (see :func:`~pyprocsync.protocol.bound`), or ``None``.
     :raises ConnectionLostError: the server could not be reached.
     """
     best: tuple[int, int, int] | None = None  # (rtt, monotonic offset, wall offset)
@@ -87,7 +91,7 @@ def estimate_flow(samples: int, where: dict[str, Any] | None = None) -> Flow[Clo
     for _ in range(samples):
         mono_before, wall_before = clock.monotonic_ns(), clock.time_ns()
         try:
-            reply = yield ServerTime()
+            reply = yield ServerTime(bound(deadline))
         except LINK_ERRORS as exc:
             raise ConnectionLostError(
                 f"lost the connection to Redis reading TIME: {exc}", **(where or {})
@@ -141,19 +145,26 @@ class ClockState:
         return self._estimate
 
     def fresh(
-        self, refresh_ns: int, samples: int, where: dict[str, Any] | None = None
+        self,
+        refresh_ns: int,
+        samples: int,
+        where: dict[str, Any] | None = None,
+        deadline: float | None = None,
     ) -> Flow[ClockEstimate]:
-        """Return an estimate younger than ``refresh_ns``, taking a new one if needed."""
+        """Return an estimate younger than ``refresh_ns``, taking a new one if needed
+        (within ``deadline``, see :func:`estimate_flow`)."""
         current = self._estimate
         if current is not None and clock.monotonic_ns() - current.taken_at_ns < refresh_ns:
             return current
-        estimate = yield from estimate_flow(samples, where)
+        estimate = yield from estimate_flow(samples, where, deadline)
         with self._lock:
             if self._estimate is None or self._estimate.taken_at_ns < estimate.taken_at_ns:
                 self._estimate = estimate
         return estimate
 
-    def check_system_clock(self, samples: int, lead_ns: int) -> Flow[None]:
+    def check_system_clock(
+        self, samples: int, lead_ns: int, deadline: float | None = None
+    ) -> Flow[None]:
         """Once per instance: warn if this host's clock is off the server's by > ``lead_ns``.
 
         In system-clock mode the last arrival's clock fixes the instant; a host whose
@@ -164,7 +175,7 @@ class ClockState:
             return
         self._checked = True
         try:
-            estimate = yield from self.fresh(0, samples)
+            estimate = yield from self.fresh(0, samples, deadline=deadline)
         except ProcSyncError as exc:  # advisory only: the call itself reports real trouble
             log.debug("could not compare this host's clock with the server's: %s", exc)
             return

@@ -109,6 +109,7 @@ def test_pyprocsync_all() -> None:
         "ArgumentTypeError",
         "Barrier",
         "BrokenBarrierError",
+        "BrokenByTimeoutError",
         "ConnectionLostError",
         "Event",
         "InvalidArgumentError",

@@ -875,8 +875,8 @@ def test_validation_before_any_io() -> None:
                 lambda: sync.sync("e", 1, 0),
                 lambda: sync.sync("e", 1, math.nan),
                 lambda: sync.reset(""),
-                lambda: Event(client, "e").wait(-1),
-                lambda: Barrier(client, "b", 2).wait(0),
+                lambda: Event(client, "e").wait(math.nan),
+                lambda: Barrier(client, "b", 2).wait(math.nan),
             ):
                 with pytest.raises(InvalidArgumentError):
                     await call()

@@ -80,7 +80,9 @@ def per_node_round(per_node: list[list[dict[str, Any]]], number: int) -> list[di
 
 def check_broken(record: dict[str, Any], reason: str) -> None:
     assert record["ok"] is False, record
-    assert record["error"] == "BrokenBarrierError", record
+    # A round broken by a timeout raises the subclass that is also a TimeOutError.
+    expected = "BrokenByTimeoutError" if reason == "timeout" else "BrokenBarrierError"
+    assert record["error"] == expected, record
     assert record["attrs"]["reason"] == reason, record
 
 
@@ -438,8 +440,7 @@ def unreachable_client() -> redis.Redis:
         ((None, 2), {}, ArgumentTypeError),
         (("b", 2, "not callable"), {}, ArgumentTypeError),
         (("b", 2, 42), {}, ArgumentTypeError),
-        (("b", 2), {"timeout": 0}, InvalidArgumentError),
-        (("b", 2), {"timeout": -1}, InvalidArgumentError),
+        (("b", 2), {"timeout": math.nan}, InvalidArgumentError),
         (("b", 2), {"timeout": "1"}, ArgumentTypeError),
         (("b", 2), {"delay": -0.1}, InvalidArgumentError),
         (("b", 2), {"prefix": "a{b}"}, InvalidArgumentError),
@@ -454,9 +455,8 @@ def test_constructor_validation(args: tuple, kwargs: dict, error: type[Exception
 @pytest.mark.parametrize(
     ("timeout", "error"),
     [
-        (0, InvalidArgumentError),
-        (-1, InvalidArgumentError),
         (math.nan, InvalidArgumentError),
+        (1e12, InvalidArgumentError),
         (True, ArgumentTypeError),
         ("5", ArgumentTypeError),
     ],

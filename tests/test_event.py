@@ -481,10 +481,8 @@ def test_unknown_option_is_a_type_error() -> None:
 @pytest.mark.parametrize(
     ("timeout", "error"),
     [
-        (0, InvalidArgumentError),
-        (-1, InvalidArgumentError),
-        (-math.inf, InvalidArgumentError),
         (math.nan, InvalidArgumentError),
+        (-1e12, InvalidArgumentError),
         ("1", ArgumentTypeError),
         (True, ArgumentTypeError),
     ],

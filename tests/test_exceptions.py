@@ -13,6 +13,7 @@ from pyprocsync import exceptions
 from pyprocsync.exceptions import (
     ArgumentTypeError,
     BrokenBarrierError,
+    BrokenByTimeoutError,
     ConnectionLostError,
     InvalidArgumentError,
     ParameterMismatchError,
@@ -38,6 +39,7 @@ def test_root_is_an_exception() -> None:
         (TimeOutError, (ProcSyncError, TimeoutError)),
         (TooLateError, (ProcSyncError,)),
         (BrokenBarrierError, (ProcSyncError, threading.BrokenBarrierError)),
+        (BrokenByTimeoutError, (BrokenBarrierError, TimeOutError, TimeoutError)),
         (ParameterMismatchError, (ProcSyncError, ValueError)),
         (ProtocolError, (ProcSyncError,)),
         (InvalidArgumentError, (ProcSyncError, ValueError)),
@@ -66,6 +68,26 @@ def test_common_attributes() -> None:
     full = ProtocolError("x", event="e", run_id="r", generation=3)
     assert (full.event, full.run_id, full.generation) == ("e", "r", 3)
     assert str(full) == "x"
+
+
+def test_broken_by_timeout_is_caught_by_both_patterns() -> None:
+    """What the others of a round broken by a timeout raise: 0.1.0's ``except
+    TimeOutError`` and threading's ``except BrokenBarrierError`` both catch it, and it
+    carries the attributes of both (``reason`` is always ``"timeout"``)."""
+    error = BrokenByTimeoutError(
+        "m", missing=["n1"], arrived=1, expected=2, event="e", run_id="r", generation=4
+    )
+    for pattern in (TimeOutError, threading.BrokenBarrierError, BrokenBarrierError):
+        with pytest.raises(pattern):
+            raise error
+    assert (error.reason, error.missing, error.arrived, error.expected) == (
+        "timeout",
+        ("n1",),
+        1,
+        2,
+    )
+    assert (error.timeout, error.event, error.run_id, error.generation) == (None, "e", "r", 4)
+    assert BrokenByTimeoutError(timeout=1.5).timeout == 1.5
 
 
 def test_timeout_error_attributes() -> None:

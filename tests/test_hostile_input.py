@@ -348,8 +348,17 @@ def positive_ok(value: object) -> bool:
 
 
 def timeout_ok(value: object) -> bool:
-    """A timeout: None or inf (no limit), or a duration."""
+    """A timeout of ``sync``: None or inf (no limit), or a duration."""
     return value is None or real(value) == math.inf or positive_ok(value)
+
+
+def wait_timeout_ok(value: object) -> bool:
+    """A timeout of ``Event.wait`` or ``Barrier.wait``, as threading takes it: None or
+    inf (no limit), or any number of seconds up to ten years either way (<= 0 polls)."""
+    number = real(value)
+    if value is None or number is None:
+        return value is None
+    return math.isinf(number) or abs(number) <= TEN_YEARS
 
 
 def state_key(prefix: str, run_id: str, name: str, kind: str) -> str:
@@ -1046,7 +1055,23 @@ def test_barrier_action(server: EmbeddedServer, value: object, entry: Entry) -> 
 
 TIMEOUTS = st.one_of(
     st.floats(1e-12, TEN_YEARS),
-    st.sampled_from([None, math.inf, 1e-9, 0.001, 5, TEN_YEARS, 9.3e9, np.float64(1e10), 10**30]),
+    st.sampled_from(
+        [
+            None,
+            math.inf,
+            1e-9,
+            0.001,
+            5,
+            TEN_YEARS,
+            9.3e9,
+            np.float64(1e10),
+            10**30,
+            0,
+            -1,
+            -math.inf,
+            np.float64(-0.0),
+        ]
+    ),
 )
 
 
@@ -1081,7 +1106,7 @@ def test_barrier_default_timeout(server: EmbeddedServer, value: object, entry: E
             outcome = exc
         assert_passed(outcome, "Barrier", value)
 
-    accepted(timeout_ok(value), entry, server, body)
+    accepted(wait_timeout_ok(value), entry, server, body)
 
 
 # -- the methods -----------------------------------------------------------------------------
@@ -1121,10 +1146,11 @@ def test_event_name_of_sync_and_reset(
 @example(value=10**400, entry=Entry("ProcSync", "asyncio", "constructor"))
 @given(value=st.one_of(hostile(), TIMEOUTS), entry=entries(vias=("constructor",)))
 def test_timeout_of_sync_and_waits(server: EmbeddedServer, value: object, entry: Entry) -> None:
-    """``timeout`` of ``ProcSync.sync``, ``Event.wait`` and ``Barrier.wait`` (None, inf
-    or a number > 0): a call that can pass at once (a round of one, a flag that is set)
-    passes with any such timeout, huge ones included; only a round with a tiny timeout
-    may give up first. Anything else is refused before any I/O."""
+    """``timeout`` of ``ProcSync.sync`` (None, inf or a number > 0), ``Event.wait`` and
+    ``Barrier.wait`` (as threading: also 0 or less, a poll): a call that can pass at
+    once (a round of one, a flag that is set) passes with any such timeout, huge ones
+    included; only a round with a tiny timeout may give up first. Anything else is
+    refused before any I/O."""
     use = Use("timeout")
 
     async def body(driver: Driver) -> None:
@@ -1141,4 +1167,5 @@ def test_timeout_of_sync_and_waits(server: EmbeddedServer, value: object, entry:
             outcome = exc
         assert_passed(outcome, entry.kind, value)
 
-    accepted(timeout_ok(value), entry, server, body)
+    ok = timeout_ok if entry.kind == "ProcSync" else wait_timeout_ok
+    accepted(ok(value), entry, server, body)

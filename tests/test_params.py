@@ -29,7 +29,7 @@ from pyprocsync import (
     params,
 )
 from pyprocsync.asyncio import ProcSync as AsyncProcSync
-from pyprocsync.protocol import Listen
+from pyprocsync.protocol import Prepare
 from pyprocsync.rounds import sync_flow
 from pyprocsync.servertime import ClockState
 
@@ -41,8 +41,11 @@ def quiet_clocks() -> ClockState:
 
 @pytest.fixture
 def recording_client() -> mock.NonCallableMagicMock:
-    """A stand-in for ``redis.Redis`` that records every call made on it or its products."""
-    return mock.create_autospec(redis.Redis, instance=True)
+    """A stand-in for ``redis.Redis`` that records every call made on it or its products
+    (its connection pool's included)."""
+    client = mock.create_autospec(redis.Redis, instance=True)
+    client.attach_mock(mock.create_autospec(redis.ConnectionPool, instance=True), "connection_pool")
+    return client
 
 
 def sent_commands(client: mock.NonCallableMagicMock) -> list[Any]:
@@ -347,7 +350,7 @@ def test_sync_flow_validates_on_creation() -> None:
     with pytest.raises(InvalidArgumentError):
         sync_flow(settings(), quiet_clocks(), "event", 0, None)
     flow = sync_flow(settings(), quiet_clocks(), "event", np.int64(2), np.float64(1.0))
-    assert isinstance(next(flow), Listen)
+    assert isinstance(next(flow), Prepare)
     flow.close()
 
 

@@ -40,6 +40,7 @@ from pyprocsync.protocol import (
     AtInstant,
     Call,
     Listen,
+    Prepare,
     Receive,
     SleepUntil,
     Stamp,
@@ -108,11 +109,14 @@ def broken(gen: int, reason: str = "timeout", arrived: int = 1, expected: int = 
 
 
 class Stepper:
-    """Drives a flow one operation at a time, the way a shell would."""
+    """Drives a flow one operation at a time, the way a shell would. The flow's first
+    operation, :class:`Prepare` (the scripts are loaded), is answered at once."""
 
     def __init__(self, flow: Generator[Any, Any, Any]) -> None:
         self.flow = flow
         self.op: Any = next(flow)
+        assert isinstance(self.op, Prepare), self.op
+        self.op = flow.send(None)
         self.result: Any = None
         self.done = False
         self._due: AtInstant[Any] | None = None
@@ -144,6 +148,14 @@ class Stepper:
         assert self.op.keys == KEYS.all
         return self.op.command("sha")[3 + len(KEYS.all) :]
 
+    def expect_listen(self, *, renew: bool = False) -> Listen:
+        """Assert the pending operation subscribes to the event's channel, connecting
+        within the flow's time left (at least the call floor; None without a timeout)."""
+        assert isinstance(self.op, Listen), self.op
+        assert (self.op.channel, self.op.renew) == (CHANNEL, renew)
+        assert self.op.timeout is None or self.op.timeout >= CALL_TIMEOUT_FLOOR
+        return self.op
+
     def expect_receive(self) -> Receive:
         assert isinstance(self.op, Receive), self.op
         return self.op
@@ -153,7 +165,7 @@ def start(settings: params.Settings | None = None, nodes: int = 2,
           timeout: float | None = None) -> Stepper:  # fmt: skip
     """A participant that subscribed (confirmation received) and is about to ARRIVE."""
     stepper = Stepper(sync_flow(settings or make_settings(), quiet_clocks(), EVENT, nodes, timeout))
-    assert stepper.op == Listen(CHANNEL)
+    stepper.expect_listen()
     stepper.send(True)
     stepper.expect_receive()
     stepper.send(subscribed())
@@ -197,7 +209,7 @@ def test_subscribes_before_arriving(fake_clock: FakeClock) -> None:
     """The channel is subscribed and confirmed before ARRIVE, so no announcement can slip
     between arriving and listening."""
     stepper = Stepper(sync_flow(make_settings(), quiet_clocks(), EVENT, 2, None))
-    assert stepper.op == Listen(CHANNEL)
+    stepper.expect_listen()
     stepper.send(True)
     stepper.expect_receive()
     stepper.send(message(released(5, 1)))  # not the confirmation: keep waiting for it
@@ -574,7 +586,7 @@ def test_dropped_pubsub_connection_is_replaced_and_state_read(fake_clock: FakeCl
     outcome at once (the announcement may have been lost with the old connection)."""
     stepper = waiting(fake_clock, generation=4)
     stepper.throw(RedisConnectionError("Connection closed by server."))
-    assert stepper.op == Listen(CHANNEL, renew=True)
+    stepper.expect_listen(renew=True)
     stepper.send(True)
     stepper.expect_receive()
     stepper.send(subscribed())
@@ -595,7 +607,7 @@ def test_failed_reconnection_raises_connection_lost_without_withdrawing(
     server is unreachable; its lease lapses and the others see reason "lost")."""
     stepper = waiting(fake_clock)
     stepper.throw(RedisConnectionError("Connection closed by server."))
-    assert stepper.op == Listen(CHANNEL, renew=True)
+    stepper.expect_listen(renew=True)
     with pytest.raises(ConnectionLostError) as info:
         stepper.throw(RedisConnectionError("Connection refused."))
     assert isinstance(info.value, ConnectionError)
