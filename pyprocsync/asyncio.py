@@ -103,8 +103,10 @@ async def _meet(due: Due[T]) -> T:
     instant when it is due at one (see :func:`pyprocsync.clock.async_sleep_until_ns`)."""
     if isinstance(due, AtInstant):
         wait = due.wait
-        await clock.async_sleep_until_ns(wait.at_ns, wait.spin_ns, on_monotonic=wait.on_monotonic)
-        return cast(T, due.finish())
+        await clock.async_sleep_until_ns(
+            wait.at_ns, wait.spin_ns, on_monotonic=wait.on_monotonic, warm=due.finish
+        )
+        return due.finish()
     return due
 
 

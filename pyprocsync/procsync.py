@@ -81,7 +81,7 @@ def meet(due: Due[T]) -> T:
         clock.sleep_until_ns(
             wait.at_ns, wait.spin_ns, on_monotonic=wait.on_monotonic, warm=due.finish
         )
-        return cast(T, due.finish())
+        return due.finish()
     return due
 
 

@@ -203,7 +203,10 @@ class AtInstant(Generic[T]):
     def finish(self) -> T:
         """Return :attr:`result`, its :attr:`late_field` set from one clock reading taken
         now: the best estimate, inside the library, of how late the caller gets control
-        back (what is left to run is this method's return and the public method's)."""
+        back (what is left to run is this method's return and the public method's).
+
+        The shells also call it once just before the instant, to have its code and data
+        in the caches when it counts; the value it sets then is overwritten."""
         if self.late_field is not None:
             wait = self.wait
             now = clock.monotonic_ns() if wait.on_monotonic else clock.time_ns()

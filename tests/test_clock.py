@@ -204,3 +204,24 @@ def test_threads_released_together_let_each_other_run(monkeypatch: pytest.Monkey
     assert not waiter.is_alive()
     clock.let_waiting_threads_run()
     assert yields == [1]
+
+
+def test_warm_runs_once_in_the_last_stretch_before_the_instant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``warm`` (the code due right after the instant, run once beforehand) is called
+    exactly once, when no more than :data:`~pyprocsync.clock.PURE_SPIN_NS` remain and
+    before the instant is seen."""
+    now = [0]
+
+    def time_ns() -> int:
+        now[0] += 3_000
+        return now[0]
+
+    calls: list[int] = []
+    monkeypatch.setattr(clock, "time_ns", time_ns)
+    monkeypatch.setattr(clock, "_yield", lambda: None)
+    target = 300_000
+    returned = clock._spin_until_ns(target, warm=lambda: calls.append(now[0]))
+    assert len(calls) == 1
+    assert target - clock.PURE_SPIN_NS <= calls[0] < target <= returned
