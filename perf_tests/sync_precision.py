@@ -158,7 +158,7 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "errors": sum(s["errors"] for s in syncs),
         "completed_rounds": min(s["completed_rounds"] for s in syncs),
     }
-    limit = {
+    limit: dict[str, Any] = {
         "spread_us": median_summary([s["spread_us"] for s in limits]),
         "late_us": median_summary([s["late_us"] for s in limits]),
         "spread_within_200us": median(s["spread_within_200us"] for s in limits),
