@@ -163,7 +163,7 @@ def _positive(text: str) -> float:
     value = seconds_arg(text)
     if value == 0:
         raise argparse.ArgumentTypeError("0.1.0 needs a delay > 0")
-    return value
+    return float(value)
 
 
 def _parser() -> argparse.ArgumentParser:
