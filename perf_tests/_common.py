@@ -260,10 +260,13 @@ def record_waits() -> None:
 
     pyprocsync waits for an instant only through :func:`pyprocsync.clock.sleep_until_ns`
     (blocking classes) and :func:`pyprocsync.clock.async_sleep_until_ns` (asyncio), both
-    looked up at call time, and it calls them as soon as it knows the instant (a
+    looked up at call time, as the public method's last step (``meet``): once the
+    participant knows the instant and the call has handed back what it held (a
     participant that learns of it too late raises ``TooLateError`` instead and does not
     wait). This wraps both: the wrapper reads the wall clock and notes it with the target
-    in a context variable, then calls the original, so the wait itself is unchanged. A
+    in a context variable, then calls the original, so the wait itself is unchanged. The
+    note says when the participant knew the instant (plus the hand-back); it is no
+    precision figure, which the caller reads on its line after the call returns. A
     context variable is per thread and per asyncio task, so each participant sees its
     own note. Calling it again does nothing.
     """

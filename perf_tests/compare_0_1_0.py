@@ -5,27 +5,36 @@ It creates a throwaway virtual environment in a temporary folder, installs
 of ``--repeat`` rounds of measurement, runs the same configuration (nodes, rounds,
 delay, think) against the same server:
 
-1. the current pyprocsync, through :func:`pyprocsync.bench.run_bench` (which also
-   measures the limit reference: the same processes waking at instants agreed in
-   advance, without Redis);
+1. the current pyprocsync, through :func:`pyprocsync.bench.run_bench` with a new name
+   per sync point (``step0``, ``step1``, ...), which also measures the limit
+   reference: the same processes waking at instants agreed in advance, without Redis;
 2. 0.1.0: ``--nodes`` processes of the environment's Python, each running a small
-   self-contained worker that calls 0.1.0's ``ProcSync.sync`` ``--rounds`` times.
+   self-contained worker that calls 0.1.0's ``ProcSync.sync`` ``--rounds`` times, on
+   ``r0``, ``r1``, ... (0.1.0 cannot use an event name twice) under a fresh run id per
+   measurement.
 
-0.1.0 cannot use an event name twice, so its workers sync on ``r0``, ``r1``, ... with a
-fresh run id per measurement. Its ``sync`` does not return the instant it agreed on; the
-worker records it without changing 0.1.0's timing by wrapping the static method
-``ProcSync._sleep_until(timestamp)``: the wrapper calls the original, then reads the
-wall clock as soon as it returns (or raises ``TooLateError``, which is counted and the
-loop goes on). Each worker idles ``--think`` seconds after each round, as ours do, and
-like ours it files the round's figures only after idling, so that no bookkeeping takes
-the CPU from nodes still waking.
+Both are measured the same way, in the caller: each participant reads
+``time.time_ns()`` on the line after ``sync`` returns (or after the ``TooLateError`` it
+raised was caught; it is counted and the loop goes on), and its lateness is that
+reading minus the agreed instant. 0.1.0's ``sync`` does not return the instant it agreed
+on, so the worker wraps the static method ``ProcSync._sleep_until(timestamp)`` with a
+function that only notes ``timestamp`` and calls the original: no clock is read there,
+and 0.1.0's timing is unchanged (its ``sync`` ends with that call, so one more function
+return runs before the caller's line, as with ours). Each worker idles ``--think``
+seconds after each round, as ours do, and like ours it files the round's figures only
+after idling, so that no bookkeeping takes the CPU from nodes still waking.
 
 Both get the same figures: spread (latest minus earliest return instant of a round),
 lateness (return instant minus the agreed instant), barriers/s, returns later than
-1 ms. The table shows the median across repeats of each, and 0.1.0 / current.
+1 ms. The table shows the median across repeats of each, 0.1.0 / current, the limit
+reference, and, for the current version only, its own report ``SyncResult.late_by``
+and the caller's lateness minus it (what runs between the library's last clock reading
+and the caller's).
 
-Example::
+The defaults are those of issue 11: 2 processes, a new name per sync point, delay
+0.05 s. Example::
 
+    python perf_tests/compare_0_1_0.py
     python perf_tests/compare_0_1_0.py --nodes 4 --rounds 300 --delay 0.01 --think 0.002
 """
 
@@ -91,22 +100,22 @@ from pyprocsync import ProcSync, ProcSyncError, TooLateError
 
 conf = json.loads(sys.argv[1])
 rounds = []  # per round: [agreed instant (float s), ns after it at return]
-last = [None]  # (agreed instant, wall clock at return) of the latest sync call
+agreed = [None]  # the instant 0.1.0 agreed on in the latest sync call
 original = ProcSync._sleep_until
 
 
-def recording_sleep_until(timestamp):
-    try:
-        original(timestamp)
-    finally:  # also when it raises TooLateError: the node goes on from here
-        last[0] = (timestamp, time.time_ns())
+def noting_sleep_until(timestamp):  # notes the instant only: the clock is read by the caller
+    agreed[0] = timestamp
+    return original(timestamp)
 
 
-ProcSync._sleep_until = staticmethod(recording_sleep_until)
+ProcSync._sleep_until = staticmethod(noting_sleep_until)
 
 
-def record():  # the latest sync's figures, filed after idling as pyprocsync's bench does
-    timestamp, returned_ns = last[0]
+def record(returned_ns):  # filed after idling, as pyprocsync's bench does
+    timestamp = agreed[0]
+    if timestamp is None:
+        raise RuntimeError("sync returned without waiting for an instant")
     whole = int(timestamp)
     late_ns = (returned_ns - whole * 1000000000) - (timestamp - whole) * 1e9
     rounds.append([timestamp, late_ns])
@@ -122,13 +131,15 @@ try:
     except TooLateError:
         pass
     for i in range(conf["rounds"]):
-        last[0] = None
+        agreed[0] = None
         try:
             node.sync("r%d" % i, conf["nodes"], conf["timeout"])
+            returned_ns = time.time_ns()  # the caller's next line
         except TooLateError:
+            returned_ns = time.time_ns()  # the caller's next line once the error reached it
             too_late_errors += 1
         time.sleep(conf["think"])  # first yield the CPU to nodes still waking, then record
-        record()
+        record(returned_ns)
 except (Exception, ProcSyncError) as exc:
     first_line = (str(exc).strip().splitlines() or [""])[0]
     errors.append("round %d: %s: %s" % (len(rounds), type(exc).__name__, first_line))
@@ -152,7 +163,7 @@ def _positive(text: str) -> float:
     value = seconds_arg(text)
     if value == 0:
         raise argparse.ArgumentTypeError("0.1.0 needs a delay > 0")
-    return value
+    return float(value)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -167,10 +178,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="Redis server URL; default: start a private embedded server",
     )
-    parser.add_argument("--nodes", type=count_arg, default=4, help="processes (default 4)")
+    parser.add_argument("--nodes", type=count_arg, default=2, help="processes (default 2)")
     parser.add_argument("--rounds", type=count_arg, default=300, help="rounds (default 300)")
     parser.add_argument(
-        "--delay", type=_positive, default=0.01, help="lead time in seconds, > 0 (default 0.01)"
+        "--delay", type=_positive, default=0.05, help="lead time in seconds, > 0 (default 0.05)"
     )
     parser.add_argument(
         "--think",
@@ -374,6 +385,13 @@ def format_table(result: dict[str, Any], header: list[str]) -> str:
         lines.append(title)
         for p in PERCENTILES:
             row(p, new[key][p], old[key][p], limit[key][p])
+    for title, key in (
+        ("current's SyncResult.late_by: its report, not a measurement (us)", "reported_late_us"),
+        ("current: caller's lateness - late_by (us)", "gap_us"),
+    ):
+        lines.append(title)
+        for p in PERCENTILES:
+            row(p, result["current_report"][key][p], math.nan)
     lines.append("throughput and failures")
     row("barriers/s", new["barriers_per_s"], old["barriers_per_s"], digits=0)
     row("too late (TooLateError)", new["too_late"], old["too_late"], digits=0)
@@ -390,7 +408,12 @@ def _measure(python: Path, script: Path, url: str, args: argparse.Namespace) -> 
     for i in range(args.repeat):
         print(f"  run {i + 1}/{args.repeat}: current", file=sys.stderr, flush=True)
         config = BenchConfig(
-            url=url, nodes=args.nodes, rounds=args.rounds, delay=args.delay, think=args.think
+            url=url,
+            nodes=args.nodes,
+            rounds=args.rounds,
+            delay=args.delay,
+            think=args.think,
+            names="distinct",  # step0, step1, ...: as 0.1.0's r0, r1, ...
         )
         ours.append(run_bench(config, progress=progress_bar(args.rounds)))
         print(f"  run {i + 1}/{args.repeat}: {OLD_VERSION}", file=sys.stderr, flush=True)
@@ -400,10 +423,15 @@ def _measure(python: Path, script: Path, url: str, args: argparse.Namespace) -> 
     limit = {
         key: median_summary([r["limit"][key] for r in ours]) for key in ("spread_us", "late_us")
     }
+    report = {
+        key: median_summary([r["sync"][key] for r in ours])
+        for key in ("reported_late_us", "gap_us")
+    }
     return {
         "current": current,
         "0.1.0": old,
         "limit": limit,
+        "current_report": report,
         "ratio_0_1_0_over_current": {
             key: {p: ratio(old[key][p], current[key][p]) for p in PERCENTILES}
             for key in ("spread_us", "late_us")
@@ -446,6 +474,8 @@ def main() -> int:
         machine_line(info),
         f"0.1.0: pyprocsync {old['version']} with redis-py {old['redis_py']} in {venv}"
         f"{'' if args.keep_venv else ' (removed)'}; limit: current's limit reference (no Redis)",
+        "every figure read in the caller: time.time_ns() on the line after sync returns; "
+        "current: a new name per sync point (step0, step1, ...), 0.1.0: r0, r1, ...",
     ]
     print(format_table(result, header))
     if args.json:

@@ -11,9 +11,19 @@ with a few ``TIME`` round trips: for each, ``offset = server_time - (t_send + t_
 the sample with the lowest round-trip time (RTT) is kept, and its uncertainty is RTT / 2
 (plus half a microsecond for ``TIME``'s resolution). It measures again after the run, to
 show drift. Then it syncs once to wait for every node (``--wait``), and ``--rounds`` times
-on one event, idling ``--think`` seconds after each release. For each round it keeps the
+on a new name per round (``step0``, ``step1``, ...; ``--names same``: one name), idling
+``--think`` seconds after each release. For each round it keeps the round's number, the
 generation, its arrival index, the agreed instant (``release_at``) and its own return
-instant (its wall clock when ``sync`` returned).
+instant: ``time.time_ns()`` read on the line after ``sync`` returned (never
+``SyncResult.late_by``, the library's report of itself).
+
+Then the limit reference, measured in the same run by the same process: it waits
+``--rounds`` times, with the library's wait (:func:`pyprocsync.clock.sleep_until_ns`,
+same spin), for the instants ``t0 + i * (delay + think)``, where ``t0`` is the last
+round's agreed instant plus one second: instants every node knows in advance, without
+Redis. It reads ``time.time_ns()`` on the line after each wait returns. Its spread across
+machines is what their clocks and wake-ups allow; no synchronization over Redis can do
+better.
 
 Everything is stored as one JSON document in the hash ``pyprocsync-perf:RUN`` (field:
 the node id), which expires after ``--ttl`` seconds (default one day). A run id that
@@ -36,14 +46,17 @@ import redis
 from _common import ExitCode, Failure, check_reachable, run
 
 import pyprocsync
-from pyprocsync import ProcSync, ProcSyncError
+from pyprocsync import ProcSync, ProcSyncError, clock
 from pyprocsync.stats import summary
 
 PROG = "node"
 #: Prefix of the hash that holds a run's records (``pyprocsync-perf:RUN``).
 KEY_PREFIX = "pyprocsync-perf:"
 START_EVENT = "perf-node-start"
+#: The one name of ``--names same``.
 EVENT = "perf-node"
+#: From the last round's instant to the limit reference's first instant, seconds.
+LIMIT_LEAD_S = 1.0
 
 
 def records_key(run_id: str) -> str:
@@ -92,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
         type=seconds,
         default=0.0005,
         help="seconds of busy-waiting before the instant (default 0.0005)",
+    )
+    parser.add_argument(
+        "--names",
+        choices=("distinct", "same"),
+        default="distinct",
+        help="a new name per round (distinct, the default: step0, step1, ...) or one name "
+        "for every round (same); the same on every node",
     )
     parser.add_argument(
         "--wait",
@@ -149,12 +169,27 @@ def _sync_rounds(node: ProcSync, args: argparse.Namespace, record: dict[str, Any
     rounds: list[list[int]] = record["rounds"]
     node.sync(START_EVENT, args.nodes, args.wait)
     print(f"{PROG}: all {args.nodes} nodes are here, syncing", file=sys.stderr, flush=True)
-    for _ in range(args.rounds):
-        result = node.sync(EVENT, args.nodes, args.timeout)
+    for i in range(args.rounds):
+        result = node.sync(
+            f"step{i}" if args.names == "distinct" else EVENT, args.nodes, args.timeout
+        )
+        returned_ns = time.time_ns()  # the caller's next line
         time.sleep(args.think)  # first yield the CPU to nodes still waking, then record
         release_us = round(result.release_at * 1e6)
-        returned_ns = release_us * 1000 + round(result.late_by * 1e9)
-        rounds.append([result.generation, result.index, release_us, returned_ns])
+        rounds.append([i, result.generation, result.index, release_us, returned_ns])
+
+
+def _limit_rounds(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    """The limit reference: wait for instants every node knows in advance (see above)."""
+    limit: list[list[int]] = record["limit"]
+    t0_ns = record["rounds"][-1][3] * 1000 + round(LIMIT_LEAD_S * 1e9)
+    period_ns = round((args.delay + args.think) * 1e9)
+    spin_ns = round(args.spin * 1e9)
+    for i in range(args.rounds):
+        target_ns = t0_ns + i * period_ns
+        clock.sleep_until_ns(target_ns, spin_ns)
+        returned_ns = time.time_ns()  # read the same way as after sync
+        limit.append([i, target_ns, returned_ns])
 
 
 def _store(client: redis.Redis, args: argparse.Namespace, record: dict[str, Any]) -> None:
@@ -166,7 +201,7 @@ def _store(client: redis.Redis, args: argparse.Namespace, record: dict[str, Any]
 
 
 def _describe(record: dict[str, Any]) -> str:
-    lates = [(ret - rel * 1000) / 1e3 for _, _, rel, ret in record["rounds"]]
+    lates = [(ret - rel * 1000) / 1e3 for *_, rel, ret in record["rounds"]]
     text = f"{PROG}: {record['node_id']}: {len(lates)}/{record['rounds_planned']} rounds"
     if lates:
         late = summary(lates)
@@ -199,9 +234,11 @@ def main() -> int:
             "delay": args.delay,
             "think": args.think,
             "spin": args.spin,
+            "names": args.names,
             "started_at": time.time(),
             "offset_before": estimate_offset(client, args.samples),
             "rounds": [],
+            "limit": [],
             "errors": [],
         }
         before = record["offset_before"]
@@ -217,6 +254,7 @@ def main() -> int:
                 client, args.run, args.delay, on_late="proceed", spin=args.spin, node_id=node_id
             ) as node:
                 _sync_rounds(node, args, record)
+            _limit_rounds(args, record)
         except (ProcSyncError, redis.RedisError) as exc:
             record["errors"].append(
                 f"after {len(record['rounds'])} rounds: {type(exc).__name__}: {exc}"

@@ -4,8 +4,11 @@ Two measurements, each with ``--nodes`` real processes against one server:
 
 * **Event**: one process sets an ``Event`` (``delay=0``) while the others wait in
   ``wait()``; the figure is the time from just before ``set()`` until the last waiter
-  returned (wall clock, one machine), per set: p50/p90/p99/max. The waiters get ready
-  for the next set through a local ``multiprocessing.Barrier`` (not measured).
+  returned (wall clock, one machine; each waiter reads it on the line after ``wait()``
+  returns), per set: p50/p90/p99/max. The reference is ``multiprocessing.Event``
+  (local only, no network, no Redis), with the same processes and loop, measured in the
+  same run. The waiters get ready for the next set through a local
+  ``multiprocessing.Barrier`` (not measured).
 * **Barrier**: every process calls ``Barrier.wait()`` ``--rounds`` times in a loop
   (``delay=0``, no action), blocking and asyncio flavours; the figure is rounds per
   second. The reference is ``multiprocessing.Barrier`` (local only, no network, no
@@ -20,10 +23,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import _common
@@ -35,45 +39,62 @@ import pyprocsync.asyncio
 from pyprocsync.stats import summary
 
 
-def _event_waiter(url: str, run: str, sets: int, ready: Any, out: Any) -> None:
+@contextlib.contextmanager
+def _event(url: str, shared: Any) -> Iterator[Any]:
+    """pyprocsync's Event ``go`` of run ``shared`` (a str), or ``shared`` itself: a
+    ``multiprocessing.Event``, the local reference (same ``set``/``wait``/``clear``)."""
+    if not isinstance(shared, str):
+        yield shared
+        return
     client = redis.Redis.from_url(url)
-    with pyprocsync.Event(client, "go", run_id=run) as event:
+    try:
+        with pyprocsync.Event(client, "go", run_id=shared) as event:
+            yield event
+    finally:
+        client.close()
+
+
+def _event_waiter(url: str, shared: Any, sets: int, ready: Any, out: Any) -> None:
+    with _event(url, shared) as event:
         for _ in range(sets):
             ready.wait()
-            event.wait(30)
-            out.put(time.time_ns())
-    client.close()
+            woke = event.wait(30)
+            returned = time.time_ns()  # the caller's next line
+            out.put(returned if woke else None)
 
 
-def _event_setter(url: str, run: str, sets: int, ready: Any, out: Any) -> list[float]:
-    client = redis.Redis.from_url(url)
+def _event_setter(url: str, shared: Any, sets: int, ready: Any, out: Any) -> list[float]:
     latencies = []
-    with pyprocsync.Event(client, "go", run_id=run) as event:
+    with _event(url, shared) as event:
         for _ in range(sets):
             ready.wait()
             time.sleep(0.002)  # let every waiter block in wait()
             before = time.time_ns()
             event.set()
             returned = [out.get(timeout=30) for _ in range(ready.parties - 1)]
+            if None in returned:
+                raise _common.Failure("an Event waiter timed out")
             latencies.append((max(returned) - before) / 1e3)
             event.clear()  # before the waiters pass `ready` again
-    client.close()
     return latencies
 
 
-def event_latency(url: str, nodes: int, sets: int) -> dict[str, float]:
-    """``nodes - 1`` processes wait, this one sets: µs from set() to the last return."""
+def event_latency(url: str, nodes: int, sets: int, local: bool = False) -> dict[str, float]:
+    """``nodes - 1`` processes wait, this one sets: µs from set() to the last return.
+
+    :param local: measure ``multiprocessing.Event`` (the reference) instead.
+    """
     context = multiprocessing.get_context("spawn")
     ready, out = context.Barrier(nodes), context.Queue()
-    run = uuid.uuid4().hex
+    shared: Any = context.Event() if local else uuid.uuid4().hex
     workers = [
-        context.Process(target=_event_waiter, args=(url, run, sets, ready, out), daemon=True)
+        context.Process(target=_event_waiter, args=(url, shared, sets, ready, out), daemon=True)
         for _ in range(nodes - 1)
     ]
     try:
         for worker in workers:
             worker.start()
-        return summary(_event_setter(url, run, sets, ready, out))
+        return summary(_event_setter(url, shared, sets, ready, out))
     finally:
         _stop(workers)
 
@@ -152,7 +173,12 @@ def main() -> int:
     with _common.redis_server(args.redis) as (url, _embedded):
         print(f"primitives: {args.nodes} processes, pyprocsync {pyprocsync.__version__}")
         print(_common.machine_line(_common.machine()))
-        event = event_latency(url, args.nodes, args.sets)
+        events = {
+            "pyprocsync.Event": event_latency(url, args.nodes, args.sets),
+            "multiprocessing.Event (local reference)": event_latency(
+                url, args.nodes, args.sets, local=True
+            ),
+        }
         rates = {
             "Barrier (blocking)": rounds_per_second(_barrier_loop, url, args.nodes, args.rounds),
             "Barrier (asyncio)": rounds_per_second(
@@ -162,8 +188,13 @@ def main() -> int:
                 _local_barrier_loop, url, args.nodes, args.rounds, local=True
             ),
         }
-    cells = " ".join(f"{k} {event[k]:.0f}" for k in ("p50", "p90", "p99", "max"))
-    print(f"\nEvent set() -> all {args.nodes - 1} waiters returned (us, {args.sets} sets): {cells}")
+    print(
+        f"\nEvent set() -> all {args.nodes - 1} waiters returned (us, {args.sets} sets; "
+        "each waiter reads its clock on the line after wait() returns)"
+    )
+    print(f"  {'':<44}" + "".join(f"{p:>9}" for p in _common.PERCENTILES))
+    for name, latency in events.items():
+        print(f"  {name:<44}" + "".join(f"{latency[p]:>9.0f}" for p in _common.PERCENTILES))
     reference = rates["multiprocessing.Barrier (local reference)"]
     print(f"\nBarrier rounds/s ({args.rounds} rounds, delay 0):")
     for name, rate in rates.items():

@@ -10,9 +10,14 @@ Reads every node's record of ``--run`` from Redis and prints:
 * each node's lateness (return instant minus the agreed instant), raw (its own clock:
   what the node itself saw) and corrected: its return instant on the server's clock
   minus the agreed instant on the server's clock, the agreed instant having been read
-  on the clock of the round's last arriver, which fixed it.
+  on the clock of the round's last arriver, which fixed it;
+* beside them, the limit reference of the same run: the spread across nodes (raw and
+  corrected) and the lateness of the nodes waking at instants known in advance,
+  without Redis (see ``node.py``).
 
-The raw figures hide clock disagreement between machines, the corrected ones show it
+Every return instant is the node's ``time.time_ns()`` read on the line after ``sync``
+(or the limit's wait) returned. Rounds are matched by their number (each node's i-th
+round). The raw figures hide clock disagreement between machines, the corrected ones show it
 (within the offsets' uncertainty). Example::
 
     python perf_tests/report.py --redis redis://:PW@server:6379/0 --run lab-1
@@ -68,25 +73,48 @@ def _offset_ns(record: dict[str, Any]) -> float:
 
 
 def _matched_rounds(records: list[dict[str, Any]]) -> tuple[list[int], int]:
-    """Generations every node completed with the same agreed instant; and how many disagreed."""
-    by_gen = [{gen: release for gen, _, release, _ in r["rounds"]} for r in records]
-    common = set(by_gen[0]).intersection(*by_gen[1:])
-    agreed = sorted(gen for gen in common if len({g[gen] for g in by_gen}) == 1)
+    """Rounds (by number) every node completed with the same generation and agreed
+    instant; and how many disagreed."""
+    by_round = [{i: (gen, release) for i, gen, _, release, _ in r["rounds"]} for r in records]
+    common = set(by_round[0]).intersection(*by_round[1:])
+    agreed = sorted(i for i in common if len({b[i] for b in by_round}) == 1)
     return agreed, len(common) - len(agreed)
+
+
+def _limit(records: list[dict[str, Any]], offsets: list[float]) -> dict[str, Any]:
+    """The limit reference: spread per instant across nodes (raw and corrected) and
+    every node's lateness (its reading minus the instant, on its own clock)."""
+    limits = [{i: (target, ret) for i, target, ret in r.get("limit", [])} for r in records]
+    common = sorted(set(limits[0]).intersection(*limits[1:]))
+    raw_spread, corrected_spread = [], []
+    late: list[list[float]] = [[] for _ in records]
+    for i in common:
+        returns = [limit[i][1] for limit in limits]
+        moved = [ret + off for ret, off in zip(returns, offsets, strict=True)]
+        raw_spread.append((max(returns) - min(returns)) / 1e3)
+        corrected_spread.append((max(moved) - min(moved)) / 1e3)
+        for node, limit in zip(late, limits, strict=True):
+            node.append((limit[i][1] - limit[i][0]) / 1e3)
+    return {
+        "instants": len(common),
+        "spread_us": {"raw": summary(raw_spread), "corrected": summary(corrected_spread)},
+        "late_us": summary(value for node in late for value in node),
+        "late_per_node_us": [summary(node) for node in late],
+    }
 
 
 def analyse(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Compute the offsets, the spread per round and each node's lateness, raw and corrected."""
     nodes = records[0]["nodes"]
-    generations, disagreed = _matched_rounds(records)
-    rounds = [{gen: (idx, rel, ret) for gen, idx, rel, ret in r["rounds"]} for r in records]
+    numbers, disagreed = _matched_rounds(records)
+    rounds = [{i: (idx, rel, ret) for i, _, idx, rel, ret in r["rounds"]} for r in records]
     offsets = [_offset_ns(r) for r in records]
     raw_spread, corrected_spread = [], []
     raw_late: list[list[float]] = [[] for _ in records]
     corrected_late: list[list[float]] = [[] for _ in records]
     last_arrivals = [0] * len(records)
-    for gen in generations:
-        rows = [node_rounds[gen] for node_rounds in rounds]
+    for number in numbers:
+        rows = [node_rounds[number] for node_rounds in rounds]
         returns = [ret for _, _, ret in rows]
         moved = [ret + off for ret, off in zip(returns, offsets, strict=True)]
         raw_spread.append((max(returns) - min(returns)) / 1e3)
@@ -100,16 +128,19 @@ def analyse(records: list[dict[str, Any]]) -> dict[str, Any]:
             if fixer is not None:
                 corrected_late[i].append((moved[i] - (release_ns + offsets[fixer])) / 1e3)
     uncertainties = sorted((r["offset_before"]["uncertainty_us"] for r in records), reverse=True)
+    limit = _limit(records, offsets)
     return {
         "nodes_expected": nodes,
         "nodes_reported": len(records),
         "rounds_planned": max(r["rounds_planned"] for r in records),
-        "rounds_matched": len(generations),
+        "rounds_matched": len(numbers),
         "rounds_disagreeing": disagreed,
         "delay": records[0]["delay"],
         "think": records[0]["think"],
         "spread_us": {"raw": summary(raw_spread), "corrected": summary(corrected_spread)},
         "spread_uncertainty_us": sum(uncertainties[:2]),
+        "names": records[0].get("names", "same"),
+        "limit": limit,
         "nodes": [
             {
                 "node_id": r["node_id"],
@@ -123,6 +154,7 @@ def analyse(records: list[dict[str, Any]]) -> dict[str, Any]:
                     "corrected": summary(corrected_late[i]),
                 },
                 "late_over_1ms": sum(1 for late in raw_late[i] if late > LATE_OVER_US),
+                "limit_late_us": limit["late_per_node_us"][i],
                 "errors": r["errors"],
             }
             for i, r in enumerate(records)
@@ -158,17 +190,23 @@ def format_report(result: dict[str, Any], run_id: str) -> str:
     def row(label: str, values: dict[str, float]) -> str:
         return f"  {label[:27]:<28}" + "".join(fmt(values[p], 10) for p in PERCENTILES)
 
+    limit = result["limit"]
+    names = "a new name per round" if result["names"] == "distinct" else "one name"
     lines = [
         f"run {run_id!r}: {result['nodes_reported']}/{result['nodes_expected']} nodes reported, "
         f"{result['rounds_matched']}/{result['rounds_planned']} rounds completed by all, "
-        f"delay {result['delay']:g} s, think {result['think']:g} s",
+        f"delay {result['delay']:g} s, think {result['think']:g} s, {names}",
+        "every figure read by each node on its line after sync (or the limit's wait) "
+        f"returns; limit: {limit['instants']} instants known in advance, no Redis",
         "",
         *_offset_lines(result),
         "",
         "spread of return instants per round, across nodes (us)",
         header,
         row("raw (own clocks)", result["spread_us"]["raw"]),
+        row("limit, raw", limit["spread_us"]["raw"]),
         row("corrected (server clock)", result["spread_us"]["corrected"]),
+        row("limit, corrected", limit["spread_us"]["corrected"]),
         f"  corrected spread is uncertain by up to +-{result['spread_uncertainty_us']:.1f} us",
     ]
     for kind, title in (
@@ -181,6 +219,8 @@ def format_report(result: dict[str, Any], run_id: str) -> str:
             if kind == "raw":
                 text += f"{node['late_over_1ms']:>10}"
             lines.append(text)
+        if kind == "raw":
+            lines.append(row("limit, all nodes", limit["late_us"]))
     if result["rounds_disagreeing"]:
         lines.append(f"\n{result['rounds_disagreeing']} rounds had different agreed instants")
     lines += [

@@ -27,20 +27,25 @@ How each figure is measured:
   the release instant. ``SyncResult`` has no "learned at" field, so each participant
   notes its wall clock when pyprocsync starts waiting for the instant
   (:func:`_common.record_waits` wraps ``pyprocsync.clock.sleep_until_ns`` /
-  ``async_sleep_until_ns``, which pyprocsync calls as soon as it knows the instant); one
-  that learned too late has ``TooLateError.release_at + late_by`` instead. The decision
+  ``async_sleep_until_ns``, which pyprocsync calls once it knows the instant and the
+  call has handed back what it held, as the public method's last step); one that
+  learned too late has ``TooLateError.release_at + late_by`` instead. The decision
   instant is ``release_at - delay``: the last arrival's clock when it arrived, on this
   machine the same clock. Fan-out = max over participants of (learned) - decision: the
   last arrival's ARRIVE round trip, the announcement to N subscribers and their waking.
-* **spread**: per barrier, the latest minus the earliest return instant
-  (``time.time_ns()`` right after ``sync`` returned) over the N participants.
+* **spread**: per barrier, the latest minus the earliest return instant over the N
+  participants: each participant's ``time.time_ns()`` read in its own code, on the
+  line after ``sync`` returned (or after the error was caught). **late** is that
+  reading minus the release instant; ``SyncResult.late_by`` (the library's report of
+  itself, not a measurement) is shown beside it, with the caller's reading minus it.
 * **limit reference**: after each barrier, the same participants (same threads or tasks,
   same processes) wait, with the same wait code and spin, for ``release_at + delay``: an
   instant every one of them knows in advance, without Redis. Its spread is what this
   machine allows for waking N participants at once; ``ratio`` = spread p50 / reference
-  p50. Both instants are followed by idling, so that a participant that goes on does
-  not take the processor from those still waking: the barrier's instant by the
-  reference wait, the reference instant by ``--think`` seconds before the next ``sync``.
+  p50. Its instants are read the same way, on the line after the wait returned. Both
+  instants are followed by idling, so that a participant that goes on does not take
+  the processor from those still waking: the barrier's instant by the reference wait,
+  the reference instant by ``--think`` seconds before the next ``sync``.
 * **connections per process**: during the probe, N - 1 participants wait while one holds
   back (it waits for the script's signal before it syncs); the script counts each worker
   process's ESTABLISHED TCP sockets to the server's port (its ``/proc/PID/fd`` socket
@@ -167,7 +172,8 @@ class Round(NamedTuple):
     ref_target_ns: int
     ref_returned_ns: int
     error: str
-    #: ``SyncResult.late_by``, ns (read inside the wait, before the call's last steps).
+    #: ``SyncResult.late_by``, ns: the library's report of itself (its last clock
+    #: reading before the call returns), shown beside the caller's ``returned_ns``.
     late_by_ns: int = -1
 
 
@@ -219,9 +225,11 @@ def _snapshot() -> dict[str, int]:
         return dict(_COUNTS)
 
 
-def _passed(config: ScaleConfig, k: int, result: SyncResult | None, exc: Exception | None) -> Round:
-    """What a participant knows right after ``sync`` of barrier ``k`` returned or raised."""
-    returned = time.time_ns()
+def _passed(
+    config: ScaleConfig, k: int, returned: int, result: SyncResult | None, exc: Exception | None
+) -> Round:
+    """What a participant knows right after ``sync`` of barrier ``k`` returned or raised;
+    ``returned`` is its wall clock read on the line after that (ns)."""
     if result is not None:
         note = last_wait()
         release = round(result.release_at * 1e6) * 1000
@@ -248,15 +256,18 @@ def _blocking_rounds(config: ScaleConfig, node: ProcSync) -> list[Round]:
         result, error = None, None
         try:
             result = node.sync(EVENT, config.participants, config.timeout)
+            returned = time.time_ns()  # the caller's next line
         except ProcSyncError as exc:
+            returned = time.time_ns()
             error = exc
-        passed = _passed(config, k, result, error)
+        passed = _passed(config, k, returned, result, error)
         if passed.release_ns < 0:  # the round broke: so does every later one
             rounds.append(passed)
             break
         target = _reference_target(passed)
         clock.sleep_until_ns(target, round(config.spin * 1e9))
-        rounds.append(passed._replace(ref_target_ns=target, ref_returned_ns=time.time_ns()))
+        ref_returned = time.time_ns()  # read the same way, on the line after the wait
+        rounds.append(passed._replace(ref_target_ns=target, ref_returned_ns=ref_returned))
         time.sleep(config.think)  # the others wake up before this one goes on
     return rounds
 
@@ -268,15 +279,18 @@ async def _async_rounds(config: ScaleConfig, node: aps.ProcSync) -> list[Round]:
         result, error = None, None
         try:
             result = await node.sync(EVENT, config.participants, config.timeout)
+            returned = time.time_ns()  # the caller's next line
         except ProcSyncError as exc:
+            returned = time.time_ns()
             error = exc
-        passed = _passed(config, k, result, error)
+        passed = _passed(config, k, returned, result, error)
         if passed.release_ns < 0:
             rounds.append(passed)
             break
         target = _reference_target(passed)
         await clock.async_sleep_until_ns(target, round(config.spin * 1e9))
-        rounds.append(passed._replace(ref_target_ns=target, ref_returned_ns=time.time_ns()))
+        ref_returned = time.time_ns()
+        rounds.append(passed._replace(ref_target_ns=target, ref_returned_ns=ref_returned))
         await asyncio.sleep(config.think)
     return rounds
 
@@ -696,6 +710,11 @@ def analyse(
         "spread_over_reference_p50": ratio(spread_us["p50"], reference_us["p50"]),
         "late_us": summary((p.returned_ns - p.release_ns) / 1e3 for p in everyone if not p.error),
         "late_by_us": summary(p.late_by_ns / 1e3 for p in everyone if p.late_by_ns >= 0),
+        "gap_us": summary(
+            (p.returned_ns - p.release_ns - p.late_by_ns) / 1e3
+            for p in everyone
+            if p.late_by_ns >= 0
+        ),
         "spread_late_by_us": summary(late_by_spread),
         "reference_late_us": summary(
             (p.ref_returned_ns - p.ref_target_ns) / 1e3 for p in everyone if p.ref_returned_ns >= 0
@@ -808,18 +827,20 @@ def format_report(results: Sequence[dict[str, Any]], header: list[str]) -> str:
 
 
 def _lateness(results: Sequence[dict[str, Any]]) -> list[str]:
-    """Return instant - release instant (sync and reference), and the library's own
-    ``late_by`` (read inside the wait, before the call's last steps) with its spread."""
+    """Return instant - release instant (sync and reference, read by the caller), and
+    the library's own report ``late_by`` with its spread and the caller's reading minus it."""
     lines = [
         "",
-        "lateness (us): return - instant, for sync and the reference; late_by = "
-        "SyncResult.late_by, and the spread of it per barrier",
+        "lateness (us): return - instant, read by the caller, for sync and the reference; "
+        "late_by = SyncResult.late_by (the library's report), the spread of it per barrier, "
+        "and gap = caller's lateness - late_by",
         f"{'N':>7} | {'sync p50':>9} {'p99':>8} | {'ref p50':>9} {'p99':>8} | "
-        f"{'late_by p50':>11} {'p99':>8} | {'its spread p50':>14} {'p99':>8}",
+        f"{'late_by p50':>11} {'p99':>8} | {'its spread p50':>14} {'p99':>8} | "
+        f"{'gap p50':>9} {'p99':>8}",
     ]
     for r in results:
         cells = []
-        for key in ("late_us", "reference_late_us", "late_by_us", "spread_late_by_us"):
+        for key in ("late_us", "reference_late_us", "late_by_us", "spread_late_by_us", "gap_us"):
             width = {"late_by_us": 11, "spread_late_by_us": 14}.get(key, 9)
             cells.append(f"{fmt(r[key]['p50'], width)} {fmt(r[key]['p99'], 8)}")
         lines.append(f"{r['participants']:>7} | " + " | ".join(cells))

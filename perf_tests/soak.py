@@ -39,7 +39,11 @@ What is counted, and how:
   (outside Redis), one resets the events, and the run goes on.
 * **barriers/s**, and the **spread** (latest minus earliest return of a round, over the
   rounds every process passed) and **late** (return instant minus release instant)
-  p50/p90/p99/max, per kind of barrier (:func:`pyprocsync.stats.summary`).
+  p50/p90/p99/max, per kind of barrier (:func:`pyprocsync.stats.summary`). A return
+  instant is ``time.time_ns()`` read by the worker on the line after the call returned
+  (or after its error was caught). The workers go from one barrier to the next without
+  idling and no limit reference is measured: these are figures of a loaded run, not
+  precision figures (``sync_precision.py`` measures those).
 
 The exit status is 1 when any target is missed: a hang, a disagreement, a duplicate
 index, a key without TTL, a key left, an unexpected error, or memory growth.
@@ -139,7 +143,7 @@ class Pass(NamedTuple):
     arrival: int
     #: Release instant, epoch µs (-1: unknown).
     release_us: int
-    #: Wall clock right after the call returned, ns.
+    #: Wall clock read by the caller on the line after the call returned, ns.
     returned_ns: int
     #: Exception type name, "" when the call succeeded.
     error: str
@@ -202,25 +206,32 @@ def _step(config: SoakConfig, objects: _Objects, rank: int, i: int) -> Pass:
     kind = config.kinds[i % len(config.kinds)]
     last_wait(forget=True)
     index, gen, release_us, error = -1, i, -1, ""
+    # Each return instant is read in this caller, on the line after the call returns.
     try:
         if kind == SYNC:
             result = objects.sync.sync(NAMES[SYNC], config.processes, config.timeout)
+            returned = time.time_ns()
             index, gen = result.index, result.generation
             release_us = round(result.release_at * 1e6)
         elif kind == BARRIER:
             index = objects.barrier.wait(config.timeout)
+            returned = time.time_ns()
             release_us = _instant_us()
         else:
             if rank == (i // len(config.kinds)) % config.processes:
                 objects.event.set()
-            if not objects.event.wait(config.timeout):
+            passed = objects.event.wait(config.timeout)
+            returned = time.time_ns()
+            if not passed:
                 error = "EventWaitTimedOut"
             release_us = _instant_us()
     except TooLateError as exc:
+        returned = time.time_ns()
         error, release_us = type(exc).__name__, _instant_us(exc)
     except Exception as exc:  # counted by type; the run goes on (see _recover)
+        returned = time.time_ns()
         error = type(exc).__name__
-    return Pass(kind, gen, i, rank, index, release_us, time.time_ns(), error)
+    return Pass(kind, gen, i, rank, index, release_us, returned, error)
 
 
 def _recover(config: SoakConfig, objects: _Objects, shared: _Shared, rank: int, i: int) -> int:
