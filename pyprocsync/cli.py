@@ -373,14 +373,12 @@ def _await_instant(wait: SleepUntil, executable: str | None, exec_argv: list[str
     becomes the minimal interpreter of :mod:`pyprocsync.handoff` (exec, same process
     id, SIGINT blocked until it can handle it), which waits and then exits or execs
     ``executable``, so that no large address space has to be taken apart at the
-    instant. Otherwise (also when SIGINT was blocked already), or if that exec fails,
-    it waits here and returns at the instant.
+    instant. Otherwise (also when SIGINT was blocked already, or no interpreter can run
+    the hand-off), or if that exec fails, it waits here and returns at the instant.
     """
     now = clock.monotonic_ns if wait.on_monotonic else clock.time_ns
-    if sys.executable and wait.at_ns - now() >= handoff.HANDOFF_MIN_NS:
-        argv = handoff.handoff_argv(
-            wait.at_ns, wait.spin_ns, wait.on_monotonic, executable, exec_argv
-        )
+    argv = handoff.handoff_argv(wait.at_ns, wait.spin_ns, wait.on_monotonic, executable, exec_argv)
+    if argv is not None and wait.at_ns - now() >= handoff.HANDOFF_MIN_NS:
         # SIGINT stays blocked until the hand-off can turn Ctrl-C into exit 130 (a new
         # interpreter would die of it, or print a traceback, while it starts).
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})

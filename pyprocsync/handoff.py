@@ -99,11 +99,18 @@ def finish(executable: str | None, argv: list[str]) -> NoReturn:
 
 def handoff_argv(
     target_ns: int, spin_ns: int, on_monotonic: bool, executable: str | None, argv: Sequence[str]
-) -> list[str]:
+) -> list[str] | None:
     """The command line that runs this file as the hand-off: wait for ``target_ns`` (a
     reading of the monotonic clock with ``on_monotonic``, else of the wall clock), then
-    :func:`finish` with ``executable`` and ``argv``."""
-    head = [sys.executable, "-I", "-S", os.path.abspath(__file__)]
+    :func:`finish` with ``executable`` and ``argv``.
+
+    ``None`` when there is no interpreter to run it with (``sys.executable`` empty, or
+    the program of a frozen application) or this file is not on disk (a zip import).
+    """
+    script = os.path.abspath(__file__)
+    if not sys.executable or getattr(sys, "frozen", False) or not os.path.isfile(script):
+        return None
+    head = [sys.executable, "-I", "-S", script]
     clock = "monotonic" if on_monotonic else "wall"
     tail = [] if executable is None else [executable, *argv]
     return [*head, str(target_ns), str(spin_ns), clock, *tail]

@@ -245,9 +245,21 @@ def test_handoff_runs_without_pyprocsync() -> None:
     """The hand-off file runs in an interpreter without ``site`` (so without pyprocsync
     installed) and, given an instant already past and no COMMAND, exits 0."""
     argv = handoff.handoff_argv(0, 0, False, None, [])
+    assert argv is not None
     assert argv[1:3] == ["-I", "-S"]
     done = run_command(argv, env={})
     assert (done.returncode, done.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("missing", ["frozen", "executable"])
+def test_no_handoff_without_an_interpreter(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
+    """A frozen application's program, or no known interpreter, cannot run the hand-off
+    file: there is no hand-off command line (the wait stays in the first process)."""
+    if missing == "frozen":
+        monkeypatch.setattr(sys, "frozen", True, raising=False)
+    else:
+        monkeypatch.setattr(sys, "executable", "")
+    assert handoff.handoff_argv(0, 0, False, "/bin/true", ["true"]) is None
 
 
 # -- the library seam -----------------------------------------------------------------------
