@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import math
 import os
 import platform
@@ -57,6 +58,7 @@ __all__ = [
     "seconds_arg",
     "source",
     "stop_processes",
+    "write_json",
 ]
 
 PERCENTILES = ("p50", "p90", "p99", "max")
@@ -237,6 +239,13 @@ def nan_to_none(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [nan_to_none(v) for v in value]
     return value
+
+
+def write_json(path: str, value: Any) -> None:
+    """Write ``value`` to ``path`` as indented strict JSON (NaN as ``null``)."""
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(nan_to_none(value), file, indent=2)
+        file.write("\n")
 
 
 class WaitNote(NamedTuple):

@@ -11,8 +11,11 @@ Errors print one line on stderr (``pyprocsync: error: ...``) and exit with a cod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
+import shutil
 import signal
 import sys
 import time
@@ -22,9 +25,10 @@ from typing import Any, NoReturn
 
 import redis
 
-from . import __version__
+from . import __version__, clock, handoff
 from .bench import BenchConfig, format_table, plot, progress_bar, run_bench, server_label
 from .credentials import (
+    PASSWORD_ENV,
     SOURCES,
     URL_ENV,
     CredentialError,
@@ -43,7 +47,8 @@ from .exceptions import (
     TimeOutError,
     TooLateError,
 )
-from .procsync import ProcSync, drive
+from .procsync import ProcSync, drive, sync_until_instant
+from .protocol import AtInstant, SleepUntil
 from .server import EmbeddedServer, ServerError
 from .servertime import estimate_flow
 from .stats import summary
@@ -81,8 +86,12 @@ class ExitCode(IntEnum):
     CONNECTION = 6
     #: ``clock``: this host's clock is off the server's by more than ``--max-offset``.
     CLOCK_OFF = 7
+    #: ``sync -- COMMAND``: COMMAND was found but cannot be executed (as a shell's 126).
+    NOT_EXECUTABLE = handoff.NOT_EXECUTABLE
+    #: ``sync -- COMMAND``: COMMAND was not found (as a shell's 127).
+    NOT_FOUND = handoff.NOT_FOUND
     #: Interrupted with Ctrl-C.
-    INTERRUPTED = 130
+    INTERRUPTED = handoff.INTERRUPTED
 
 
 class CommandError(Exception):
@@ -232,10 +241,14 @@ def _parser() -> argparse.ArgumentParser:
 
     sync = commands.add_parser(
         "sync",
-        help="a barrier for shell scripts: exit 0 at the release instant",
+        help="a barrier for shell scripts: exit 0 (or run COMMAND) at the release instant",
+        usage="%(prog)s NAME --nodes N [options] [-- COMMAND [ARGS ...]]",
         description="Wait until NODES participants reached NAME, then exit 0 at the agreed "
-        "instant. Exit codes: 3 timeout, 4 too late, 5 broken round, 6 connection "
-        "failure, 2 usage error, 1 other failure.",
+        "instant; with '-- COMMAND [ARGS ...]', become COMMAND at that instant instead "
+        "(exec: same process, COMMAND's exit status), the form for time-critical "
+        "starts. Exit codes: 3 timeout, 4 too late, 5 broken round, 6 connection "
+        "failure, 2 usage error, 1 other failure, 126 COMMAND not executable, "
+        "127 COMMAND not found; COMMAND runs only if the round was released.",
     )
     sync.add_argument("name", help="the synchronization point")
     sync.add_argument("--nodes", type=count_arg, required=True, help="participants to wait for")
@@ -252,6 +265,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _clock_option(sync)
     _redis_option(sync, "")
+    sync.set_defaults(exec_argv=None)
 
     server = commands.add_parser(
         "server",
@@ -391,11 +405,89 @@ def _bench(args: argparse.Namespace) -> None:
         )
 
 
-def _sync(args: argparse.Namespace) -> None:
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line (default ``sys.argv[1:]``).
+
+    For ``sync``, the words after the first ``--`` are the COMMAND to run
+    (``exec_argv``; ``None`` without ``--``): argparse cannot take a list of any length
+    after options, nor tell it from a misplaced NAME. They are split off before the rest
+    is parsed, so ``--`` must come after NAME and every option.
+    """
+    words = list(sys.argv[1:] if argv is None else argv)
+    exec_argv = None
+    if words[:1] == ["sync"] and "--" in words:
+        split = words.index("--")
+        words, exec_argv = words[:split], words[split + 1 :]
+    args = _parser().parse_args(words)
+    if exec_argv is not None:
+        args.exec_argv = exec_argv
+    return args
+
+
+def _executable(name: str) -> str:
+    """The file to exec for COMMAND ``name``, found as a shell finds it: ``name`` itself
+    if it holds a ``/``, else the first executable ``name`` in ``$PATH``.
+
+    :raises CommandError: ``NOT_FOUND`` when there is no such file,
+        ``NOT_EXECUTABLE`` when a path names a file that cannot be executed.
+    """
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    if "/" in name and os.path.exists(name):
+        raise CommandError(ExitCode.NOT_EXECUTABLE, f"{name}: not an executable file")
+    raise CommandError(ExitCode.NOT_FOUND, f"{name}: command not found")
+
+
+def _await_instant(wait: SleepUntil, executable: str | None, exec_argv: list[str]) -> None:
+    """Wait for the release instant, as late in the process's life as possible.
+
+    With at least :data:`~pyprocsync.handoff.HANDOFF_MIN_NS` to go, this process
+    becomes the minimal interpreter of :mod:`pyprocsync.handoff` (exec, same process
+    id, SIGINT blocked until it can handle it), which waits and then exits or execs
+    ``executable``, so that no large address space has to be taken apart at the
+    instant. Otherwise (also when SIGINT was blocked already, or no interpreter can run
+    the hand-off), or if that exec fails, it waits here and returns at the instant.
+    """
+    now = clock.monotonic_ns if wait.on_monotonic else clock.time_ns
+    argv = handoff.handoff_argv(wait.at_ns, wait.spin_ns, wait.on_monotonic, executable, exec_argv)
+    if argv is not None and wait.at_ns - now() >= handoff.HANDOFF_MIN_NS:
+        # SIGINT stays blocked until the hand-off can turn Ctrl-C into exit 130 (a new
+        # interpreter would die of it, or print a traceback, while it starts).
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        if signal.SIGINT not in previous:  # else the hand-off's unblocking would be wrong
+            with contextlib.suppress(OSError):
+                os.execv(argv[0], argv)  # noqa: S606  # this interpreter, on pyprocsync's file
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    handoff.wait_until_ns(wait.at_ns, wait.spin_ns, now)
+
+
+def _forget_secrets() -> None:
+    """Take the password out of the environment that the hand-off and COMMAND inherit:
+    ``$PYPROCSYNC_PASSWORD``, and ``$PYPROCSYNC_REDIS_URL`` when it holds one."""
+    os.environ.pop(PASSWORD_ENV, None)
+    url = os.environ.get(URL_ENV)
+    if url is not None and redact(url) != url:
+        del os.environ[URL_ENV]
+
+
+def _sync(args: argparse.Namespace) -> NoReturn:
+    """Join the round; at its instant, end the process or become the COMMAND.
+
+    Everything else is done before the instant (see
+    :func:`~pyprocsync.procsync.sync_until_instant` and :func:`_await_instant`); after
+    it, only :func:`pyprocsync.handoff.finish` runs.
+    """
     url = _require_url(args.redis)
+    exec_argv: list[str] | None = args.exec_argv
+    executable = None
+    if exec_argv is not None:
+        if not exec_argv:
+            raise CommandError(ExitCode.USAGE, "nothing after --: name the COMMAND to run")
+        executable = _executable(exec_argv[0])  # before arriving: a typo breaks no round
     try:
-        with ProcSync.from_url(url, args.run, args.delay, clock=args.clock) as node:
-            node.sync(args.name, args.nodes, args.timeout)
+        node = ProcSync.from_url(url, args.run, args.delay, clock=args.clock)
+        due = sync_until_instant(node, args.name, args.nodes, args.timeout)
     except (BrokenBarrierError, ParameterMismatchError) as exc:
         # First: another participant's timeout breaks the round with an error that is
         # also a TimeOutError (BrokenByTimeoutError), and that is exit 5, not 3.
@@ -412,6 +504,12 @@ def _sync(args: argparse.Namespace) -> None:
         raise CommandError(
             ExitCode.CONNECTION, f"cannot reach Redis at {redact(url)}: {exc}"
         ) from None
+    _forget_secrets()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if isinstance(due, AtInstant):
+        _await_instant(due.wait, executable, exec_argv or [])
+    handoff.finish(executable, exec_argv or [])
 
 
 def _is_loopback(address: str) -> bool:
@@ -541,8 +639,12 @@ def _dispatch(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``pyprocsync`` command with ``argv`` (default ``sys.argv[1:]``); return its code."""
-    args = _parser().parse_args(argv)
+    """Run the ``pyprocsync`` command with ``argv`` (default ``sys.argv[1:]``); return its code.
+
+    A ``sync`` that is released does not return: it ends the process at the release
+    instant (``os._exit``), or execs its COMMAND then.
+    """
+    args = _parse(argv)
     try:
         _dispatch(args)
     except CommandError as failure:

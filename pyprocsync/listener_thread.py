@@ -161,6 +161,15 @@ class ThreadListener:
         else:
             self._shut()
 
+    def join(self, timeout: float) -> None:
+        """Wait at most ``timeout`` seconds for the thread of a closed listener to end
+        (it has then closed its connections). Returns at once while the listener is
+        open, or when its thread never started."""
+        with self._lock:
+            thread = self._thread if self._closed else None
+        if thread is not None:
+            thread.join(timeout)
+
     # -- the thread ----------------------------------------------------------------
 
     def _node(self, channel: str) -> Hashable:

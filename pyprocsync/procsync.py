@@ -40,7 +40,7 @@ from .protocol import (
 from .results import SyncResult
 from .rounds import reset_flow, sync_flow
 
-__all__ = ["ClosingShell", "ProcSync", "drive", "meet"]
+__all__ = ["ClosingShell", "ProcSync", "drive", "meet", "sync_until_instant"]
 
 log = logging.getLogger("pyprocsync")
 
@@ -483,6 +483,35 @@ def _reply(connection: Any, timeout: float | None) -> object:
     if timeout is None:
         return connection.read_response()
     return connection.read_response(timeout=timeout)
+
+
+def sync_until_instant(
+    node: ProcSync, event_name: str, nodes: int, timeout: float | None = None
+) -> Due[SyncResult]:
+    """Join a round as ``node.sync(event_name, nodes, timeout)`` does, but leave its
+    last step, the wait for the release instant, to the caller: for a process that is
+    to end (or exec) at the instant, ``pyprocsync sync``.
+
+    Before it returns, ``node`` is closed (its client too, if it owns it) and, when
+    that gave back the last reference to the shared listener, the listener's thread
+    has been given until the instant to close its connections and end. So nothing of
+    pyprocsync runs any more in the process.
+
+    :returns: the :class:`~pyprocsync.SyncResult` when there is no instant to wait for
+        (lead time 0), else an :class:`~pyprocsync.protocol.AtInstant`: the caller
+        waits as its ``wait`` (a :class:`~pyprocsync.protocol.SleepUntil`) says, and
+        ``finish()`` gives the result.
+    :raises: what :meth:`ProcSync.sync` raises; ``node`` is closed then too.
+    """
+    try:
+        due = node._run(sync_flow(node._settings, node._clocks, event_name, nodes, timeout))
+    finally:
+        node.close()
+    if isinstance(due, AtInstant):
+        wait = due.wait
+        now_ns = clock.monotonic_ns() if wait.on_monotonic else clock.time_ns()
+        node._listener.join(max(0, wait.at_ns - now_ns) / 1e9)
+    return due
 
 
 class ClosingShell(_ClosedOnExit):
