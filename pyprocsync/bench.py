@@ -158,6 +158,13 @@ class _NodeRecord:
     #: The caller's reading minus ``late_by``, µs, for the same rounds.
     gap_us: list[float] = field(default_factory=list)
 
+    def add(self, outcome: SyncResult | TooLateError, returned_ns: int) -> None:
+        """Record a round's outcome, read at ``returned_ns``."""
+        if isinstance(outcome, TooLateError):
+            self.add_too_late(outcome, returned_ns)
+        else:
+            self.add_result(outcome, returned_ns)
+
     def add_result(self, result: SyncResult, returned_ns: int) -> None:
         """Record a round that returned normally, read at ``returned_ns``."""
         release_ns = round(result.release_at * 1e9)
@@ -232,15 +239,18 @@ def _participate(node: ProcSync, config: BenchConfig, record: _NodeRecord, out: 
         for i in range(config.rounds):
             target = t0_ns + i * period_ns
             clock.sleep_until_ns(target, spin_ns)
-            record.limit_late_us.append((time.time_ns() - target) / 1e3)
+            returned_ns = time.time_ns()  # the caller's next line
+            time.sleep(config.think)  # first give the processor to those still waking
+            record.limit_late_us.append((returned_ns - target) / 1e3)
         for i in range(config.rounds):
+            outcome: SyncResult | TooLateError
             try:
-                result = node.sync(config.event(i), config.participants, config.timeout)
+                outcome = node.sync(config.event(i), config.participants, config.timeout)
                 returned_ns = time.time_ns()  # the caller's next line
-                record.add_result(result, returned_ns)
             except TooLateError as exc:  # the round was released: go on with the next
-                record.add_too_late(exc, time.time_ns())
-            time.sleep(config.think)
+                outcome, returned_ns = exc, time.time_ns()
+            time.sleep(config.think)  # as in the limit phase, before any bookkeeping
+            record.add(outcome, returned_ns)
             if record.rank == 0 and i % 10 == 0:
                 out.put(("progress", i))
     except Exception as exc:  # noqa: BLE001  # reported, and ends this participant's run
@@ -276,15 +286,18 @@ async def _aparticipate(
         for i in range(config.rounds):
             target = t0_ns + i * period_ns
             await clock.async_sleep_until_ns(target, spin_ns)
-            record.limit_late_us.append((time.time_ns() - target) / 1e3)
-        for i in range(config.rounds):
-            try:
-                result = await node.sync(config.event(i), config.participants, config.timeout)
-                returned_ns = time.time_ns()  # the caller's next line
-                record.add_result(result, returned_ns)
-            except TooLateError as exc:
-                record.add_too_late(exc, time.time_ns())
+            returned_ns = time.time_ns()  # the caller's next line
             await asyncio.sleep(config.think)
+            record.limit_late_us.append((returned_ns - target) / 1e3)
+        for i in range(config.rounds):
+            outcome: SyncResult | TooLateError
+            try:
+                outcome = await node.sync(config.event(i), config.participants, config.timeout)
+                returned_ns = time.time_ns()  # the caller's next line
+            except TooLateError as exc:
+                outcome, returned_ns = exc, time.time_ns()
+            await asyncio.sleep(config.think)
+            record.add(outcome, returned_ns)
             if record.rank == 0 and i % 10 == 0:
                 out.put(("progress", i))
     except Exception as exc:  # noqa: BLE001  # reported, and ends this participant's run
@@ -331,13 +344,17 @@ def _fresh_worker(config: BenchConfig, rank: int, start: int, first_ns: int, out
     )
     try:
         clock.sleep_until_ns(first_ns, round(config.spin * 1e9))
-        record.limit_late_us.append((time.time_ns() - first_ns) / 1e3)
+        returned_ns = time.time_ns()  # the caller's next line
+        time.sleep(config.think)  # first give the processor to those still waking
+        record.limit_late_us.append((returned_ns - first_ns) / 1e3)
+        outcome: SyncResult | TooLateError
         try:
-            result = node.sync(f"start{start}", config.nodes, config.timeout)
+            outcome = node.sync(f"start{start}", config.nodes, config.timeout)
             returned_ns = time.time_ns()  # the caller's next line
-            record.add_result(result, returned_ns)
         except TooLateError as exc:
-            record.add_too_late(exc, time.time_ns())
+            outcome, returned_ns = exc, time.time_ns()
+        time.sleep(config.think)
+        record.add(outcome, returned_ns)
     except Exception as exc:  # noqa: BLE001  # reported to the parent
         record.errors.append(f"start {start}: {type(exc).__name__}: {exc}")
     finally:
