@@ -181,10 +181,10 @@ def recording_from_url(recorder: Recorder) -> Iterator[None]:
 def instant_sleep() -> Iterator[None]:
     """Waiting for a release instant returns at once, exactly on time."""
 
-    def sleep(at_ns: int, spin_ns: int, *, on_monotonic: bool = False) -> int:
+    def sleep(at_ns: int, spin_ns: int, **_options: object) -> int:
         return at_ns
 
-    async def async_sleep(at_ns: int, spin_ns: int, *, on_monotonic: bool = False) -> int:
+    async def async_sleep(at_ns: int, spin_ns: int, **_options: object) -> int:
         return at_ns
 
     with (
