@@ -312,10 +312,9 @@ def test_recording_client_does_see_a_valid_sync(
 ) -> None:
     """Control for the test above: a valid call does reach the client (so "nothing was
     recorded" really means nothing was sent)."""
-    sync = ProcSync(recording_client, "run", 0.1)
     # The mock is no working client (no socket, no pool): the call fails somehow, after
-    # reaching it.
-    with pytest.raises(Exception):  # noqa: B017
+    # reaching it. Closed at the end, so that no listener thread is left polling a mock.
+    with ProcSync(recording_client, "run", 0.1) as sync, pytest.raises(Exception):  # noqa: B017
         sync.sync("event", 2, 0.05)
     assert sent_commands(recording_client) != []
 
