@@ -57,6 +57,7 @@ from .protocol import (
 )
 from .results import SyncResult
 from .rounds import reset_flow, sync_flow
+from .servertime import TimeRequest
 
 __all__ = ["Barrier", "Event", "ProcSync"]
 
@@ -298,7 +299,8 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
             pool = self._listener.command_pool()
             connection = await pool.get_connection()
             try:
-                return await _send_once(connection, lambda: ("TIME",), None)
+                request = TimeRequest()  # timed right around the I/O
+                return request.sample(await _send_once(connection, request.command, None))
             finally:
                 await pool.release(connection)
         raise TypeError(f"{op!r} needs a participation")

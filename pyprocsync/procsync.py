@@ -35,6 +35,7 @@ from .protocol import (
 )
 from .results import SyncResult
 from .rounds import reset_flow, sync_flow
+from .servertime import TimeRequest
 
 __all__ = ["ClosingShell", "ProcSync", "drive", "meet"]
 
@@ -395,7 +396,8 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         if isinstance(op, ServerTime):
             if isinstance(self._client, RedisCluster):
                 return self._client.time()
-            return _send_once(self._listener.command_pool(), lambda: ("TIME",), None)
+            request = TimeRequest()  # timed right around the I/O
+            return request.sample(_send_once(self._listener.command_pool(), request.command, None))
         raise TypeError(f"{op!r} needs a participation")
 
     def _call(self, op: Call) -> object:
