@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -401,12 +401,12 @@ SKEWS = [0.0, 0.3, -0.2]
 
 
 @pytest.fixture
-def skew_clock(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[float]:
+def skew_clock(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> float:
     """This process's wall clock, as pyprocsync reads it, ``request.param`` s off."""
     skew: float = request.param
     real = clock.time_ns
     monkeypatch.setattr(clock, "time_ns", lambda: real() + round(skew * 1e9))
-    yield skew
+    return skew
 
 
 def covered_share(results: list[tuple[float, float]], skew: float) -> float:
@@ -434,7 +434,7 @@ def test_real_estimates_cover_the_true_offset(
             assert result.clock_offset is not None
             assert result.clock_uncertainty is not None
             results.append((result.clock_offset, result.clock_uncertainty))
-    assert node._clocks.round_trips >= 50  # noqa: SLF001  # the window turned over
+    assert node._clocks.round_trips >= 50  # the window turned over
     assert covered_share(results, skew_clock) >= 0.99
 
 
@@ -470,7 +470,7 @@ def test_the_blocking_shell_times_time_round_trips(server: EmbeddedServer) -> No
     try:
         node.sync("solo", 1, 10)  # opens the shared connections
         before = clock.monotonic_ns()
-        sample = node._execute(ServerTime())  # noqa: SLF001
+        sample = node._execute(ServerTime())
         after = clock.monotonic_ns()
         assert isinstance(sample, TimeSample)
         assert before <= sample.sent_ns <= sample.received_ns <= after
