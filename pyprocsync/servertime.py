@@ -390,7 +390,9 @@ class ClockFilter:
             return None
         reference = mids[-1]
         aged = [(lo, hi, reference - m) for (lo, hi), m in zip(bounds, mids, strict=True)]
-        drift = min(max(_fitted_drift(samples), slow), fast)
+        # A drift is estimated only once the samples prove that the rates differ (on one
+        # host they never do): until then the estimate does not follow the noise.
+        drift = 0.0 if slow <= 0 <= fast else min(max(_fitted_drift(samples), slow), fast)
 
         def intersection(low_rate: float, high_rate: float) -> tuple[int, int]:
             """The offsets at the reference that every sample allows if the rate is
@@ -417,26 +419,11 @@ class ClockFilter:
         )
 
 
-#: The shortest span of samples over which a drift is fitted, ns (over shorter spans the
-#: fit measures the noise of the round trips, not the rates of the clocks).
-DRIFT_SPAN_NS = 2_000_000_000
-
-#: How many standard errors a fitted drift must differ from 0 to be used.
-DRIFT_SIGNIFICANCE = 3.0
-
-
 def _fitted_drift(samples: deque[TimeSample]) -> float:
-    """The rate at which the offset changes, by least squares over the midpoints of the
-    quick samples (round trip at most twice the shortest), weighted by the inverse
-    square of their round trips (a sample twice as slow counts a quarter as much).
-
-    It is 0 while the quick samples span less than :data:`DRIFT_SPAN_NS`, or when it
-    differs from 0 by less than :data:`DRIFT_SIGNIFICANCE` standard errors: on one
-    host, where the rates are the same, the noise of the round trips is not carried
-    forward as a drift.
-    """
+    """The rate at which the offset changes, by least squares over the samples'
+    midpoints weighted by the inverse square of their round trips (a sample twice as
+    slow counts a quarter as much)."""
     base = samples[-1].midpoint_ns
-    quickest = min(s.rtt_ns for s in samples)
     points = [
         (
             float(s.midpoint_ns - base),
@@ -444,28 +431,33 @@ def _fitted_drift(samples: deque[TimeSample]) -> float:
             1.0 / float(s.rtt_ns + RESOLUTION_NS) ** 2,
         )
         for s in samples
-        if s.rtt_ns <= 2 * quickest
     ]
-    if len(points) < 3 or points[-1][0] - points[0][0] < DRIFT_SPAN_NS:
-        return 0.0
     total = sum(w for _, _, w in points)
     mean_t = sum(w * t for t, _, w in points) / total
     mean_y = sum(w * y for _, y, w in points) / total
     spread = sum(w * (t - mean_t) ** 2 for t, _, w in points)
-    slope = sum(w * (t - mean_t) * (y - mean_y) for t, y, w in points) / spread
-    residual = sum(w * (y - mean_y - slope * (t - mean_t)) ** 2 for t, y, w in points)
-    error = math.sqrt(residual / (len(points) - 2) / spread)
-    return slope if abs(slope) > DRIFT_SIGNIFICANCE * error else 0.0
+    return sum(w * (t - mean_t) * (y - mean_y) for t, y, w in points) / spread
+
+
+#: How many times :func:`_wall_minus_mono` reads the clocks, keeping the closest reads.
+WALL_READS = 3
 
 
 def _wall_minus_mono() -> tuple[int, int, int]:
     """This host's wall clock minus its monotonic clock, the moment it refers to, and
-    how far the first may be off (half the time between the readings)."""
-    before = clock.monotonic_ns()
-    wall = clock.time_ns()
-    after = clock.monotonic_ns()
-    middle = (before + after) // 2
-    return wall - middle, middle, (after - before + 1) // 2
+    how far the first may be off: half the time between two monotonic readings around
+    a wall-clock reading, the shortest of :data:`WALL_READS` tries (a thread preempted
+    between the readings would make it long)."""
+    best: tuple[int, int, int] | None = None
+    for _ in range(WALL_READS):
+        before = clock.monotonic_ns()
+        wall = clock.time_ns()
+        after = clock.monotonic_ns()
+        middle = (before + after) // 2
+        if best is None or after - before < 2 * best[2]:
+            best = (wall - middle, middle, (after - before + 1) // 2)
+    assert best is not None
+    return best
 
 
 class ClockState:
