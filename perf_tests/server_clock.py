@@ -3,7 +3,8 @@
 Scenarios (``--scenarios``, all by default), each run ``--repeat`` times, and within
 each repeat once in each clock mode, one block right after the other:
 
-* ``host2``, ``host4``: 2 and 4 processes on this host, wall clocks as they are;
+* ``host2``, ``host3``, ``host4``: 2, 3 and 4 processes on this host, wall clocks as
+  they are (``host3`` is the reference for ``skew``);
 * ``skew``: 3 processes whose wall clocks are off by 0, +0.3 s and -0.2 s (each worker
   replaces :func:`pyprocsync.clock.time_ns`, the documented patch point, by the real
   clock plus its skew; libfaketime would add stalls of its own);
@@ -74,6 +75,7 @@ MODES = ("system", "server")
 #: Scenario name: (wall-clock skew of each worker in seconds, through the proxy).
 SCENARIOS: dict[str, tuple[tuple[float, ...], bool]] = {
     "host2": ((0.0, 0.0), False),
+    "host3": ((0.0, 0.0, 0.0), False),
     "host4": ((0.0, 0.0, 0.0, 0.0), False),
     "skew": ((0.0, 0.3, -0.2), False),
     "proxy": ((0.0, 0.0), True),

@@ -213,8 +213,10 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
     :param clock: ``"system"`` (default) trusts the hosts' synchronized wall clocks;
         ``"server"`` agrees instants on the Redis server's clock and converts them with
         an offset estimated from ``TIME`` round trips (see :doc:`/clocks`).
-    :param clock_samples: round trips per offset estimate (1 to 1000).
-    :param clock_refresh: seconds after which an offset estimate is renewed.
+    :param clock_samples: round trips of the first offset estimate, back to back
+        (1 to 1000).
+    :param clock_refresh: seconds per round trip that renews the estimate afterwards, on
+        average: a back-to-back pair when its newest sample is ``2 * clock_refresh`` old.
     :param auto_floor: the smallest lead time ``delay="auto"`` chooses, seconds.
         (Every duration, here and in calls, may be at most ten years.)
     :param member: register this instance as an expected member of the run while it
