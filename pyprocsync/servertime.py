@@ -14,14 +14,21 @@ Cristian's estimate, as in NTP.
 * *Drift.* The server's clock and this host's monotonic clock need not run at the same
   rate. Two samples ``i`` and ``j`` taken ``d`` apart bound the rate difference ``f``:
   ``(low_j - high_i) / d <= f <= (high_j - low_i) / d``. Intersected over all pairs and
-  with ``±`` :data:`MAX_DRIFT_PPB`, this gives a range of rates; its middle is the drift
-  estimate, half its width the drift bound. The longer the window, the tighter the range.
+  with ``±`` :data:`MAX_DRIFT_PPB`, this gives exactly the rates that all samples
+  allow; the longer the window, the narrower the range. While the range includes 0
+  (equal rates, as on one host), the drift estimate is 0: noise is not carried forward
+  as drift. Once the samples exclude equal rates, the drift is estimated by least
+  squares over the samples' midpoints, weighted by the inverse square of their round
+  trips, and kept within the range. The drift bound is the distance from the estimate
+  to the farther end of the range.
 * *Offset.* Each sample's interval is carried forward to the newest sample's time
-  along the drift, widened by the drift bound times its age. The estimate is the middle
-  of the intersection of all of them, its uncertainty half the intersection's width.
-  A sample delayed in either direction has a wide interval and drops out of the
-  intersection by itself (minimum-delay selection, for each direction separately);
-  the intersection is narrower than the best single sample's interval.
+  along the estimated drift; the estimate is the middle of their intersection (never
+  empty: the drift is one that all samples allow). A sample delayed in either direction
+  has a wide interval and drops out of the intersection by itself (minimum-delay
+  selection, for each direction separately), so the intersection is narrower than the
+  best single sample's interval. The uncertainty is the distance from the estimate to
+  the farther end of the hard range: the intervals carried forward with the lowest
+  rate for their lower ends and the highest rate for their upper ends.
 * *Outliers.* Samples that cannot all be true at one constant rate (an empty range of
   rates or an empty intersection: the server's clock was stepped, or a rate changed)
   are discarded oldest first until the rest agree; the newest sample always stays.
@@ -32,14 +39,18 @@ Cristian's estimate, as in NTP.
 The uncertainty is a bound, not a standard deviation: the true offset lies within it
 as long as the rate difference stays constant across the window and within
 :data:`MAX_DRIFT_PPB`; a clock step or rate change shows as contradicting samples.
+It is typically several times the real error, which on a symmetric path is half the
+difference between the quickest forward and the quickest return trip.
 
 **Sampling** (:class:`ClockState`) is spread out so that it never competes with an
-instant: a burst of ``clock_samples`` back-to-back round trips for the first estimate,
-then one round trip before an arrival whenever the newest sample is older than
-``clock_refresh`` (at most one per ``clock_refresh`` per instance, whichever call
-notices first). After an announcement, the estimate is carried forward; a round trip is
-made then only when there is no estimate or its newest sample is older than
-:data:`STALE_REFRESHES` times ``clock_refresh``.
+instant: a burst of ``clock_samples`` back-to-back round trips for the first estimate;
+then one round trip per ``clock_refresh`` on average: a back-to-back pair (the first
+wakes up the server and the path to it, so the second is quick and symmetric)
+whenever the newest sample is ``2 * clock_refresh`` old, before an arrival and at a
+waiter's heartbeats, by whichever call of the instance notices first. After an
+announcement, the estimate is carried forward; round trips are made then only when
+there is no estimate or its newest sample is older than :data:`STALE_REFRESHES` times
+``clock_refresh``.
 
 In server-clock mode the protocol agrees release instants in server time and each
 participant converts them with the estimate to the *monotonic* clock, so a step of its
@@ -302,8 +313,8 @@ class _Fit:
 class ClockFilter:
     """Offset and drift from a sliding window of samples (see the module's description).
 
-    Free of I/O and of clock readings: it only combines the samples it is given. Not
-    thread-safe (:class:`ClockState` guards it).
+    Free of I/O: it combines the samples it is given, and reads this host's clocks only
+    in :meth:`current`. Not thread-safe (:class:`ClockState` guards it).
 
     .. versionadded:: 1.0
     """
