@@ -11,7 +11,8 @@ each repeat once in each clock mode, one block right after the other:
 * ``proxy``: 2 processes that reach the server through a TCP proxy delaying each
   direction by 200 µs ± 20 µs (:class:`DelayProxy`), with ``delay="auto"`` (and one
   name for all rounds, since ``delay="auto"`` learns a name's latency from its
-  previous rounds).
+  previous rounds; a round then takes a few ms, so the scenario runs ten times
+  ``--rounds``, to last about as long as the others).
 
 Every participant calls ``sync`` on a new name each round and reads the *real* clock
 (``time.time_ns()``, never skewed) on the line after it returns. Per round, *spread* is
@@ -48,11 +49,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 from _common import (
     PERCENTILES,
+    Failure,
     count_arg,
     die_with_parent,
     fmt,
@@ -161,7 +163,10 @@ def _block(url: str, scenario: str, mode: str, args: argparse.Namespace) -> dict
     config = {
         "skews": skews,
         "mode": mode,
-        "rounds": args.rounds,
+        # With delay="auto" a round takes a few ms instead of delay + think: ten times
+        # the rounds make the block last about as long (the estimate's state depends on
+        # time: samples are taken every 2 * clock_refresh).
+        "rounds": args.rounds * (10 if SCENARIOS[scenario][1] else 1),
         "delay": "auto" if SCENARIOS[scenario][1] else args.delay,
         # delay="auto" learns a name's latency from its previous rounds: one name.
         "name": "step" if SCENARIOS[scenario][1] else None,
@@ -177,12 +182,24 @@ def _block(url: str, scenario: str, mode: str, args: argparse.Namespace) -> dict
     try:
         for worker in workers:
             worker.start()
-        results = [out.get(timeout=60 + args.rounds * 5) for _ in workers]
+        results = [_result(out, workers) for _ in workers]
         for worker in workers:
             worker.join(10)
     finally:
         stop_processes(workers)
-    return _figures(mode, results, args.rounds)
+    return _figures(mode, results, config["rounds"])
+
+
+def _result(out: Any, workers: list[Any]) -> tuple[Any, ...]:
+    """The next worker's result; :class:`Failure` as soon as a worker ended without one
+    (its traceback is on stderr)."""
+    while True:
+        try:
+            return cast(tuple[Any, ...], out.get(timeout=1.0))
+        except queue.Empty:
+            ended = [w for w in workers if w.exitcode not in (None, 0)]
+            if ended:
+                raise Failure(f"a worker ended with exit code {ended[0].exitcode}") from None
 
 
 def _figures(mode: str, results: list[tuple[Any, ...]], rounds: int) -> dict[str, Any]:
