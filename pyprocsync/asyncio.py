@@ -64,6 +64,7 @@ from .protocol import (
 )
 from .results import SyncResult
 from .rounds import reset_flow, sync_flow
+from .servertime import TimeRequest
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _expires_after
@@ -313,7 +314,8 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         if isinstance(op, ServerTime):
             if isinstance(self._client, RedisCluster):
                 return await self._client.time()
-            return await self._command(constant("TIME"), op.timeout)
+            request = TimeRequest()  # timed right around the I/O
+            return request.sample(await self._command(request.command, op.timeout))
         raise TypeError(f"{op!r} needs a participation")
 
     async def _command(

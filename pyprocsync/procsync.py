@@ -39,6 +39,7 @@ from .protocol import (
 )
 from .results import SyncResult
 from .rounds import reset_flow, sync_flow
+from .servertime import TimeRequest
 
 __all__ = ["ClosingShell", "ProcSync", "drive", "meet", "sync_until_instant"]
 
@@ -218,8 +219,10 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
     :param clock: ``"system"`` (default) trusts the hosts' synchronized wall clocks;
         ``"server"`` agrees instants on the Redis server's clock and converts them with
         an offset estimated from ``TIME`` round trips (see :doc:`/clocks`).
-    :param clock_samples: round trips per offset estimate (1 to 1000).
-    :param clock_refresh: seconds after which an offset estimate is renewed.
+    :param clock_samples: round trips of the first offset estimate, back to back
+        (1 to 1000).
+    :param clock_refresh: seconds per round trip that renews the estimate afterwards, on
+        average: a back-to-back pair when its newest sample is ``2 * clock_refresh`` old.
     :param auto_floor: the smallest lead time ``delay="auto"`` chooses, seconds.
         (Every duration, here and in calls, may be at most ten years.)
     :param member: register this instance as an expected member of the run while it
@@ -409,7 +412,9 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
             if isinstance(op, ServerTime):
                 if isinstance(self._client, RedisCluster):
                     return self._client.time()
-                return _send_once(self._listener.command_pool(), constant("TIME"), op.timeout)
+                request = TimeRequest()  # timed right around the I/O
+                pool = self._listener.command_pool()
+                return request.sample(_send_once(pool, request.command, op.timeout))
         except LINK_ERRORS as exc:
             raise at_server(exc, self._listener.server) from exc
         raise TypeError(f"{op!r} needs a participation")

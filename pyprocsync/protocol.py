@@ -168,7 +168,9 @@ class SleepUntil:
 @dataclass(frozen=True, slots=True)
 class ServerTime:
     """Read the server's clock (``TIME``) within ``timeout`` seconds (``None``: the
-    connection limits); the result is the reply, ``[seconds, µs]``."""
+    connection limits); the result is a :class:`~pyprocsync.servertime.TimeSample` that
+    the shell timed right around the I/O (see
+    :class:`~pyprocsync.servertime.TimeRequest`), or the bare reply, ``[seconds, µs]``."""
 
     timeout: float | None = None
 
@@ -503,6 +505,13 @@ class Waiter(abc.ABC, Generic[O]):
                 return (yield from self.on_deadline())
             if now >= next_beat:
                 next_beat = now + heartbeat
+                if self.settings.clock == "server":  # renew the estimate while waiting
+                    yield from self.clocks.keep_fresh(
+                        self.settings.clock_refresh_ns,
+                        self.settings.clock_samples,
+                        self.where(),
+                        self.deadline,
+                    )
                 outcome = yield from self.check()
             else:
                 wait = next_beat - now
@@ -560,8 +569,10 @@ class Waiter(abc.ABC, Generic[O]):
         is 0: there is no wait), see :meth:`Instant.deliver`.
 
         ``server_clock`` says the instant is on the server's clock: it is converted with
-        the clock estimate and awaited on the monotonic clock, which wall-clock steps do
-        not move. A passed instant is met at once.
+        the clock estimate, carried forward (see
+        :meth:`pyprocsync.servertime.ClockState.usable`), and awaited
+        on the monotonic clock, which wall-clock steps do not move. A passed instant is
+        met at once.
 
         :raises TooLateError: ``learned_late_is_error`` and the instant had passed by
             more than the tolerance (with ``on_late="raise"``).
@@ -570,10 +581,11 @@ class Waiter(abc.ABC, Generic[O]):
         estimate = None
         if server_clock:
             settings = self.settings
-            estimate = yield from self.clocks.fresh(
-                settings.clock_refresh_ns, settings.clock_samples, self.where()
+            estimate = yield from self.clocks.usable(
+                settings.clock_refresh_ns, settings.clock_samples, self.where(), self.deadline
             )
             target = estimate.server_to_monotonic(at_ns)
+            estimate = estimate.at(target)  # its figures as of the instant
             release_ns = estimate.server_to_wall(at_ns)
             now = clock.monotonic_ns()
         else:

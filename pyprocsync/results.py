@@ -41,8 +41,10 @@ class SyncResult:
     #: lead ``delay="auto"`` chose).
     delay: float
     #: With an instant on the server's clock (``clock="server"``): the Redis server's
-    #: clock minus this host's wall clock, seconds, as estimated; ``None`` for an
-    #: instant on the last arriver's clock.
+    #: clock minus this host's wall clock, seconds, as estimated for the release
+    #: instant; ``None`` for an instant on the last arriver's clock.
     clock_offset: float | None = None
-    #: How far ``clock_offset`` may be off (half the best round trip), seconds.
+    #: How far ``clock_offset`` may be off, seconds: a bound (the samples' intervals
+    #: intersected, plus the drift allowance until the instant), not a standard
+    #: deviation (see :doc:`/clocks`).
     clock_uncertainty: float | None = None

@@ -1,17 +1,63 @@
 """This host's clocks against the Redis server's clock, estimated from ``TIME`` round trips.
 
-Each sample reads this host's monotonic and wall clocks, asks the server for ``TIME``
-and reads both clocks again. Assuming the reply was taken halfway through the round
-trip (Cristian's method, as NTP does), the server's clock minus this host's clock is
-``server - (before + after) / 2``, uncertain by half the round trip. The estimate keeps
-the sample with the shortest round trip, the least disturbed one.
+**A sample** (:class:`TimeSample`) reads this host's monotonic clock right before a
+``TIME`` request is sent and right after its reply is read. The server read its clock
+somewhere in between, and ``TIME`` truncates to the microsecond, so the *offset* (the
+server's clock minus this host's monotonic clock) was then within
+``[server - received, server + 1 µs - sent]``. This interval is a hard bound: it holds
+whatever the delays of the two directions, however slow the round trip. Its middle is
+Cristian's estimate, as in NTP.
+
+**The filter** (:class:`ClockFilter`) combines a sliding window of samples (at most
+:data:`WINDOW`, none older than :data:`MAX_AGE_NS`), in the spirit of NTP and chrony:
+
+* *Drift.* The server's clock and this host's monotonic clock need not run at the same
+  rate. Two samples ``i`` and ``j`` taken ``d`` apart bound the rate difference ``f``:
+  ``(low_j - high_i) / d <= f <= (high_j - low_i) / d``. Intersected over all pairs and
+  with ``±`` :data:`MAX_DRIFT_PPB`, this gives exactly the rates that all samples
+  allow; the longer the window, the narrower the range. While the range includes 0
+  (equal rates, as on one host), the drift estimate is 0: noise is not carried forward
+  as drift. Once the samples exclude equal rates, the drift is estimated by least
+  squares over the samples' midpoints, weighted by the inverse square of their round
+  trips, and kept within the range. The drift bound is the distance from the estimate
+  to the farther end of the range.
+* *Offset.* Each sample's interval is carried forward to the newest sample's time
+  along the estimated drift; the estimate is the middle of their intersection (never
+  empty: the drift is one that all samples allow). A sample delayed in either direction
+  has a wide interval and drops out of the intersection by itself (minimum-delay
+  selection, for each direction separately), so the intersection is narrower than the
+  best single sample's interval. The uncertainty is the distance from the estimate to
+  the farther end of the hard range: the intervals carried forward with the lowest
+  rate for their lower ends and the highest rate for their upper ends.
+* *Outliers.* Samples that cannot all be true at one constant rate (an empty range of
+  rates or an empty intersection: the server's clock was stepped, or a rate changed)
+  are discarded oldest first until the rest agree; the newest sample always stays.
+* *Carried forward.* Between samples, the offset at a moment ``t`` is the offset at the
+  newest sample plus the drift times the time since, and its uncertainty grows by the
+  drift bound times the time since (:class:`ClockEstimate`).
+
+The uncertainty is a bound, not a standard deviation: the true offset lies within it
+as long as the rate difference stays constant across the window and within
+:data:`MAX_DRIFT_PPB`; a clock step or rate change shows as contradicting samples.
+It is typically several times the real error, which on a symmetric path is half the
+difference between the quickest forward and the quickest return trip.
+
+**Sampling** (:class:`ClockState`) is spread out so that it never competes with an
+instant: a burst of ``clock_samples`` back-to-back round trips for the first estimate;
+then one round trip per ``clock_refresh`` on average: a back-to-back pair (the first
+wakes up the server and the path to it, so the second is quick and symmetric)
+whenever the newest sample is ``2 * clock_refresh`` old, before an arrival and at a
+waiter's heartbeats, by whichever call of the instance notices first. After an
+announcement, the estimate is carried forward; round trips are made then only when
+there is no estimate or its newest sample is older than :data:`STALE_REFRESHES` times
+``clock_refresh``.
 
 In server-clock mode the protocol agrees release instants in server time and each
-participant converts them with its offset to the *monotonic* clock, so a step of its
-wall clock during the wait changes nothing. The offset to the wall clock is kept too:
-it turns the instant into ``SyncResult.release_at`` and feeds the system-mode check
-that warns when this host's clock disagrees with the server's by more than the lead
-time.
+participant converts them with the estimate to the *monotonic* clock, so a step of its
+wall clock during the wait changes nothing. The offset to the wall clock is derived at
+each use from the monotonic offset and this host's wall clock read then: it turns the
+instant into ``SyncResult.release_at`` and feeds the system-mode check that warns when
+this host's clock disagrees with the server's by more than the lead time.
 
 .. versionadded:: 1.0
 """
@@ -19,45 +65,111 @@ time.
 from __future__ import annotations
 
 import logging
+import math
 import threading
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import clock
 from .exceptions import ConnectionLostError, ProcSyncError, ProtocolError
 from .protocol import LINK_ERRORS, Flow, ServerTime, bound, text
 
-__all__ = ["ClockEstimate", "ClockState", "estimate_flow", "parse_time"]
+__all__ = [
+    "MAX_AGE_NS",
+    "MAX_DRIFT_PPB",
+    "RESOLUTION_NS",
+    "STALE_REFRESHES",
+    "WINDOW",
+    "ClockEstimate",
+    "ClockFilter",
+    "ClockState",
+    "TimeRequest",
+    "TimeSample",
+    "parse_time",
+    "sample_flow",
+]
 
 log = logging.getLogger("pyprocsync.clock")
 
+#: The resolution of the server's ``TIME``, ns: it truncates to the microsecond.
+RESOLUTION_NS = 1000
+
+#: The largest rate difference between the server's clock and this host's monotonic
+#: clock assumed before the samples bound it, parts per billion: 500 ppm, the most that
+#: NTP and chrony slew a clock by (free-running quartz clocks are within about 100 ppm).
+MAX_DRIFT_PPB = 500_000
+
+#: The most samples the filter keeps.
+WINDOW = 32
+
+#: The oldest sample the filter keeps, ns (the rate of a quartz clock wanders with
+#: temperature over minutes, so older samples would bound a rate that no longer holds).
+MAX_AGE_NS = 120_000_000_000
+
+#: After an announcement, an estimate is carried forward unless its newest sample is
+#: older than this many ``clock_refresh`` periods (it is then renewed by one round trip).
+STALE_REFRESHES = 10
+
 
 @dataclass(frozen=True, slots=True)
-class ClockEstimate:
-    """This host's clocks against the server's, from the best of several samples.
+class TimeSample:
+    """One ``TIME`` round trip.
 
     .. versionadded:: 1.0
     """
 
-    #: Server time minus this host's monotonic clock, ns.
-    monotonic_offset_ns: int
-    #: Server time minus this host's wall clock, ns (positive: the server is ahead).
-    wall_offset_ns: int
-    #: Half the shortest round trip plus the server clock's 1 µs resolution, ns: how
-    #: far the offsets may be off.
-    uncertainty_ns: int
-    #: Round trips of all samples, ns, in the order taken.
-    rtts_ns: tuple[int, ...]
-    #: When it was made, this host's monotonic clock, ns.
-    taken_at_ns: int
+    #: This host's monotonic clock right before the request was sent, ns.
+    sent_ns: int
+    #: This host's monotonic clock right after the reply was read, ns.
+    received_ns: int
+    #: The server's clock in the reply, ns since the epoch (whole microseconds).
+    server_ns: int
 
-    def server_to_monotonic(self, server_ns: int) -> int:
-        """Convert a server-time instant to this host's monotonic clock."""
-        return server_ns - self.monotonic_offset_ns
+    @property
+    def rtt_ns(self) -> int:
+        """The round trip, ns."""
+        return self.received_ns - self.sent_ns
 
-    def server_to_wall(self, server_ns: int) -> int:
-        """Convert a server-time instant to this host's wall clock."""
-        return server_ns - self.wall_offset_ns
+    @property
+    def midpoint_ns(self) -> int:
+        """The middle of the round trip on this host's monotonic clock, ns."""
+        return (self.sent_ns + self.received_ns) // 2
+
+    def bounds(self) -> tuple[int, int]:
+        """The lowest and highest offset (server minus monotonic) at :attr:`midpoint_ns`
+        that the sample allows: the server read its clock between the two local
+        readings (plus the drift from that moment to the midpoint, at most
+        :data:`MAX_DRIFT_PPB` of half the round trip)."""
+        slack = -(-MAX_DRIFT_PPB * self.rtt_ns // 2_000_000_000)
+        return (
+            self.server_ns - self.received_ns - slack,
+            self.server_ns + RESOLUTION_NS - self.sent_ns + slack,
+        )
+
+
+class TimeRequest:
+    """Times one ``TIME`` round trip as tightly as the shell can: :meth:`command` is
+    called right before the request is written (it reads the clock), :meth:`sample`
+    right after the reply is read.
+
+    .. versionadded:: 1.0
+    """
+
+    sent_ns = 0
+
+    def command(self) -> tuple[str]:
+        """The command to send; reads this host's monotonic clock."""
+        self.sent_ns = clock.monotonic_ns()
+        return ("TIME",)
+
+    def sample(self, reply: Any) -> TimeSample:
+        """The sample of the round trip whose reply is ``reply`` (read just now).
+
+        :raises ProtocolError: the reply is not a ``TIME`` reply.
+        """
+        received = clock.monotonic_ns()
+        return TimeSample(self.sent_ns, received, parse_time(reply))
 
 
 def parse_time(reply: Any) -> int:
@@ -76,43 +188,291 @@ def parse_time(reply: Any) -> int:
     return seconds * 1_000_000_000 + micros * 1000
 
 
-def estimate_flow(
-    samples: int, where: dict[str, Any] | None = None, deadline: float | None = None
-) -> Flow[ClockEstimate]:
-    """Take ``samples`` TIME round trips and return the estimate of the shortest one.
+def sample_flow(
+    where: dict[str, Any] | None = None, deadline: float | None = None
+) -> Flow[TimeSample]:
+    """Take one sample with the ``ServerTime`` operation.
+
+    The shells answer with a :class:`TimeSample` they timed themselves (see
+    :class:`TimeRequest`); a bare ``TIME`` reply is timed here, around the operation.
 
     :param where: context (``event``, ``run_id``) for the errors it raises.
-    :param deadline: the call's deadline (monotonic seconds) that bounds each round
-        trip (see :func:`~pyprocsync.protocol.bound`), or ``None``.
+    :param deadline: the call's deadline (monotonic seconds) that bounds the round
+        trip (see :func:`~pyprocsync.protocol.bound`); ``None``: the connection limits.
     :raises ConnectionLostError: the server could not be reached.
+    :raises ProtocolError: the reply is not a ``TIME`` reply.
     """
-    best: tuple[int, int, int] | None = None  # (rtt, monotonic offset, wall offset)
-    rtts = []
-    for _ in range(samples):
-        mono_before, wall_before = clock.monotonic_ns(), clock.time_ns()
-        try:
-            reply = yield ServerTime(bound(deadline))
-        except LINK_ERRORS as exc:
-            raise ConnectionLostError(
-                f"lost the connection to Redis reading TIME: {exc}", **(where or {})
-            ) from exc
-        server_ns = parse_time(reply)
-        mono_after, wall_after = clock.monotonic_ns(), clock.time_ns()
-        rtt = mono_after - mono_before
-        rtts.append(rtt)
-        if best is None or rtt < best[0]:
-            best = (
-                rtt,
-                server_ns - (mono_before + mono_after) // 2,
-                server_ns - (wall_before + wall_after) // 2,
+    sent = clock.monotonic_ns()
+    try:
+        reply = yield ServerTime(bound(deadline))
+    except LINK_ERRORS as exc:
+        raise ConnectionLostError(
+            f"lost the connection to Redis reading TIME: {exc}", **(where or {})
+        ) from exc
+    if isinstance(reply, TimeSample):
+        return reply
+    server = parse_time(reply)
+    return TimeSample(sent, clock.monotonic_ns(), server)
+
+
+@dataclass(frozen=True, slots=True)
+class ClockEstimate:
+    """This host's clocks against the server's at one moment, and how they move.
+
+    All offsets are the server's clock minus this host's; they are valid at
+    :attr:`taken_at_ns` and carried to other moments along :attr:`drift_ppb`.
+
+    .. versionadded:: 1.0
+    """
+
+    #: Server time minus this host's monotonic clock at :attr:`taken_at_ns`, ns.
+    monotonic_offset_ns: int
+    #: Server time minus this host's wall clock at :attr:`taken_at_ns`, ns (positive:
+    #: the server is ahead), with the wall clock as read when the estimate was made.
+    wall_offset_ns: int
+    #: How far the offsets at :attr:`taken_at_ns` may be off, ns: a bound (see the
+    #: module's description), not a standard deviation.
+    uncertainty_ns: int
+    #: Round trips of the samples it is made of, ns, in the order taken.
+    rtts_ns: tuple[int, ...]
+    #: The moment its figures refer to, on this host's monotonic clock, ns.
+    taken_at_ns: int
+    #: How fast the server's clock gains on this host's monotonic clock, parts per
+    #: billion (negative: it loses).
+    drift_ppb: float
+    #: How far :attr:`drift_ppb` may be off, parts per billion.
+    drift_bound_ppb: float
+    #: How long before :attr:`taken_at_ns` its newest sample was taken, ns.
+    sample_age_ns: int
+
+    def offset_at(self, monotonic_ns: int) -> int:
+        """Server time minus this host's monotonic clock when it reads ``monotonic_ns``."""
+        return self.monotonic_offset_ns + round(
+            self.drift_ppb * (monotonic_ns - self.taken_at_ns) / 1e9
+        )
+
+    def uncertainty_at(self, monotonic_ns: int) -> int:
+        """How far :meth:`offset_at` ``monotonic_ns`` may be off, ns."""
+        return self.uncertainty_ns + math.ceil(
+            self.drift_bound_ppb * abs(monotonic_ns - self.taken_at_ns) / 1e9
+        )
+
+    def at(self, monotonic_ns: int) -> ClockEstimate:
+        """The same estimate with its figures as of ``monotonic_ns`` (this host's wall
+        clock assumed to keep its pace with the monotonic clock until then)."""
+        shift = self.offset_at(monotonic_ns) - self.monotonic_offset_ns
+        return replace(
+            self,
+            monotonic_offset_ns=self.monotonic_offset_ns + shift,
+            wall_offset_ns=self.wall_offset_ns + shift,
+            uncertainty_ns=self.uncertainty_at(monotonic_ns),
+            taken_at_ns=monotonic_ns,
+            sample_age_ns=self.sample_age_ns + monotonic_ns - self.taken_at_ns,
+        )
+
+    def server_to_monotonic(self, server_ns: int) -> int:
+        """Convert a server-time instant to this host's monotonic clock."""
+        # server(m) = m + offset + drift * (m - taken_at): solved for m.
+        ahead = server_ns - self.monotonic_offset_ns - self.taken_at_ns
+        rate = self.drift_ppb / 1e9
+        return self.taken_at_ns + ahead - round(ahead * rate / (1 + rate))
+
+    def server_to_wall(self, server_ns: int) -> int:
+        """Convert a server-time instant to this host's wall clock."""
+        return self.server_to_monotonic(server_ns) + (
+            self.monotonic_offset_ns - self.wall_offset_ns
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Fit:
+    """What the filter concluded from its window, as of its newest sample."""
+
+    reference_ns: int
+    offset_ns: int
+    uncertainty_ns: int
+    drift_ppb: float
+    drift_bound_ppb: float
+    rtts_ns: tuple[int, ...]
+
+    def estimate(self, now_ns: int, wall_minus_mono_ns: int, read_gap_ns: int) -> ClockEstimate:
+        """The estimate for the moment ``now_ns`` (monotonic), with this host's wall
+        clock minus its monotonic clock measured then to within ``read_gap_ns``."""
+        age = now_ns - self.reference_ns
+        offset = self.offset_ns + round(self.drift_ppb * age / 1e9)
+        return ClockEstimate(
+            monotonic_offset_ns=offset,
+            wall_offset_ns=offset - wall_minus_mono_ns,
+            uncertainty_ns=self.uncertainty_ns
+            + math.ceil(self.drift_bound_ppb * abs(age) / 1e9)
+            + read_gap_ns,
+            rtts_ns=self.rtts_ns,
+            taken_at_ns=now_ns,
+            drift_ppb=self.drift_ppb,
+            drift_bound_ppb=self.drift_bound_ppb,
+            sample_age_ns=age,
+        )
+
+
+class ClockFilter:
+    """Offset and drift from a sliding window of samples (see the module's description).
+
+    Free of I/O: it combines the samples it is given, and reads this host's clocks only
+    in :meth:`current`. Not thread-safe (:class:`ClockState` guards it).
+
+    .. versionadded:: 1.0
+    """
+
+    def __init__(
+        self,
+        window: int = WINDOW,
+        max_age_ns: int = MAX_AGE_NS,
+        max_drift_ppb: int = MAX_DRIFT_PPB,
+    ) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self._window = window
+        self._max_age_ns = max_age_ns
+        self._max_drift = max_drift_ppb / 1e9
+        self._samples: deque[TimeSample] = deque()
+        self._fit: _Fit | None = None
+        #: Samples discarded because they contradicted newer ones.
+        self.discarded = 0
+
+    @property
+    def samples(self) -> tuple[TimeSample, ...]:
+        """The samples in the window, oldest first."""
+        return tuple(self._samples)
+
+    @property
+    def newest_ns(self) -> int | None:
+        """The midpoint of the newest sample (monotonic ns), or ``None`` before any."""
+        return self._samples[-1].midpoint_ns if self._samples else None
+
+    def add(self, sample: TimeSample) -> None:
+        """Add ``sample``, drop what falls out of the window or contradicts it, refit."""
+        samples = self._samples
+        samples.append(sample)
+        while len(samples) > self._window or (
+            sample.midpoint_ns - samples[0].midpoint_ns > self._max_age_ns
+        ):
+            samples.popleft()
+        dropped = 0
+        while (fit := self._refit()) is None:
+            samples.popleft()
+            dropped += 1
+        if dropped:
+            self.discarded += dropped
+            log.info(
+                "the server's clock moved against this host's by more than %d earlier "
+                "samples allow (a clock step or a rate change): they were discarded",
+                dropped,
             )
-    if best is None:
-        raise ValueError("samples must be at least 1")
-    rtt, mono_offset, wall_offset = best
-    # The server's TIME has a resolution of 1 µs: add it to the round-trip bound.
-    return ClockEstimate(
-        mono_offset, wall_offset, rtt // 2 + 1000, tuple(rtts), clock.monotonic_ns()
-    )
+        self._fit = fit
+
+    def estimate(self, now_ns: int, wall_minus_mono_ns: int, read_gap_ns: int = 0) -> ClockEstimate:
+        """The estimate for the monotonic moment ``now_ns``, given this host's wall clock
+        minus its monotonic clock then (to within ``read_gap_ns``).
+
+        :raises ValueError: no sample was added yet.
+        """
+        if self._fit is None:
+            raise ValueError("no sample yet")
+        return self._fit.estimate(now_ns, wall_minus_mono_ns, read_gap_ns)
+
+    def current(self) -> ClockEstimate:
+        """The estimate for now, this host's clocks read now.
+
+        :raises ValueError: no sample was added yet.
+        """
+        wall_minus_mono, now, gap = _wall_minus_mono()
+        return self.estimate(now, wall_minus_mono, gap)
+
+    def _refit(self) -> _Fit | None:
+        """Fit the window, or ``None`` if its samples contradict each other."""
+        samples = self._samples
+        mids = [s.midpoint_ns for s in samples]
+        bounds = [s.bounds() for s in samples]
+        slow, fast = -self._max_drift, self._max_drift
+        for j in range(1, len(samples)):
+            low_j, high_j = bounds[j]
+            for i in range(j):
+                span = mids[j] - mids[i]
+                if span > 0:
+                    slow = max(slow, (low_j - bounds[i][1]) / span)
+                    fast = min(fast, (high_j - bounds[i][0]) / span)
+        if slow > fast:
+            return None
+        reference = mids[-1]
+        aged = [(lo, hi, reference - m) for (lo, hi), m in zip(bounds, mids, strict=True)]
+        # A drift is estimated only once the samples prove that the rates differ (on one
+        # host they never do): until then the estimate does not follow the noise.
+        drift = 0.0 if slow <= 0 <= fast else min(max(_fitted_drift(samples), slow), fast)
+
+        def intersection(low_rate: float, high_rate: float) -> tuple[int, int]:
+            """The offsets at the reference that every sample allows if the rate is
+            between ``low_rate`` and ``high_rate``."""
+            return (
+                max(math.floor(lo + low_rate * age) for lo, _, age in aged),
+                min(math.ceil(hi + high_rate * age) for _, hi, age in aged),
+            )
+
+        low, high = intersection(slow, fast)
+        if low > high:
+            return None
+        # At the estimated rate the intervals still intersect (the rate is one they
+        # allow): the middle of that intersection is the estimate.
+        at_low, at_high = intersection(drift, drift)
+        offset = min(max((at_low + at_high) // 2, low), high)
+        return _Fit(
+            reference_ns=reference,
+            offset_ns=offset,
+            uncertainty_ns=max(high - offset, offset - low),
+            drift_ppb=drift * 1e9,
+            drift_bound_ppb=max(fast - drift, drift - slow) * 1e9,
+            rtts_ns=tuple(s.rtt_ns for s in samples),
+        )
+
+
+def _fitted_drift(samples: deque[TimeSample]) -> float:
+    """The rate at which the offset changes, by least squares over the samples'
+    midpoints weighted by the inverse square of their round trips (a sample twice as
+    slow counts a quarter as much)."""
+    base = samples[-1].midpoint_ns
+    points = [
+        (
+            float(s.midpoint_ns - base),
+            float(s.server_ns + RESOLUTION_NS // 2 - s.midpoint_ns),
+            1.0 / float(s.rtt_ns + RESOLUTION_NS) ** 2,
+        )
+        for s in samples
+    ]
+    total = sum(w for _, _, w in points)
+    mean_t = sum(w * t for t, _, w in points) / total
+    mean_y = sum(w * y for _, y, w in points) / total
+    spread = sum(w * (t - mean_t) ** 2 for t, _, w in points)
+    return sum(w * (t - mean_t) * (y - mean_y) for t, y, w in points) / spread
+
+
+#: How many times :func:`_wall_minus_mono` reads the clocks, keeping the closest reads.
+WALL_READS = 3
+
+
+def _wall_minus_mono() -> tuple[int, int, int]:
+    """This host's wall clock minus its monotonic clock, the moment it refers to, and
+    how far the first may be off: half the time between two monotonic readings around
+    a wall-clock reading, the shortest of :data:`WALL_READS` tries (a thread preempted
+    between the readings would make it long)."""
+    best: tuple[int, int, int] | None = None
+    for _ in range(WALL_READS):
+        before = clock.monotonic_ns()
+        wall = clock.time_ns()
+        after = clock.monotonic_ns()
+        middle = (before + after) // 2
+        if best is None or after - before < 2 * best[2]:
+            best = (wall - middle, middle, (after - before + 1) // 2)
+    assert best is not None
+    return best
 
 
 class ClockState:
@@ -120,13 +480,13 @@ class ClockState:
 
     .. versionadded:: 1.0
 
-
-    The latest clock estimate, renewed when older than ``refresh_ns`` (a renewal by one
-    call serves all); the one-time check of this host's clock in system-clock mode (see
-    :meth:`check_system_clock`); and, per event name, how long the last announcement
-    took to reach this instance (:attr:`latency_us`), reported at the next arrival so
-    that ``delay="auto"`` can size the lead time, and the last round it saw released
-    (:attr:`passed`), so that an event whose state went back in time is noticed.
+    The clock filter and its sampling schedule (see the module's description; one
+    renewal by one call serves all); the one-time check of this host's clock in
+    system-clock mode (see :meth:`check_system_clock`); and, per event name, how long
+    the last announcement took to reach this instance (:attr:`latency_us`), reported at
+    the next arrival so that ``delay="auto"`` can size the lead time, and the last round
+    it saw released (:attr:`passed`), so that an event whose state went back in time is
+    noticed.
     """
 
     def __init__(self, *, check_system_clock: bool = True) -> None:
@@ -135,14 +495,23 @@ class ClockState:
         #: Per event name: the latest generation this instance saw released, and when
         #: (monotonic seconds).
         self.passed: dict[str, tuple[int, float]] = {}
-        self._estimate: ClockEstimate | None = None
+        #: ``TIME`` round trips taken so far.
+        self.round_trips = 0
+        self._filter = ClockFilter()
         self._lock = threading.Lock()
+        self._sampling = False
         self._checked = not check_system_clock
 
     @property
     def estimate(self) -> ClockEstimate | None:
-        """The latest estimate, or ``None`` before the first."""
-        return self._estimate
+        """The estimate for now from the samples so far, or ``None`` before the first."""
+        with self._lock:
+            return None if self._filter.newest_ns is None else self._filter.current()
+
+    @property
+    def filter(self) -> ClockFilter:
+        """The filter (read it only; the state adds the samples)."""
+        return self._filter
 
     def fresh(
         self,
@@ -151,16 +520,80 @@ class ClockState:
         where: dict[str, Any] | None = None,
         deadline: float | None = None,
     ) -> Flow[ClockEstimate]:
-        """Return an estimate younger than ``refresh_ns``, taking a new one if needed
-        (within ``deadline``, see :func:`estimate_flow`)."""
-        current = self._estimate
-        if current is not None and clock.monotonic_ns() - current.taken_at_ns < refresh_ns:
-            return current
-        estimate = yield from estimate_flow(samples, where, deadline)
+        """Return the estimate for now, after renewing it if it is due.
+
+        With no sample yet, it takes a burst of ``samples`` back-to-back round trips.
+        Afterwards, one round trip per ``refresh_ns`` on average: when the newest sample
+        is ``2 * refresh_ns`` old, a back-to-back pair (the first round trip wakes up the
+        server and this host's path to it, so that the second is quick and symmetric);
+        if another call of this instance is taking that pair, this one uses the estimate
+        as it is.
+
+        Each round trip is bounded by ``deadline`` (see :func:`sample_flow`).
+
+        :raises ConnectionLostError: the server could not be reached.
+        :raises ProtocolError: a reply is not a ``TIME`` reply.
+        """
+        return (yield from self._renewed(2 * refresh_ns, samples, where, deadline))
+
+    def usable(
+        self,
+        refresh_ns: int,
+        samples: int,
+        where: dict[str, Any] | None = None,
+        deadline: float | None = None,
+    ) -> Flow[ClockEstimate]:
+        """Like :meth:`fresh`, for an instant already announced: the estimate is carried
+        forward, and renewed (a burst if there is none, else a pair) only when its newest
+        sample is older than :data:`STALE_REFRESHES` times ``refresh_ns``: a round trip
+        now comes out of the lead time."""
+        return (yield from self._renewed(STALE_REFRESHES * refresh_ns, samples, where, deadline))
+
+    def _renewed(
+        self,
+        max_age_ns: int,
+        samples: int,
+        where: dict[str, Any] | None,
+        deadline: float | None = None,
+    ) -> Flow[ClockEstimate]:
+        """The estimate for now, renewed first if its newest sample is ``max_age_ns``
+        old (see :meth:`fresh`)."""
         with self._lock:
-            if self._estimate is None or self._estimate.taken_at_ns < estimate.taken_at_ns:
-                self._estimate = estimate
+            newest = self._filter.newest_ns
+            burst = newest is None
+            due = newest is None or clock.monotonic_ns() - newest >= max_age_ns
+            take = due and (burst or not self._sampling)
+            if take and not burst:
+                self._sampling = True
+        if take:
+            try:
+                for _ in range(samples if burst else 2):
+                    sample = yield from sample_flow(where, deadline)
+                    with self._lock:
+                        self.round_trips += 1
+                        self._filter.add(sample)
+            finally:
+                if not burst:
+                    with self._lock:
+                        self._sampling = False
+        estimate = self.estimate
+        assert estimate is not None  # a sample was added above, or before
         return estimate
+
+    def keep_fresh(
+        self,
+        refresh_ns: int,
+        samples: int,
+        where: dict[str, Any] | None = None,
+        deadline: float | None = None,
+    ) -> Flow[None]:
+        """:meth:`fresh`, for a participant waiting for an announcement, so that a long
+        wait does not leave the estimate to be renewed after it. A failure only logs
+        (``DEBUG``): what the waiter does next meets real trouble on its own."""
+        try:
+            yield from self.fresh(refresh_ns, samples, where, deadline)
+        except ProcSyncError as exc:
+            log.debug("could not renew the clock estimate while waiting: %s", exc)
 
     def check_system_clock(
         self, samples: int, lead_ns: int, deadline: float | None = None
