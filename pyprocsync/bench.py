@@ -47,7 +47,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import redis
@@ -73,6 +73,8 @@ __all__ = [
     "server_label",
     "stop_workers",
 ]
+
+P = TypeVar("P")
 
 #: A return more than this many µs after the instant is counted as "late over 1 ms".
 LATE_OVER_US = 1000.0
@@ -122,6 +124,11 @@ class BenchConfig:
         """Spacing of the limit phase's instants: about one sync round."""
         lead = 0.001 if isinstance(self.delay, str) else self.delay
         return max(lead, 0.001) + self.think
+
+    def instance(self, cls: Callable[..., P], client: Any) -> P:
+        """``cls(client, ...)`` (a ProcSync, blocking or asyncio) as this run configures it:
+        the instance a worker process's participants share."""
+        return cls(client, self.run_id, self.delay, spin=self.spin, clock=self.clock)
 
     def event(self, round_: int) -> str:
         """The name of round ``round_``'s sync point."""
@@ -207,13 +214,7 @@ def _worker(config: BenchConfig, rank: int, out: Any) -> None:
 
 def _blocking_node(config: BenchConfig, ranks: range, out: Any) -> list[_NodeRecord]:
     client = redis.Redis.from_url(config.url)
-    node = ProcSync(
-        client,
-        config.run_id,
-        config.delay,  # type: ignore[arg-type]  # a number or "auto", as BenchConfig says
-        spin=config.spin,
-        clock=config.clock,  # type: ignore[arg-type]
-    )
+    node = config.instance(ProcSync, client)
     records = [_NodeRecord(rank, [], [], [], []) for rank in ranks]
     threads = [
         threading.Thread(target=_participate, args=(node, config, record, out))
@@ -259,13 +260,7 @@ def _participate(node: ProcSync, config: BenchConfig, record: _NodeRecord, out: 
 
 async def _async_node(config: BenchConfig, ranks: range, out: Any) -> list[_NodeRecord]:
     client = aioredis.Redis.from_url(config.url)
-    node = AsyncProcSync(
-        client,
-        config.run_id,
-        config.delay,  # type: ignore[arg-type]
-        spin=config.spin,
-        clock=config.clock,  # type: ignore[arg-type]
-    )
+    node = config.instance(AsyncProcSync, client)
     records = [_NodeRecord(rank, [], [], [], []) for rank in ranks]
     try:
         await asyncio.gather(*(_aparticipate(node, config, record, out) for record in records))
@@ -335,13 +330,7 @@ def _fresh_worker(config: BenchConfig, rank: int, start: int, first_ns: int, out
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     record = _NodeRecord(rank, [], [], [], [])
     client = redis.Redis.from_url(config.url)
-    node = ProcSync(
-        client,
-        config.run_id,
-        config.delay,  # type: ignore[arg-type]
-        spin=config.spin,
-        clock=config.clock,  # type: ignore[arg-type]
-    )
+    node = config.instance(ProcSync, client)
     try:
         clock.sleep_until_ns(first_ns, round(config.spin * 1e9))
         returned_ns = time.time_ns()  # the caller's next line
