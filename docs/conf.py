@@ -29,7 +29,7 @@ nitpicky = False
 
 autodoc_member_order = "bysource"
 # Show the protocol's generator alias by name, not as the union it expands to.
-autodoc_type_aliases = {"Flow": "pyprocsync.protocol.Flow"}
+autodoc_type_aliases = {"Flow": "pyprocsync.core.ops.Flow"}
 autodoc_default_options = {"show-inheritance": True}
 
 exclude_patterns = ["_build"]

@@ -27,12 +27,13 @@ from typing import Any, NamedTuple, NoReturn
 import redis
 
 import pyprocsync
-from pyprocsync import cli, clock
-from pyprocsync.bench import BenchError, die_with_parent
-from pyprocsync.bench import stop_workers as stop_processes
-from pyprocsync.cli import ExitCode, count_arg, redact, seconds_arg
+from pyprocsync import clock
 from pyprocsync.exceptions import ProcSyncError
-from pyprocsync.server import EmbeddedServer, ServerError
+from pyprocsync.tools import cli
+from pyprocsync.tools.bench import BenchError, die_with_parent
+from pyprocsync.tools.bench import stop_workers as stop_processes
+from pyprocsync.tools.cli import ExitCode, count_arg, redact, seconds_arg
+from pyprocsync.tools.server import EmbeddedServer, ServerError
 
 __all__ = [
     "PERCENTILES",

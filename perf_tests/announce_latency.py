@@ -6,7 +6,7 @@ helper (``tests/tls_support.py``). Every figure is measured on both ports, the t
 transports taking turns round by round so that both see the same load:
 
 * **PUBLISH -> mailbox**: a client PUBLISHes to a channel that the blocking shared
-  listener (``pyprocsync.listener_thread``) serves; µs from just before the PUBLISH
+  listener (``pyprocsync.shells.listener_thread``) serves; µs from just before the PUBLISH
   until the listener put the message in a waiter's mailbox.
 * **set() -> wait() returns**: an ``Event`` (``delay=0``) is set while a thread of the
   same process waits in ``wait()``; µs from just before ``set()`` until the line after
@@ -45,11 +45,12 @@ import _common
 import redis
 
 import pyprocsync
-from pyprocsync import Event, listener_thread
-from pyprocsync.flags import parse_set
-from pyprocsync.keys import FlagKeys
-from pyprocsync.server import EmbeddedServer
-from pyprocsync.stats import summary
+from pyprocsync import Event
+from pyprocsync.core.flags import parse_set
+from pyprocsync.core.keys import FlagKeys
+from pyprocsync.shells import listener_thread
+from pyprocsync.tools.server import EmbeddedServer
+from pyprocsync.tools.stats import summary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import tls_support  # the tests' certificate helper, not a package

@@ -5,7 +5,7 @@ It creates a throwaway virtual environment in a temporary folder, installs
 of ``--repeat`` rounds of measurement, runs the same configuration (nodes, rounds,
 delay, think) against the same server:
 
-1. the current pyprocsync, through :func:`pyprocsync.bench.run_bench` with a new name
+1. the current pyprocsync, through :func:`pyprocsync.tools.bench.run_bench` with a new name
    per sync point (``step0``, ``step1``, ...), which also measures the limit
    reference: the same processes waking at instants agreed in advance, without Redis;
 2. 0.1.0: ``--nodes`` processes of the environment's Python, each running a small
@@ -69,8 +69,8 @@ from _common import (
     seconds_arg,
 )
 
-from pyprocsync.bench import LATE_OVER_US, BenchConfig, progress_bar, run_bench, server_label
-from pyprocsync.stats import summary
+from pyprocsync.tools.bench import LATE_OVER_US, BenchConfig, progress_bar, run_bench, server_label
+from pyprocsync.tools.stats import summary
 
 PROG = "compare_0_1_0"
 OLD_VERSION = "0.1.0"
@@ -322,7 +322,7 @@ def run_old(
 
 
 def old_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The figures of 0.1.0's workers, computed like :mod:`pyprocsync.bench` computes ours."""
+    """The figures of 0.1.0's workers, computed like :mod:`pyprocsync.tools.bench` computes ours."""
     errors = [error for record in records for error in record["errors"]]
     complete = min(len(record["rounds"]) for record in records)
     per_round = list(zip(*(record["rounds"][:complete] for record in records), strict=True))

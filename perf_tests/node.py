@@ -47,7 +47,7 @@ from _common import ExitCode, Failure, check_reachable, run
 
 import pyprocsync
 from pyprocsync import ProcSync, ProcSyncError, clock
-from pyprocsync.stats import summary
+from pyprocsync.tools.stats import summary
 
 PROG = "node"
 #: Prefix of the hash that holds a run's records (``pyprocsync-perf:RUN``).

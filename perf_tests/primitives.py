@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 
 import pyprocsync
 import pyprocsync.asyncio
-from pyprocsync.stats import summary
+from pyprocsync.tools.stats import summary
 
 
 @contextlib.contextmanager

@@ -34,8 +34,8 @@ import redis
 from _common import PERCENTILES, ExitCode, Failure, check_reachable, fmt, nan_to_none, redact, run
 from node import records_key
 
-from pyprocsync.bench import LATE_OVER_US
-from pyprocsync.stats import summary
+from pyprocsync.tools.bench import LATE_OVER_US
+from pyprocsync.tools.stats import summary
 
 PROG = "report"
 

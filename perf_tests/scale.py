@@ -113,9 +113,9 @@ from _common import (
 
 import pyprocsync.asyncio as aps
 from pyprocsync import ProcSync, ProcSyncError, SyncResult, TooLateError, clock
-from pyprocsync.bench import server_label
-from pyprocsync.stats import summary
-from pyprocsync.status import read_status
+from pyprocsync.tools.bench import server_label
+from pyprocsync.tools.stats import summary
+from pyprocsync.tools.status import read_status
 
 PROG = "scale"
 EVENT = "scale"
@@ -445,7 +445,7 @@ def script_commands() -> frozenset[str]:
     where it exists, else the raw text): every ``redis.call('NAME'`` in it.
     """
     try:
-        from pyprocsync.scripts import Script  # noqa: PLC0415  # internal: best effort
+        from pyprocsync.core.scripts import Script  # noqa: PLC0415  # internal: best effort
     except ImportError:
         return frozenset()
     texts: list[str] = []

@@ -70,7 +70,7 @@ from _common import (
 )
 
 from pyprocsync import ProcSync, TooLateError, clock
-from pyprocsync.stats import summary
+from pyprocsync.tools.stats import summary
 
 PROG = "server_clock"
 MODES = ("system", "server")

@@ -64,11 +64,11 @@ from _common import (
     write_json,
 )
 
-from pyprocsync.bench import server_label
-from pyprocsync.keys import EventKeys
-from pyprocsync.protocol import text
-from pyprocsync.rounds import Released, parse_outcome
-from pyprocsync.stats import summary
+from pyprocsync.core.keys import EventKeys
+from pyprocsync.core.ops import text
+from pyprocsync.core.rounds import Released, parse_outcome
+from pyprocsync.tools.bench import server_label
+from pyprocsync.tools.stats import summary
 
 PROG = "shell_barrier"
 

@@ -39,7 +39,7 @@ What is counted, and how:
   (outside Redis), one resets the events, and the run goes on.
 * **barriers/s**, and the **spread** (latest minus earliest return of a round, over the
   rounds every process passed) and **late** (return instant minus release instant)
-  p50/p90/p99/max, per kind of barrier (:func:`pyprocsync.stats.summary`). A return
+  p50/p90/p99/max, per kind of barrier (:func:`pyprocsync.tools.stats.summary`). A return
   instant is ``time.time_ns()`` read by the worker on the line after the call returned
   (or after its error was caught). The workers go from one barrier to the next without
   idling and no limit reference is measured: these are figures of a loaded run, not
@@ -91,8 +91,8 @@ from _common import (
 )
 
 from pyprocsync import Barrier, Event, ProcSync, TooLateError
-from pyprocsync.bench import progress_bar, server_label
-from pyprocsync.stats import summary
+from pyprocsync.tools.bench import progress_bar, server_label
+from pyprocsync.tools.stats import summary
 
 PROG = "soak"
 SYNC, BARRIER, EVENT = "sync", "Barrier.wait", "Event"

@@ -1,12 +1,12 @@
 """The benchmark matrix: ``pyprocsync bench`` over node counts and delays, repeated.
 
 For every configuration (each ``--nodes`` value times each ``--delays`` value) it runs
-:func:`pyprocsync.bench.run_bench` ``--repeat`` times against one server, with the
+:func:`pyprocsync.tools.bench.run_bench` ``--repeat`` times against one server, with the
 pattern given by ``--names``, ``--threads``, ``--asyncio`` and ``--fresh`` (as
 ``pyprocsync bench``: a new name per sync point, one thread per process, by default).
 Every figure is read in the caller, with ``time.time_ns()`` on the line after ``sync``
 returns, and the limit reference the same way after its wait returns (see
-:mod:`pyprocsync.bench`). It takes the median across the repeats of every figure
+:mod:`pyprocsync.tools.bench`). It takes the median across the repeats of every figure
 (p50/p90/p99/max of the spread and of the lateness, for sync and for the limit
 reference, of ``SyncResult.late_by`` and of the caller's lateness minus it,
 barriers/s, too-late count), writes ``n{nodes}-d{delay}.json`` and ``.png`` into
@@ -52,7 +52,7 @@ from _common import (
     seconds_arg,
 )
 
-from pyprocsync.bench import BenchConfig, plot, progress_bar, run_bench, server_label
+from pyprocsync.tools.bench import BenchConfig, plot, progress_bar, run_bench, server_label
 
 PROG = "sync_precision"
 

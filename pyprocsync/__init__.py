@@ -6,9 +6,7 @@ API reference. The asyncio twins live in :mod:`pyprocsync.asyncio`.
 
 from __future__ import annotations
 
-from .barrier import Barrier
-from .event import Event
-from .exceptions import (
+from pyprocsync.exceptions import (
     ArgumentTypeError,
     BrokenBarrierError,
     BrokenByTimeoutError,
@@ -20,8 +18,10 @@ from .exceptions import (
     TimeOutError,
     TooLateError,
 )
-from .procsync import ProcSync
-from .results import SyncResult
+from pyprocsync.results import SyncResult
+from pyprocsync.shells.barrier import Barrier
+from pyprocsync.shells.blocking import ProcSync
+from pyprocsync.shells.event import Event
 
 __all__ = [
     "ArgumentTypeError",

@@ -6,7 +6,7 @@ call time, so a test can replace :func:`time_ns` or :func:`monotonic` with a fak
 
 Release instants are wall-clock (epoch) nanoseconds on this host when the hosts' clocks
 are trusted to agree (``clock="system"``); in server-clock mode they are converted to
-this host's monotonic clock (see :mod:`pyprocsync.servertime`). Timeouts and deadlines
+this host's monotonic clock (see :mod:`pyprocsync.core.servertime`). Timeouts and deadlines
 use the monotonic clock, which wall-clock steps do not move.
 
 Waiting for an instant happens in two stages: a coarse stage that sleeps in steps of at

@@ -6,6 +6,6 @@ Kept so that code written for 0.1.0 imports unchanged; new code imports from
 
 from __future__ import annotations
 
-from .procsync import ProcSync
+from pyprocsync.shells.blocking import ProcSync
 
 __all__ = ["ProcSync"]

@@ -35,8 +35,8 @@ from typing import Any
 from node_helper import error_record
 
 from pyprocsync import clock
-from pyprocsync.cli import main as cli_main
-from pyprocsync.procsync import ProcSync
+from pyprocsync.shells.blocking import ProcSync
+from pyprocsync.tools.cli import main as cli_main
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

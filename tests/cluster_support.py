@@ -1,6 +1,6 @@
 """Real Redis Cluster and Redis Sentinel set-ups for the tests, from the bundled server binary.
 
-Everything here runs the binary of :func:`pyprocsync.server.find_server_binary` (valkey 8
+Everything here runs the binary of :func:`pyprocsync.tools.server.find_server_binary` (valkey 8
 from the ``test`` extra) on free ports of this machine, keeps nothing on disk but what
 the servers need in temporary directories, and removes it all at teardown.
 
@@ -36,7 +36,7 @@ from redis.sentinel import Sentinel
 from support import Node, NodeRunner, wait_for
 
 import pyprocsync
-from pyprocsync.server import EmbeddedServer, ServerError, _free_port, _parent_death_hook
+from pyprocsync.tools.server import EmbeddedServer, ServerError, _free_port, _parent_death_hook
 
 __all__ = [
     "BIND",

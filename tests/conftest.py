@@ -24,7 +24,7 @@ from primitive_support import HelperRunner
 from support import ACL_PASSWORD, NodeRunner, make_client
 
 from pyprocsync import ProcSync
-from pyprocsync.server import EmbeddedServer
+from pyprocsync.tools.server import EmbeddedServer
 
 
 @pytest.fixture(scope="session")

@@ -34,9 +34,9 @@ from typing import Any, Literal
 from redis.cluster import RedisCluster
 
 import pyprocsync
-from pyprocsync.procsync import ProcSync
-from pyprocsync.protocol import Call
-from pyprocsync.scripts import Script
+from pyprocsync.core.ops import Call
+from pyprocsync.core.scripts import Script
+from pyprocsync.shells.blocking import ProcSync
 
 #: Exception attributes copied into the JSON record when present.
 ATTRS = (

@@ -45,8 +45,8 @@ from redis.cluster import RedisCluster
 
 import pyprocsync
 import pyprocsync.asyncio as aio
-from pyprocsync.protocol import Call
-from pyprocsync.scripts import Script
+from pyprocsync.core.ops import Call
+from pyprocsync.core.scripts import Script
 
 
 class ActionFailedError(RuntimeError):

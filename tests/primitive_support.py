@@ -22,8 +22,8 @@ import redis.asyncio as aioredis
 from primitive_helper import announce_first_check
 from support import Node, NodeRunner, wait_for
 
-from pyprocsync.keys import FlagKeys
-from pyprocsync.server import EmbeddedServer
+from pyprocsync.core.keys import FlagKeys
+from pyprocsync.tools.server import EmbeddedServer
 
 PRIMITIVE_HELPER = Path(__file__).with_name("primitive_helper.py")
 

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import redis
 
-from pyprocsync import params
-from pyprocsync.keys import EventKeys
-from pyprocsync.server import EmbeddedServer
+from pyprocsync.core import params
+from pyprocsync.core.keys import EventKeys
+from pyprocsync.tools.server import EmbeddedServer
 
 #: "Promptly": far below the timeouts (``LONG``) the other participants wait with.
 PROMPT = 2.0

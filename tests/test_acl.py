@@ -1,4 +1,4 @@
-"""The least-privilege ACL rule (:func:`pyprocsync.acl.acl_rule`), on a real server.
+"""The least-privilege ACL rule (:func:`pyprocsync.tools.acl.acl_rule`), on a real server.
 
 A user with exactly the rule runs every part of pyprocsync; a user lacking any of a
 representative set of its grants gets the server's NOPERM error naming what is
@@ -21,9 +21,9 @@ from support import in_threads, run_command, user_url
 import pyprocsync
 import pyprocsync.asyncio as aio
 from pyprocsync import Barrier, Event, InvalidArgumentError, ProcSync
-from pyprocsync.acl import CLIENT_COMMANDS, SCRIPT_COMMANDS, acl_rule
-from pyprocsync.cli import URL_ENV
-from pyprocsync.server import EmbeddedServer
+from pyprocsync.tools.acl import CLIENT_COMMANDS, SCRIPT_COMMANDS, acl_rule
+from pyprocsync.tools.cli import URL_ENV
+from pyprocsync.tools.server import EmbeddedServer
 
 
 def test_rule_text() -> None:
@@ -145,5 +145,5 @@ def test_prefixes_keep_applications_apart(
 
 
 def test_rule_is_exported() -> None:
-    assert pyprocsync.acl.acl_rule is acl_rule
+    assert pyprocsync.tools.acl.acl_rule is acl_rule
     assert isinstance(aioredis.Redis, type)

@@ -46,7 +46,7 @@ from pyprocsync import (
     clock,
 )
 from pyprocsync.asyncio import Barrier, Event, ProcSync
-from pyprocsync.server import EmbeddedServer
+from pyprocsync.tools.server import EmbeddedServer
 
 #: Bound on ``late_by`` with delay > 0: the release is awaited precisely; 50 ms leaves
 #: room for a loaded 2-core machine (this is not a precision test).

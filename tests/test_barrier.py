@@ -39,8 +39,8 @@ from pyprocsync import (
     ProcSync,
     ProcSyncError,
 )
-from pyprocsync.keys import encode
-from pyprocsync.server import EmbeddedServer
+from pyprocsync.core.keys import encode
+from pyprocsync.tools.server import EmbeddedServer
 
 
 @pytest.fixture

@@ -50,12 +50,12 @@ from support import (
 
 import pyprocsync
 from pyprocsync import ProcSync, ProtocolError, TimeOutError, TooLateError
-from pyprocsync.bench import BenchConfig, _figures, _NodeRecord, _warm_up, format_table
-from pyprocsync.cli import URL_ENV, ExitCode
-from pyprocsync.credentials import PASSWORD_ENV, url_problem
-from pyprocsync.server import EmbeddedServer
-from pyprocsync.stats import percentile, summary
-from pyprocsync.status import EventStatus, MemberStatus, format_status, read_status
+from pyprocsync.tools.bench import BenchConfig, _figures, _NodeRecord, _warm_up, format_table
+from pyprocsync.tools.cli import URL_ENV, ExitCode
+from pyprocsync.tools.credentials import PASSWORD_ENV, url_problem
+from pyprocsync.tools.server import EmbeddedServer
+from pyprocsync.tools.stats import percentile, summary
+from pyprocsync.tools.status import EventStatus, MemberStatus, format_status, read_status
 
 #: The console script installed next to the interpreter running the tests.
 CONSOLE_SCRIPT = Path(sys.executable).with_name("pyprocsync")

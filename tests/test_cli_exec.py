@@ -4,10 +4,10 @@ run for real (issue 17): processes of the command against the session server.
 COMMAND becomes the process (same pid, its exit status and signals pass through), runs
 only if the round was released, and never before the release instant; a COMMAND that
 cannot be found fails before arriving. With at least
-:data:`~pyprocsync.handoff.HANDOFF_MIN_NS` left the wait happens in the hand-off
+:data:`~pyprocsync.tools.handoff.HANDOFF_MIN_NS` left the wait happens in the hand-off
 interpreter (delay 0.3 s), with less in the command's own process (delay 0.05 s): both
 paths are run. Then the library seam the command is built on,
-:func:`~pyprocsync.procsync.sync_until_instant`, in-process. Durations asserted are
+:func:`~pyprocsync.shells.blocking.sync_until_instant`, in-process. Durations asserted are
 generous semantic bounds, never speed measurements.
 """
 
@@ -27,15 +27,16 @@ import test_cli
 from support import assert_one_line_error, run_command, wait_for
 from test_cli import Background, run, sync_args, wait_all
 
-from pyprocsync import ProcSync, ProcSyncError, SyncResult, TimeOutError, cli, handoff
-from pyprocsync.cli import ExitCode
-from pyprocsync.credentials import PASSWORD_ENV, URL_ENV
-from pyprocsync.keys import EventKeys
-from pyprocsync.procsync import sync_until_instant
-from pyprocsync.protocol import AtInstant
-from pyprocsync.rounds import Released, parse_outcome
-from pyprocsync.server import EmbeddedServer
-from pyprocsync.status import read_status
+from pyprocsync import ProcSync, ProcSyncError, SyncResult, TimeOutError
+from pyprocsync.core.keys import EventKeys
+from pyprocsync.core.ops import AtInstant
+from pyprocsync.core.rounds import Released, parse_outcome
+from pyprocsync.shells.blocking import sync_until_instant
+from pyprocsync.tools import cli, handoff
+from pyprocsync.tools.cli import ExitCode
+from pyprocsync.tools.credentials import PASSWORD_ENV, URL_ENV
+from pyprocsync.tools.server import EmbeddedServer
+from pyprocsync.tools.status import read_status
 
 #: test_cli's fixture of background commands, under this name here.
 cli_background = test_cli.background

@@ -69,17 +69,17 @@ from pyprocsync import (
     ProtocolError,
     SyncResult,
     clock,
-    params,
 )
-from pyprocsync.cli import URL_ENV, ExitCode
-from pyprocsync.cli import main as cli_main
-from pyprocsync.keys import EventKeys, FlagKeys
-from pyprocsync.procsync import drive
-from pyprocsync.protocol import AtInstant, Call, Listen, Prepare, Receive, ServerTime, SleepUntil
-from pyprocsync.rounds import sync_flow
-from pyprocsync.scripts import Script
-from pyprocsync.server import EmbeddedServer
-from pyprocsync.servertime import ClockState, parse_time
+from pyprocsync.core import params
+from pyprocsync.core.keys import EventKeys, FlagKeys
+from pyprocsync.core.ops import AtInstant, Call, Listen, Prepare, Receive, ServerTime, SleepUntil
+from pyprocsync.core.rounds import sync_flow
+from pyprocsync.core.scripts import Script
+from pyprocsync.core.servertime import ClockState, parse_time
+from pyprocsync.shells.blocking import drive
+from pyprocsync.tools.cli import URL_ENV, ExitCode
+from pyprocsync.tools.cli import main as cli_main
+from pyprocsync.tools.server import EmbeddedServer
 
 HELPER = Path(__file__).with_name("clock_helper.py")
 RUN, EVENT = "run", "step"

@@ -41,10 +41,10 @@ from pyprocsync import (
     ConnectionLostError,
     ProcSyncError,
     TimeOutError,
-    listeners,
 )
-from pyprocsync.keys import EventKeys, FlagKeys
-from pyprocsync.server import EmbeddedServer
+from pyprocsync.core.keys import EventKeys, FlagKeys
+from pyprocsync.shells import listeners
+from pyprocsync.tools.server import EmbeddedServer
 
 #: The waits' timeout, seconds.
 TIMEOUT = 0.6

@@ -1,6 +1,6 @@
 """Corrupt and foreign data (issue 7): every key, every hash field, every channel.
 
-The protocol's data (see :mod:`pyprocsync.scripts`): an event's state hash with fields
+The protocol's data (see :mod:`pyprocsync.core.scripts`): an event's state hash with fields
 ``g n k f a L m:<member> o0..o7``, its lease set, and a flag's hash with ``v s o``,
 plus the channels their outcomes are published on. For each key and field, values that
 pyprocsync never writes (non-numbers, negative, fractional, empty, binary, huge, and
@@ -55,11 +55,11 @@ from pyprocsync import (
     SyncResult,
     TimeOutError,
 )
-from pyprocsync.cli import ExitCode, main
-from pyprocsync.keys import members_key
-from pyprocsync.scripts import Script
-from pyprocsync.server import EmbeddedServer
-from pyprocsync.status import EventStatus, read_members, read_status
+from pyprocsync.core.keys import members_key
+from pyprocsync.core.scripts import Script
+from pyprocsync.tools.cli import ExitCode, main
+from pyprocsync.tools.server import EmbeddedServer
+from pyprocsync.tools.status import EventStatus, read_members, read_status
 
 T = TypeVar("T")
 

@@ -40,7 +40,7 @@ from pyprocsync import (
     ProcSyncError,
     ProtocolError,
 )
-from pyprocsync.server import EmbeddedServer
+from pyprocsync.tools.server import EmbeddedServer
 
 
 @pytest.fixture

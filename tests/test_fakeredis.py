@@ -38,8 +38,8 @@ from pyprocsync import (
     SyncResult,
     TimeOutError,
 )
-from pyprocsync.pytest_plugin import FakeCell
-from pyprocsync.status import read_members, read_status
+from pyprocsync.tools.pytest_plugin import FakeCell
+from pyprocsync.tools.status import read_members, read_status
 
 T = TypeVar("T")
 

@@ -54,9 +54,9 @@ from pyprocsync import (
     SyncResult,
     TimeOutError,
 )
-from pyprocsync.protocol import Call, Operation
-from pyprocsync.scripts import Script
-from pyprocsync.server import EmbeddedServer
+from pyprocsync.core.ops import Call, Operation
+from pyprocsync.core.scripts import Script
+from pyprocsync.tools.server import EmbeddedServer
 
 #: The lease of the participants here, seconds: they renew it every 0.2 s.
 LIVENESS = 1.0

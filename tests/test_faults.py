@@ -41,8 +41,8 @@ from pyprocsync import (
     TimeOutError,
     TooLateError,
 )
-from pyprocsync.keys import encode
-from pyprocsync.server import EmbeddedServer
+from pyprocsync.core.keys import encode
+from pyprocsync.tools.server import EmbeddedServer
 
 # -- timeouts (defects 2 and 3) ------------------------------------------------------------
 

@@ -56,8 +56,9 @@ from support import start_thread
 import pyprocsync
 import pyprocsync.asyncio as aps
 import pyprocsync.clock
-from pyprocsync import BrokenBarrierError, InvalidArgumentError, SyncResult, TimeOutError, params
-from pyprocsync.server import EmbeddedServer
+from pyprocsync import BrokenBarrierError, InvalidArgumentError, SyncResult, TimeOutError
+from pyprocsync.core import params
+from pyprocsync.tools.server import EmbeddedServer
 
 #: Longest a single call under test may take before it counts as hung.
 BOUND = 3.0

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from pyprocsync.keys import EventKeys, encode
+from pyprocsync.core.keys import EventKeys, encode
 
 #: Names with characters that mean something to Redis or to the key layout.
 AWKWARD = [

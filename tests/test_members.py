@@ -16,10 +16,11 @@ import pytest
 import redis
 from support import NodeRunner, in_threads, run_command, start_thread, wait_for, waiting_members
 
-from pyprocsync import ProcSync, rounds
-from pyprocsync.keys import members_key
-from pyprocsync.server import EmbeddedServer
-from pyprocsync.status import read_members
+from pyprocsync import ProcSync
+from pyprocsync.core import rounds
+from pyprocsync.core.keys import members_key
+from pyprocsync.tools.server import EmbeddedServer
+from pyprocsync.tools.status import read_members
 
 LIVENESS = 0.5
 

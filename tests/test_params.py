@@ -26,12 +26,12 @@ from pyprocsync import (
     InvalidArgumentError,
     ProcSync,
     ProcSyncError,
-    params,
 )
 from pyprocsync.asyncio import ProcSync as AsyncProcSync
-from pyprocsync.protocol import Prepare
-from pyprocsync.rounds import sync_flow
-from pyprocsync.servertime import ClockState
+from pyprocsync.core import params
+from pyprocsync.core.ops import Prepare
+from pyprocsync.core.rounds import sync_flow
+from pyprocsync.core.servertime import ClockState
 
 
 def quiet_clocks() -> ClockState:

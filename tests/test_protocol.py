@@ -1,4 +1,4 @@
-"""The I/O-free participant flow (:mod:`pyprocsync.rounds`), driven step by step.
+"""The I/O-free participant flow (:mod:`pyprocsync.core.rounds`), driven step by step.
 
 No Redis here: each test plays the server's part by hand, sending the flow the replies a
 server would give (or throw it the errors a client would raise), on a fake clock. This
@@ -32,10 +32,10 @@ from pyprocsync import (
     TimeOutError,
     TooLateError,
     clock,
-    params,
 )
-from pyprocsync.keys import EventKeys
-from pyprocsync.protocol import (
+from pyprocsync.core import params
+from pyprocsync.core.keys import EventKeys
+from pyprocsync.core.ops import (
     CALL_TIMEOUT_FLOOR,
     AtInstant,
     Call,
@@ -44,11 +44,11 @@ from pyprocsync.protocol import (
     Receive,
     SleepUntil,
     Stamp,
-    now_us_for_scripts,
 )
-from pyprocsync.rounds import Broken, Released, parse_outcome, reset_flow, sync_flow
-from pyprocsync.scripts import CORRUPT_MARKER, Script
-from pyprocsync.servertime import ClockState
+from pyprocsync.core.rounds import Broken, Released, parse_outcome, reset_flow, sync_flow
+from pyprocsync.core.scripts import CORRUPT_MARKER, Script
+from pyprocsync.core.servertime import ClockState
+from pyprocsync.core.waiter import now_us_for_scripts
 
 RUN, EVENT = "run", "step"
 KEYS = EventKeys.of("pyprocsync", RUN, EVENT)

@@ -1,4 +1,4 @@
-"""The pytest plugin shipped in the package (``pyprocsync.pytest_plugin``), as a user
+"""The pytest plugin shipped in the package (``pyprocsync.tools.pytest_plugin``), as a user
 meets it: pytest runs, in a subprocess of its own (``pytester``), test files a user
 would write, with the plugin loaded through its ``pytest11`` entry point.
 

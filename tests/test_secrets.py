@@ -55,9 +55,9 @@ from tls_support import free_port
 
 import pyprocsync.asyncio as aps
 from pyprocsync import Barrier, ConnectionLostError, Event, ProcSync
-from pyprocsync.cli import URL_ENV, ExitCode, redact
-from pyprocsync.credentials import PASSWORD_ENV, host_address
-from pyprocsync.server import EmbeddedServer
+from pyprocsync.tools.cli import URL_ENV, ExitCode, redact
+from pyprocsync.tools.credentials import PASSWORD_ENV, host_address
+from pyprocsync.tools.server import EmbeddedServer
 
 #: The password the URLs under test carry (and, but for one case, the server's).
 SECRET = "s3cret-Pa55-XYZ"

@@ -1,4 +1,4 @@
-"""The ACL rule (:func:`pyprocsync.acl.acl_rule`) beyond ``tests/test_acl.py``: every
+"""The ACL rule (:func:`pyprocsync.tools.acl.acl_rule`) beyond ``tests/test_acl.py``: every
 grant, every server, the cluster variant.
 
 ``test_acl.py`` shows that a user with exactly the rule runs everything, that a
@@ -40,10 +40,10 @@ from support import ACL_PASSWORD, in_threads, user_url
 
 import pyprocsync.asyncio as aio
 from pyprocsync import Barrier, Event, ProcSync
-from pyprocsync.acl import acl_rule
-from pyprocsync.cli import URL_ENV, main
-from pyprocsync.listeners import IDLE_LIMIT
-from pyprocsync.server import EmbeddedServer, find_server_binary
+from pyprocsync.shells.listeners import IDLE_LIMIT
+from pyprocsync.tools.acl import acl_rule
+from pyprocsync.tools.cli import URL_ENV, main
+from pyprocsync.tools.server import EmbeddedServer, find_server_binary
 
 pytest_plugins = ("cluster_fixtures",)
 

@@ -3,10 +3,10 @@ sampling schedule, and whether the reported uncertainty really covers the error.
 
 * Simulated samples, no Redis: a true offset and drift, round trips with random delays
   in each direction (the server reads its clock somewhere inside, truncated to the
-  microsecond), checked against :class:`pyprocsync.servertime.ClockFilter`.
-* A fake monotonic clock: :class:`~pyprocsync.servertime.TimeRequest`,
-  :func:`~pyprocsync.servertime.sample_flow` and the schedule of
-  :class:`~pyprocsync.servertime.ClockState`.
+  microsecond), checked against :class:`pyprocsync.core.servertime.ClockFilter`.
+* A fake monotonic clock: :class:`~pyprocsync.core.servertime.TimeRequest`,
+  :func:`~pyprocsync.core.servertime.sample_flow` and the schedule of
+  :class:`~pyprocsync.core.servertime.ClockState`.
 * The real server on this host, where the true offset is known (0, or minus the skew
   patched into :func:`pyprocsync.clock.time_ns`): many estimates, their error within
   the reported uncertainty in at least 99 % of them.
@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -29,21 +30,21 @@ from support import make_client
 
 import pyprocsync.asyncio as aio
 from pyprocsync import ConnectionLostError, ProcSync, ProtocolError, clock
-from pyprocsync.procsync import drive
-from pyprocsync.protocol import ServerTime
-from pyprocsync.server import EmbeddedServer
-from pyprocsync.servertime import (
+from pyprocsync.core.estimate import ClockEstimate
+from pyprocsync.core.ops import ServerTime
+from pyprocsync.core.servertime import (
     MAX_AGE_NS,
     MAX_DRIFT_PPB,
     STALE_REFRESHES,
     WINDOW,
-    ClockEstimate,
     ClockFilter,
     ClockState,
     TimeRequest,
     TimeSample,
     sample_flow,
 )
+from pyprocsync.shells.blocking import drive
+from pyprocsync.tools.server import EmbeddedServer
 
 MONO0 = 5_000_000_000_000  # this host's monotonic clock at the start, ns
 OFFSET0 = 1_700_000_000_000_000_000 - MONO0 + 123_456_789  # server minus monotonic then
@@ -444,7 +445,7 @@ def test_real_estimates_cover_the_true_offset_asyncio(server: EmbeddedServer, ru
     """The same through the asyncio shell (its own way of timing TIME), 200 rounds."""
 
     async def main() -> list[tuple[float, float]]:
-        client = aio.aioredis.Redis(host=server.bind, port=server.port)
+        client = aioredis.Redis(host=server.bind, port=server.port)
         node = aio.ProcSync(
             client, run_id, 0.001, clock="server", clock_refresh=0.005, on_late="proceed"
         )

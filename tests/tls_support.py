@@ -6,7 +6,7 @@ Python package beyond the ``test`` extra. The configuration is written here, not
 from the system's ``openssl.cnf``, and the certificates carry the extensions a strict
 verifier (Python 3.13's ``VERIFY_X509_STRICT``) asks for.
 
-A TLS server is an :class:`~pyprocsync.server.EmbeddedServer` with a TLS port beside its
+A TLS server is an :class:`~pyprocsync.tools.server.EmbeddedServer` with a TLS port beside its
 plain one: the plain port is what ``EmbeddedServer`` checks readiness on, and what the
 tests use to look at the server (``CLIENT LIST``, ``CLIENT KILL``); everything under test
 connects to the TLS port only.

@@ -14,7 +14,7 @@ from pathlib import Path
 import robot_cell
 
 from pyprocsync import BrokenBarrierError, TimeOutError
-from pyprocsync.pytest_plugin import FakeCell
+from pyprocsync.tools.pytest_plugin import FakeCell
 
 SCRIPT = Path(robot_cell.__file__)
 

@@ -4,7 +4,7 @@
 running loop; :func:`release` gives the reference back, and the last one closes it. A
 waiting task sends its channel's SUBSCRIBE itself (writes do not disturb a pending read
 in asyncio); one reader task per connection hands each message to the mailboxes of its
-channel (see :mod:`pyprocsync.listeners`).
+channel (see :mod:`pyprocsync.shells.listeners`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from .listeners import (
+from pyprocsync.shells.listeners import (
     COMMAND_CONNECTIONS,
     CONNECT_TIMEOUT,
     Mailbox,
@@ -106,7 +106,7 @@ class TaskListener:
 
     def command_pool(self) -> Any:
         """The pool script calls use (see :meth:`ThreadListener.command_pool
-        <pyprocsync.listener_thread.ThreadListener.command_pool>`)."""
+        <pyprocsync.shells.listener_thread.ThreadListener.command_pool>`)."""
         if self._command_pool is None:
             own = self._client.connection_pool
             pool = private_pool(
@@ -135,9 +135,9 @@ class TaskListener:
     ) -> bool:
         """Cover ``channel`` for ``mailbox``; True when the mailbox is to receive the
         subscription's confirmation. See :meth:`ThreadListener.listen
-        <pyprocsync.listener_thread.ThreadListener.listen>`. A connection opened for
+        <pyprocsync.shells.listener_thread.ThreadListener.listen>`. A connection opened for
         it is ready within ``timeout`` seconds (see
-        :func:`~pyprocsync.listeners.connecting_within`)."""
+        :func:`~pyprocsync.shells.listeners.connecting_within`)."""
         with connecting_within(timeout):
             return await cancel_safe(self._listen(channel, mailbox, renew))
 

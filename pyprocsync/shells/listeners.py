@@ -8,8 +8,8 @@ from the connection are handed to the mailboxes of their channel. A channel stay
 subscribed while nobody waits on it, up to :data:`IDLE_LIMIT` channels, so a loop over
 one event subscribes once.
 
-:class:`Subscriptions` is that table. The blocking (:mod:`pyprocsync.listener_thread`)
-and asyncio (:mod:`pyprocsync.listener_task`) listeners do the I/O around it, and
+:class:`Subscriptions` is that table. The blocking (:mod:`pyprocsync.shells.listener_thread`)
+and asyncio (:mod:`pyprocsync.shells.listener_task`) listeners do the I/O around it, and
 :class:`Registry` hands out one listener per deployment (and per process; for asyncio,
 per event loop).
 

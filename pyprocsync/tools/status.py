@@ -9,9 +9,9 @@ from urllib.parse import unquote
 
 import redis
 
-from .exceptions import ProtocolError
-from .keys import EventKeys, encode, members_key
-from .rounds import Broken, Released, member_node, parse_outcome
+from pyprocsync.core.keys import EventKeys, encode, members_key
+from pyprocsync.core.rounds import Broken, Released, member_node, parse_outcome
+from pyprocsync.exceptions import ProtocolError
 
 __all__ = [
     "EventStatus",

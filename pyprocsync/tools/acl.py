@@ -2,7 +2,7 @@
 
 Redis checks ACLs for every command, also for those a Lua script runs, so the rule
 grants the commands pyprocsync sends itself and the ones its scripts run
-(:mod:`pyprocsync.scripts`), on the keys and channels of one prefix only::
+(:mod:`pyprocsync.core.scripts`), on the keys and channels of one prefix only::
 
     ACL SETUSER cell on >secret <the rule>
 
@@ -17,8 +17,8 @@ their own rules cannot see or touch each other's state.
 
 from __future__ import annotations
 
-from .exceptions import InvalidArgumentError
-from .params import text
+from pyprocsync.core.params import text
+from pyprocsync.exceptions import InvalidArgumentError
 
 __all__ = [
     "CLIENT_COMMANDS",

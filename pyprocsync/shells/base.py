@@ -10,13 +10,18 @@ import threading
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
-from . import flags, params, rounds
-from .exceptions import ArgumentTypeError, BrokenByTimeoutError, ProcSyncError, TimeOutError
-from .params import ClockMode, OnLate, Settings
-from .protocol import Due, Flow
-from .results import SyncResult
-from .scripts import Script
-from .servertime import ClockState
+from pyprocsync.core import flags, params, rounds
+from pyprocsync.core.ops import Due, Flow
+from pyprocsync.core.params import ClockMode, OnLate, Settings
+from pyprocsync.core.scripts import Script
+from pyprocsync.core.servertime import ClockState
+from pyprocsync.exceptions import (
+    ArgumentTypeError,
+    BrokenByTimeoutError,
+    ProcSyncError,
+    TimeOutError,
+)
+from pyprocsync.results import SyncResult
 
 __all__ = ["BarrierBase", "EventBase", "ProcSyncBase"]
 

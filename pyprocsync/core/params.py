@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from .exceptions import ArgumentTypeError, InvalidArgumentError
+from pyprocsync.exceptions import ArgumentTypeError, InvalidArgumentError
 
 __all__ = ["ClockMode", "OnLate", "Settings", "default_node_id"]
 

@@ -5,7 +5,7 @@ renewal and key expiry happen as one step: no interleaving of participants can l
 a count without a lifetime or release a round twice (0.1.0 sent INCR, PUBLISH and
 EXPIRE as separate commands).
 
-State of one event (names in :mod:`pyprocsync.keys`), a hash with fields:
+State of one event (names in :mod:`pyprocsync.core.keys`), a hash with fields:
 
 ``g``
     the current generation (round); a released round moves it on by one.

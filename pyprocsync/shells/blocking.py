@@ -1,4 +1,4 @@
-"""``ProcSync``: the blocking shell around the protocol in :mod:`pyprocsync.protocol`."""
+"""``ProcSync``: the blocking shell around the protocol in :mod:`pyprocsync.core.ops`."""
 
 from __future__ import annotations
 
@@ -15,17 +15,12 @@ from typing import Any, Literal, TypeVar, cast
 import redis
 from redis.cluster import RedisCluster
 
-from . import clock, listener_thread, params
-from .base import ProcSyncBase
-from .listener_thread import ThreadListener, receive
-from .listeners import at_server, connecting_within
-from .members import leave_flow, renew_flow
-from .protocol import (
+from pyprocsync import clock
+from pyprocsync.core import params
+from pyprocsync.core.members import leave_flow, renew_flow
+from pyprocsync.core.ops import (
     LINK_ERRORS,
-    REDIRECT_PAUSE_S,
-    REDIRECTS,
     AtInstant,
-    Budget,
     Call,
     Due,
     Flow,
@@ -37,9 +32,14 @@ from .protocol import (
     ServerTime,
     constant,
 )
-from .results import SyncResult
-from .rounds import reset_flow, sync_flow
-from .servertime import TimeRequest
+from pyprocsync.core.rounds import reset_flow, sync_flow
+from pyprocsync.core.servertime import TimeRequest
+from pyprocsync.results import SyncResult
+from pyprocsync.shells import listener_thread
+from pyprocsync.shells.base import ProcSyncBase
+from pyprocsync.shells.listener_thread import ThreadListener, receive
+from pyprocsync.shells.listeners import at_server, connecting_within
+from pyprocsync.shells.redirects import REDIRECT_PAUSE_S, REDIRECTS, Budget
 
 __all__ = ["ClosingShell", "ProcSync", "drive", "meet", "sync_until_instant"]
 
@@ -52,7 +52,7 @@ S = TypeVar("S")
 def drive(flow: Flow[T], execute: Callable[[Operation], object]) -> T:
     """Run ``flow`` to its end, carrying out each operation it yields with ``execute``;
     return what the flow returns (for a flow that ends at an instant, the
-    :class:`~pyprocsync.protocol.AtInstant` to :func:`meet`).
+    :class:`~pyprocsync.core.ops.AtInstant` to :func:`meet`).
 
     An exception raised by ``execute`` is thrown into the flow at the ``yield`` of that
     operation, so the flow can react to it (or clean up and let it propagate).
@@ -74,7 +74,7 @@ def meet(due: Due[T]) -> T:
     """Return ``due``'s result: at its instant when it is due at one.
 
     The public methods that release at an instant end with ``return meet(...)``, so
-    that after the instant only :meth:`~pyprocsync.protocol.AtInstant.finish` runs
+    that after the instant only :meth:`~pyprocsync.core.ops.AtInstant.finish` runs
     before the caller's next line.
     """
     if isinstance(due, AtInstant):
@@ -372,7 +372,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         self._membership.start()
 
     def _prepare(self, timeout: float | None) -> None:
-        """Carry out :class:`~pyprocsync.protocol.Prepare`: load the scripts, and
+        """Carry out :class:`~pyprocsync.core.ops.Prepare`: load the scripts, and
         register this instance as a member of its run if it is to be one."""
         self._load_scripts(timeout)
         if self._settings.member and self._membership is None:
@@ -421,7 +421,7 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
 
     def _call(self, op: Call) -> object:
         """Run a script once, its reply bounded by ``op.timeout`` (see
-        :class:`~pyprocsync.protocol.Call`). On a cluster, a reply saying the script did
+        :class:`~pyprocsync.core.ops.Call`). On a cluster, a reply saying the script did
         not run there (the slot is elsewhere or moving) sends it again where it belongs,
         until the call's time is up."""
         script = self._scripts[op.script]
@@ -455,8 +455,8 @@ def _send_once(
     """Send the command that ``command()`` builds once on a connection of ``pool`` and
     read its reply within ``timeout`` s (``None``: the socket's timeout); a connection
     opened for it is ready within ``timeout`` too (see
-    :func:`~pyprocsync.listeners.connecting_within`). The command is built once the
-    connection is at hand (see :class:`~pyprocsync.protocol.Stamp`). For an EVALSHA of
+    :func:`~pyprocsync.shells.listeners.connecting_within`). The command is built once the
+    connection is at hand (see :class:`~pyprocsync.core.ops.Stamp`). For an EVALSHA of
     ``script``, load the script and send it again if the server does not know it."""
     with connecting_within(timeout):
         connection = pool.get_connection()
@@ -503,8 +503,8 @@ def sync_until_instant(
     pyprocsync runs any more in the process.
 
     :returns: the :class:`~pyprocsync.SyncResult` when there is no instant to wait for
-        (lead time 0), else an :class:`~pyprocsync.protocol.AtInstant`: the caller
-        waits as its ``wait`` (a :class:`~pyprocsync.protocol.SleepUntil`) says, and
+        (lead time 0), else an :class:`~pyprocsync.core.ops.AtInstant`: the caller
+        waits as its ``wait`` (a :class:`~pyprocsync.core.ops.SleepUntil`) says, and
         ``finish()`` gives the result.
     :raises: what :meth:`ProcSync.sync` raises; ``node`` is closed then too.
     """

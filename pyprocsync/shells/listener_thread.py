@@ -5,7 +5,7 @@ client on one connection pool, or one cluster client, shares it); :func:`release
 the reference back, and the last one closes the listener. The listener's thread alone
 touches its pub/sub connections: waiting participants queue their SUBSCRIBE and
 UNSUBSCRIBE requests and wake it through a socket pair, and it hands each message to the
-mailboxes of its channel (see :mod:`pyprocsync.listeners`).
+mailboxes of its channel (see :mod:`pyprocsync.shells.listeners`).
 
 The thread sleeps in ``select`` on the connections' sockets, which sees only the bytes
 still in the kernel. Bytes already taken from the kernel (into the TLS layer of a
@@ -32,7 +32,7 @@ from redis.client import PubSub
 from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from .listeners import (
+from pyprocsync.shells.listeners import (
     COMMAND_CONNECTIONS,
     CONNECT_TIMEOUT,
     Mailbox,
@@ -89,13 +89,13 @@ class ThreadListener:
 
     def command_pool(self) -> Any:
         """The pool script calls use: the caller's settings without retries, at most
-        :data:`~pyprocsync.listeners.COMMAND_CONNECTIONS` connections (a call waits for a
+        :data:`~pyprocsync.shells.listeners.COMMAND_CONNECTIONS` connections (a call waits for a
         free one), so a process's connections do not grow with its participants. The
         caller's own pool where its settings cannot be copied.
 
         Its connections connect and answer within the limits of
-        :func:`~pyprocsync.listeners.private_pool` (``replies``); a call waits at most
-        :data:`~pyprocsync.listeners.CONNECT_TIMEOUT` seconds for a free one."""
+        :func:`~pyprocsync.shells.listeners.private_pool` (``replies``); a call waits at most
+        :data:`~pyprocsync.shells.listeners.CONNECT_TIMEOUT` seconds for a free one."""
         with self._lock:
             if self._command_pool is None:
                 own = self._client.connection_pool

@@ -1,6 +1,6 @@
 """Flags: the flows behind :class:`pyprocsync.Event`, free of I/O.
 
-A flag is a hash in Redis (see :mod:`pyprocsync.scripts`): whether it is set, how many
+A flag is a hash in Redis (see :mod:`pyprocsync.core.scripts`): whether it is set, how many
 times it was ever set, and the last set with its release instant. Numbering the sets is
 what gives ``threading.Event`` semantics across machines: a waiter notes the number of
 sets when it begins, and any later set wakes it, even if ``clear()`` follows at once.
@@ -23,13 +23,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import params
-from .exceptions import ProtocolError
-from .keys import FlagKeys
-from .params import Settings
-from .protocol import RECHECK, Due, Flow, Signal, Waiter, call, now_us_for_scripts, prepare, text
-from .scripts import Script
-from .servertime import ClockState
+from pyprocsync.core import params
+from pyprocsync.core.keys import FlagKeys
+from pyprocsync.core.ops import Due, Flow, call, prepare, text
+from pyprocsync.core.params import Settings
+from pyprocsync.core.scripts import Script
+from pyprocsync.core.servertime import ClockState
+from pyprocsync.core.waiter import RECHECK, Signal, Waiter, now_us_for_scripts
+from pyprocsync.exceptions import ProtocolError
 
 __all__ = [
     "FlagSet",

@@ -53,12 +53,12 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio as aioredis
 
-from . import clock
-from .asyncio import ProcSync as AsyncProcSync
-from .exceptions import ProcSyncError, TooLateError
-from .procsync import ProcSync
-from .results import SyncResult
-from .stats import summary
+from pyprocsync import clock
+from pyprocsync.asyncio import ProcSync as AsyncProcSync
+from pyprocsync.exceptions import ProcSyncError, TooLateError
+from pyprocsync.results import SyncResult
+from pyprocsync.shells.blocking import ProcSync
+from pyprocsync.tools.stats import summary
 
 __all__ = [
     "FRESH_SPREAD_US",

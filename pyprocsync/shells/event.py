@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import EventBase
-from .procsync import ClosingShell, ProcSync, _owning, meet
+from pyprocsync.shells.base import EventBase
+from pyprocsync.shells.blocking import ClosingShell, ProcSync, _owning, meet
 
 __all__ = ["Event"]
 

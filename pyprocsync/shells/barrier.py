@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import BarrierBase
-from .exceptions import TimeOutError
-from .procsync import ClosingShell, ProcSync, _owning, meet
+from pyprocsync.exceptions import TimeOutError
+from pyprocsync.shells.base import BarrierBase
+from pyprocsync.shells.blocking import ClosingShell, ProcSync, _owning, meet
 
 __all__ = ["Barrier"]
 

@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import redis
 
-from .exceptions import ProcSyncError
+from pyprocsync.exceptions import ProcSyncError
 
 __all__ = ["EmbeddedServer", "ServerError", "find_server_binary"]
 

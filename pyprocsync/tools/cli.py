@@ -3,7 +3,7 @@
 
 Every command but ``server`` takes ``--redis URL``, defaulting to
 ``$PYPROCSYNC_REDIS_URL``; ``bench`` starts a private embedded server when neither is
-given. No password is taken on the command line (see :mod:`pyprocsync.credentials`).
+given. No password is taken on the command line (see :mod:`pyprocsync.tools.credentials`).
 Errors print one line on stderr (``pyprocsync: error: ...``) and exit with a code of
 :class:`ExitCode`.
 """
@@ -25,9 +25,28 @@ from typing import Any, NoReturn
 
 import redis
 
-from . import __version__, clock, handoff
-from .bench import BenchConfig, format_table, plot, progress_bar, run_bench, server_label
-from .credentials import (
+from pyprocsync import __version__, clock
+from pyprocsync.core.ops import AtInstant, SleepUntil
+from pyprocsync.core.servertime import MAX_DRIFT_PPB, ClockFilter, TimeRequest
+from pyprocsync.exceptions import (
+    BrokenBarrierError,
+    InvalidArgumentError,
+    ParameterMismatchError,
+    ProcSyncError,
+    TimeOutError,
+    TooLateError,
+)
+from pyprocsync.shells.blocking import ProcSync, sync_until_instant
+from pyprocsync.tools import handoff
+from pyprocsync.tools.bench import (
+    BenchConfig,
+    format_table,
+    plot,
+    progress_bar,
+    run_bench,
+    server_label,
+)
+from pyprocsync.tools.credentials import (
     PASSWORD_ENV,
     SOURCES,
     URL_ENV,
@@ -39,20 +58,9 @@ from .credentials import (
     resolve_url,
     url_problem,
 )
-from .exceptions import (
-    BrokenBarrierError,
-    InvalidArgumentError,
-    ParameterMismatchError,
-    ProcSyncError,
-    TimeOutError,
-    TooLateError,
-)
-from .procsync import ProcSync, sync_until_instant
-from .protocol import AtInstant, SleepUntil
-from .server import EmbeddedServer, ServerError
-from .servertime import MAX_DRIFT_PPB, ClockFilter, TimeRequest
-from .stats import summary
-from .status import format_status, read_members, read_status
+from pyprocsync.tools.server import EmbeddedServer, ServerError
+from pyprocsync.tools.stats import summary
+from pyprocsync.tools.status import format_status, read_members, read_status
 
 __all__ = [
     "URL_ENV",
@@ -452,8 +460,8 @@ def _executable(name: str) -> str:
 def _await_instant(wait: SleepUntil, executable: str | None, exec_argv: list[str]) -> None:
     """Wait for the release instant, as late in the process's life as possible.
 
-    With at least :data:`~pyprocsync.handoff.HANDOFF_MIN_NS` to go, this process
-    becomes the minimal interpreter of :mod:`pyprocsync.handoff` (exec, same process
+    With at least :data:`~pyprocsync.tools.handoff.HANDOFF_MIN_NS` to go, this process
+    becomes the minimal interpreter of :mod:`pyprocsync.tools.handoff` (exec, same process
     id, SIGINT blocked until it can handle it), which waits and then exits or execs
     ``executable``, so that no large address space has to be taken apart at the
     instant. Otherwise (also when SIGINT was blocked already, or no interpreter can run
@@ -485,8 +493,8 @@ def _sync(args: argparse.Namespace) -> NoReturn:
     """Join the round; at its instant, end the process or become the COMMAND.
 
     Everything else is done before the instant (see
-    :func:`~pyprocsync.procsync.sync_until_instant` and :func:`_await_instant`); after
-    it, only :func:`pyprocsync.handoff.finish` runs.
+    :func:`~pyprocsync.shells.blocking.sync_until_instant` and :func:`_await_instant`); after
+    it, only :func:`pyprocsync.tools.handoff.finish` runs.
     """
     url = _require_url(args.redis)
     exec_argv: list[str] | None = args.exec_argv

@@ -1,6 +1,6 @@
 """Membership of a run: who is expected to take part (``member=True``), free of I/O.
 
-A member keeps a registration in the run's member set (:func:`~pyprocsync.keys.members_key`)
+A member keeps a registration in the run's member set (:func:`~pyprocsync.core.keys.members_key`)
 alive while its ProcSync is open: the shells renew it every ``liveness / 5`` seconds,
 like a waiting participant's lease, and remove it on close. A member whose registration
 lapses (process killed, host or network gone) is *lapsed*: the members waiting in any
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .keys import members_key
-from .params import Settings
-from .protocol import Flow, call, text
-from .scripts import Script
+from pyprocsync.core.keys import members_key
+from pyprocsync.core.ops import Flow, call, text
+from pyprocsync.core.params import Settings
+from pyprocsync.core.scripts import Script
 
 __all__ = ["READ_ONLY", "decode_lapsed", "leave_flow", "member_call", "renew_flow"]
 

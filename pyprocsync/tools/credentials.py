@@ -22,7 +22,7 @@ from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit, urlun
 
 from redis.connection import parse_url
 
-from .exceptions import ProcSyncError
+from pyprocsync.exceptions import ProcSyncError
 
 __all__ = [
     "PASSWORD_ENV",

