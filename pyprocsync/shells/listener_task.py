@@ -153,7 +153,7 @@ class TaskListener:
                 else self._client.get_default_node()
             )
             node, source = found.name, found
-        subscribe, confirming = self._subscriptions.join(channel, mailbox, node)
+        subscribe, confirming = self._subscriptions.join(channel, mailbox, node, renew=renew)
         if subscribe:
             async with self._subscribing:
                 pubsub = self._pubsub(node, source)

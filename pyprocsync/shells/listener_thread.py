@@ -132,7 +132,7 @@ class ThreadListener:
             self._client.nodes_manager.initialize()
         node = self._node(channel)
         with self._lock:
-            subscribe, confirming = self._subscriptions.join(channel, mailbox, node)
+            subscribe, confirming = self._subscriptions.join(channel, mailbox, node, renew=renew)
             if subscribe:
                 self._requests.append(("subscribe", node, channel))
                 self._start()

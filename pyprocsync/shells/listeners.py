@@ -242,16 +242,29 @@ class Subscriptions:
         self._unsubscribing: Counter[tuple[Hashable, str]] = Counter()
         self._idle_limit = idle_limit
 
-    def join(self, channel: str, mailbox: Mailbox, node: Hashable) -> tuple[bool, bool]:
+    def join(
+        self, channel: str, mailbox: Mailbox, node: Hashable, *, renew: bool = False
+    ) -> tuple[bool, bool]:
         """Register ``mailbox`` for ``channel``, to be served by ``node`` unless a
         connection serves it already.
+
+        ``renew`` says that ``node`` was found from a slot map reloaded just now (the
+        mailbox's connection failed). A channel served by another node then moves to
+        ``node``, with everyone who waits on it: the other node's subscription came from
+        an older map, and its failure (``-MOVED``) is no longer theirs. Without
+        ``renew``, a channel stays where it is served.
 
         :returns: ``(subscribe, confirming)``: whether the caller must send a SUBSCRIBE
             now, and whether the mailbox will receive the confirmation (the waiter then
             waits for it). A channel confirmed already needs neither.
         """
         entry = self._channels.get(channel)
-        subscribe = entry is None
+        if entry is not None and renew and entry.node != node:
+            entry.node, entry.confirmed = node, False
+            entry.waiting = dict.fromkeys(entry.waiting, True)
+            subscribe = True
+        else:
+            subscribe = entry is None
         if entry is None:
             entry = self._channels[channel] = _Channel(node)
         self._idle.pop(channel, None)
