@@ -246,6 +246,8 @@ def call(request: Request, where: dict[str, Any], timeout: float | None = None) 
     """
     try:
         return (yield Call(Script[request.script], request.keys(), request.argv(), timeout))
+    except ProcSyncError:
+        raise  # already mapped (a ServerRefusedError is a ResponseError too)
     except ResponseError as exc:
         raise refused(exc, where) from exc
     except LINK_ERRORS as exc:
@@ -261,6 +263,8 @@ def prepare(where: dict[str, Any], timeout: float | None = None) -> Flow[None]:
     """
     try:
         yield Prepare(timeout)
+    except ProcSyncError:
+        raise  # already mapped: the registration of a member (see the shells)
     except ResponseError as exc:
         raise refused(exc, where) from exc
     except LINK_ERRORS as exc:

@@ -53,10 +53,12 @@ the eight slots".
 A script is not rolled back when one of its commands fails, so every script that
 writes makes sure first that nothing it runs can be refused half way:
 
-* before anything else, it asks the server's ACL (``redis.acl_check_cmd``, servers >= 7)
-  whether this user may run each command it may run, on its key or channel; if not,
-  it raises ``PYPROCSYNC-REFUSED`` (:data:`~pyprocsync.core.wire.REFUSED_MARKER`)
-  naming the command, having changed nothing;
+* before its first write, it asks the server's ACL (``redis.acl_check_cmd``, servers
+  >= 7) whether this user may run each command it may run after it, on its key or
+  channel; if not, it raises ``PYPROCSYNC-REFUSED``
+  (:data:`~pyprocsync.core.wire.REFUSED_MARKER`) naming the command, having changed
+  nothing (a refused first write changed nothing either, and the server records it in
+  its ``ACL LOG``);
 * its first write is one that an out-of-memory server refuses (``HSET``/``ZADD``): the
   server refuses only a script's first such write, and only if nothing was written
   before it; and it announces (``PUBLISH``) only after storing what it announces.
@@ -86,8 +88,10 @@ local function corrupt(what)
 end
 
 -- Before its first write, a script makes sure the ACL lets this user run each of the
--- commands (on 'target', a key or channel; nil: none) it may run: a refusal half way
--- would leave a partial write. Servers before 7 cannot tell (they refuse the command).
+-- commands (on 'target', a key or channel; nil: none) it may run after it: a refusal
+-- half way would leave a partial write. (A refused first write changed nothing; the
+-- server refuses it itself, and records it in its ACL LOG.) Servers before 7 cannot
+-- tell (they refuse the command when it runs).
 local function allowed(target, ...)
   if not redis.acl_check_cmd then return end
   for _, command in ipairs({...}) do
@@ -371,7 +375,7 @@ _WITHDRAW = """
 -- Returns UNDECIDED once withdrawn (its index is handed to the next arrival); ACTING
 -- when the round is complete and another participant runs its action; STATE_LOST
 -- when this member is not waiting in the round; else the round's outcome, or EVICTED.
-event_allowed(nil, 'ZREM')
+event_allowed(nil)  -- ZREM is its first write: refused, it changed nothing
 local g = tonumber(ARGV[1])
 if g < 0 then g = int_field('g') or 0 end
 local o = settled(g)
@@ -502,9 +506,11 @@ _MEMBER = """
 -- Returns the node ids whose registration lapsed (at most 16), longest lapsed first.
 -- A lapsed registration is kept (and reported) until retention ms after it lapsed.
 local M = KEYS[1]
-allowed(M, 'ZREMRANGEBYSCORE', 'ZADD', 'ZREM', 'EXISTS', 'PEXPIRE', 'ZRANGEBYSCORE')
-local now = server_ms()
 local lease = tonumber(ARGV[2])
+allowed(nil, 'TIME')
+allowed(M, 'EXISTS', 'PEXPIRE', 'ZRANGEBYSCORE')  -- the first write needs no check
+if lease > 0 then allowed(M, 'ZADD') elseif lease == ${leave} then allowed(M, 'ZREM') end
+local now = server_ms()
 local retention = tonumber(ARGV[3])
 checked('member set type', 'ZREMRANGEBYSCORE', M, '-inf', '(' .. fmt(now - retention))
 if lease > 0 then

@@ -210,6 +210,8 @@ def sample_flow(
     sent = clock.monotonic_ns()
     try:
         reply = yield ServerTime(bound(deadline))
+    except ProcSyncError:
+        raise  # already mapped (a ServerRefusedError is a ResponseError too)
     except ResponseError as exc:
         raise refused(exc, where or {}) from exc
     except LINK_ERRORS as exc:

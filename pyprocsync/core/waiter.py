@@ -175,6 +175,8 @@ class Waiter(abc.ABC, Generic[O]):
         raises :func:`refused`'s error with this waiter's context."""
         try:
             return (yield op)
+        except ProcSyncError:
+            raise  # already mapped (a ServerRefusedError is a ResponseError too)
         except ResponseError as exc:
             raise refused(exc, self.where()) from exc
 
