@@ -7,7 +7,11 @@ against the standard library keeps working: :class:`TimeOutError` is a
 :class:`TimeoutError`, :class:`BrokenBarrierError` is a :class:`threading.BrokenBarrierError`,
 :class:`InvalidArgumentError` and :class:`ParameterMismatchError` are :class:`ValueError`;
 :class:`BrokenByTimeoutError` is both a :class:`TimeOutError` and a
-:class:`BrokenBarrierError`.
+:class:`BrokenBarrierError`. Errors that redis-py raised before 1.0 keep its classes
+as parents too: :class:`ConnectionLostError` is a ``redis.exceptions.ConnectionError``,
+:class:`ServerRefusedError` a ``redis.exceptions.ResponseError`` and
+:class:`PermissionRefusedError` a ``redis.exceptions.NoPermissionError`` (and a
+:class:`PermissionError`).
 
 Each exception carries what it is about as attributes (``event``, ``run_id``,
 ``generation``, and more per class), so a handler never has to parse the message.
@@ -28,8 +32,10 @@ __all__ = [
     "ConnectionLostError",
     "InvalidArgumentError",
     "ParameterMismatchError",
+    "PermissionRefusedError",
     "ProcSyncError",
     "ProtocolError",
+    "ServerRefusedError",
     "TimeOutError",
     "TooLateError",
 ]
@@ -246,4 +252,42 @@ class ProtocolError(ProcSyncError):
     """Data found in Redis is not what pyprocsync writes: corrupt, foreign or hostile.
 
     Nothing read from Redis is ever evaluated; a value that does not parse raises this.
+    """
+
+
+class ServerRefusedError(ProcSyncError, redis.exceptions.ResponseError):
+    """The Redis server refused a command of the call: out of memory (``maxmemory``
+    with ``noeviction``), a read-only replica, a missing ACL permission
+    (:class:`PermissionRefusedError`), a script error.
+
+    Every script pyprocsync runs checks before its first write that nothing it is
+    about to run can be refused (see :mod:`pyprocsync.core.scripts`), so a refused call
+    changed nothing in Redis: the caller's arrival, set or reset did not happen. (A
+    server older than Redis 7 cannot tell ACL refusals in advance.) A participant
+    already waiting when a later call is refused (a lease renewal) raises it too; its
+    arrival stays counted until its lease lapses, as after a lost connection.
+
+    It is a ``redis.exceptions.ResponseError`` too (the error redis-py raised before
+    1.0); ``__cause__`` is redis-py's error.
+
+    :ivar reply: the server's error message.
+
+    .. versionadded:: 1.0
+    """
+
+    def __init__(self, message: str = "", *, reply: str = "", **context: Any) -> None:
+        super().__init__(message, **context)
+        self.reply = reply
+
+
+class PermissionRefusedError(
+    ServerRefusedError, redis.exceptions.NoPermissionError, PermissionError
+):
+    """The server's ACL does not let this user run a command the call needs (its
+    message names it): ``NOPERM``, or a script's check before its first write.
+
+    The user needs the grant of :func:`pyprocsync.tools.acl.acl_rule`. It is a
+    :class:`PermissionError` and a ``redis.exceptions.NoPermissionError`` too.
+
+    .. versionadded:: 1.0
     """

@@ -20,16 +20,15 @@ ahead waits for it too, and one that arrives after it returns at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from pyprocsync.core import params
 from pyprocsync.core.keys import FlagKeys
 from pyprocsync.core.ops import Due, Flow, call, prepare, text
 from pyprocsync.core.params import Settings
-from pyprocsync.core.scripts import Script
 from pyprocsync.core.servertime import ClockState
 from pyprocsync.core.waiter import RECHECK, Signal, Waiter, now_us_for_scripts
+from pyprocsync.core.wire import FlagCheck, FlagClear, FlagSet, FlagSetCall, parse_set
 from pyprocsync.exceptions import ProtocolError
 
 __all__ = [
@@ -40,41 +39,6 @@ __all__ = [
     "set_flow",
     "wait_flow",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class FlagSet:
-    """The ``sets``-th set of a flag, releasing its waiters at ``at_us`` (epoch µs).
-
-    ``server_clock``: the instant is on the Redis server's clock, else on the setter's.
-    """
-
-    sets: int
-    at_us: int
-    lead_us: int
-    server_clock: bool = False
-
-
-#: Longest number a set carries (an epoch µs has 16 digits); longer ones are foreign.
-_MAX_DIGITS = 19
-
-
-def parse_set(announcement: str) -> FlagSet:
-    """Decode ``S <sets> <release µs> <lead µs>`` (and `` s`` for a server-clock instant).
-
-    :raises ProtocolError: ``announcement`` is not a set pyprocsync writes.
-    """
-    kind, *fields = announcement.split(" ")
-    server_clock = fields[3:] == ["s"]
-    numbers = fields[:3] if server_clock else fields
-    if (
-        kind == "S"
-        and len(numbers) == 3
-        and all(n.isascii() and n.isdigit() and len(n) <= _MAX_DIGITS for n in numbers)
-    ):
-        sets, at_us, lead_us = (int(n) for n in numbers)
-        return FlagSet(sets, at_us, lead_us, server_clock)
-    raise ProtocolError(f"not a pyprocsync flag set: {announcement[:80]!r}")
 
 
 def _check_reply(reply: Any) -> tuple[bool, int, FlagSet | None]:
@@ -105,7 +69,7 @@ class _FlagWaiter(Waiter[FlagSet | None]):
 
     def check(self) -> Flow[FlagSet | None]:
         retention = self.settings.retention_ms
-        reply = yield from self.call(Script.FLAG_CHECK, self.keys.all, self.seen, retention)
+        reply = yield from self.call(FlagCheck(self.keys, self.seen, retention))
         _is_set, sets, woken_by = _check_reply(reply)
         if self.seen < 0:
             self.seen = sets
@@ -165,8 +129,13 @@ def set_flow(settings: Settings, name: object) -> Flow[None]:
 
 def _set(settings: Settings, keys: FlagKeys, where: dict[str, Any]) -> Flow[None]:
     yield from prepare(where)
-    args = (now_us_for_scripts(settings), settings.delay_us, settings.retention_ms, keys.channel)
-    parse_set(text((yield from call(Script.FLAG_SET, keys.all, args, where))))
+    request = FlagSetCall(
+        keys,
+        now_us=now_us_for_scripts(settings),
+        lead_us=settings.delay_us,
+        retention_ms=settings.retention_ms,
+    )
+    parse_set(text((yield from call(request, where))))
 
 
 def clear_flow(settings: Settings, name: object) -> Flow[None]:
@@ -177,7 +146,7 @@ def clear_flow(settings: Settings, name: object) -> Flow[None]:
 
 def _clear(settings: Settings, keys: FlagKeys, where: dict[str, Any]) -> Flow[None]:
     yield from prepare(where)
-    yield from call(Script.FLAG_CLEAR, keys.all, (settings.retention_ms,), where)
+    yield from call(FlagClear(keys, settings.retention_ms), where)
 
 
 def is_set_flow(settings: Settings, name: object) -> Flow[bool]:
@@ -188,7 +157,7 @@ def is_set_flow(settings: Settings, name: object) -> Flow[bool]:
 
 def _is_set(settings: Settings, keys: FlagKeys, where: dict[str, Any]) -> Flow[bool]:
     yield from prepare(where)
-    reply = yield from call(Script.FLAG_CHECK, keys.all, (-1, settings.retention_ms), where)
+    reply = yield from call(FlagCheck(keys, -1, settings.retention_ms), where)
     return _check_reply(reply)[0]
 
 

@@ -16,21 +16,16 @@ from typing import Any
 from pyprocsync.core.keys import members_key
 from pyprocsync.core.ops import Flow, call, text
 from pyprocsync.core.params import Settings
-from pyprocsync.core.scripts import Script
+from pyprocsync.core.wire import LEAVE, Member
 
-__all__ = ["READ_ONLY", "decode_lapsed", "leave_flow", "member_call", "renew_flow"]
-
-#: The lease of a MEMBER call that only reads the lapsed members.
-READ_ONLY = -1
-_LEAVE = 0
+__all__ = ["decode_lapsed", "leave_flow", "member_request", "renew_flow"]
 
 
-def member_call(
-    settings: Settings, member_id: str, lease_ms: int
-) -> tuple[tuple[str], tuple[str | int, ...]]:
-    """The keys and arguments of the MEMBER script for ``member_id`` and ``lease_ms``."""
-    keys = (members_key(settings.prefix, settings.run_id),)
-    return keys, (member_id, lease_ms, settings.retention_ms)
+def member_request(settings: Settings, member_id: str, lease_ms: int) -> Member:
+    """The MEMBER call for ``member_id`` and ``lease_ms`` in ``settings``' run."""
+    return Member(
+        members_key(settings.prefix, settings.run_id), member_id, lease_ms, settings.retention_ms
+    )
 
 
 def decode_lapsed(reply: object) -> tuple[str, ...]:
@@ -40,8 +35,7 @@ def decode_lapsed(reply: object) -> tuple[str, ...]:
 
 def _member(settings: Settings, member_id: str, lease_ms: int) -> Flow[tuple[str, ...]]:
     where: dict[str, Any] = {"event": None, "run_id": settings.run_id, "generation": None}
-    keys, args = member_call(settings, member_id, lease_ms)
-    return decode_lapsed((yield from call(Script.MEMBER, keys, args, where)))
+    return decode_lapsed((yield from call(member_request(settings, member_id, lease_ms), where)))
 
 
 def renew_flow(settings: Settings, member_id: str) -> Flow[tuple[str, ...]]:
@@ -51,4 +45,4 @@ def renew_flow(settings: Settings, member_id: str) -> Flow[tuple[str, ...]]:
 
 def leave_flow(settings: Settings, member_id: str) -> Flow[tuple[str, ...]]:
     """Remove ``member_id``'s registration; return the lapsed members."""
-    return _member(settings, member_id, _LEAVE)
+    return _member(settings, member_id, LEAVE)

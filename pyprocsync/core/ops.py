@@ -19,20 +19,23 @@ operations and script calls with their error mapping.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pyprocsync import clock
-from pyprocsync.core.scripts import CORRUPT_MARKER, Script
+from pyprocsync.core.scripts import Script
+from pyprocsync.core.wire import CORRUPT_MARKER, REFUSED_MARKER, Request, Stamp, text
 from pyprocsync.exceptions import (
     ConnectionLostError,
+    PermissionRefusedError,
+    ProcSyncError,
     ProtocolError,
+    ServerRefusedError,
 )
 
 if TYPE_CHECKING:
@@ -58,21 +61,12 @@ __all__ = [
     "constant",
     "link_lost",
     "prepare",
+    "refused",
     "text",
 ]
 
 T = TypeVar("T")
 O = TypeVar("O")  # noqa: E741  # what a waiter waits for
-
-
-class Stamp(enum.Enum):
-    """An argument of a :class:`Call` that is filled in as the command is sent."""
-
-    #: This host's wall clock, µs since the epoch, read once the connection is at hand,
-    #: right before the command is written to it: a connection opened for the call (the
-    #: first one of a process, or one replacing a broken one) does not eat into the lead
-    #: time of an instant based on that reading.
-    NOW_US = enum.auto()
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,38 +235,21 @@ LINK_ERRORS = (RedisConnectionError, RedisTimeoutError)
 CALL_TIMEOUT_FLOOR = 0.25
 
 
-def text(value: object) -> str:
-    """Decode a string from Redis (``bytes`` or, with ``decode_responses``, ``str``).
-
-    :raises ProtocolError: ``value`` is not a string.
-    """
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, str):
-        return value
-    raise ProtocolError(f"expected a string from Redis, got {type(value).__name__}")
-
-
-def call(
-    script: Script,
-    keys: tuple[str, ...],
-    args: tuple[str | int | Stamp, ...],
-    where: dict[str, Any],
-    timeout: float | None = None,
-) -> Flow[Any]:
-    """Run ``script``; map its failures to pyprocsync errors carrying ``where``.
+def call(request: Request, where: dict[str, Any], timeout: float | None = None) -> Flow[Any]:
+    """Run the script of ``request`` (see :mod:`pyprocsync.core.wire`); map its failures
+    to pyprocsync errors carrying ``where``.
 
     :raises ProtocolError: the script found data it did not write.
+    :raises ServerRefusedError: the server refused the call (see :func:`refused`).
     :raises ConnectionLostError: the server could not be reached, or did not answer
         within ``timeout`` seconds.
     """
     try:
-        return (yield Call(script, keys, args, timeout))
+        return (yield Call(Script[request.script], request.keys(), request.argv(), timeout))
+    except ProcSyncError:
+        raise  # already mapped (a ServerRefusedError is a ResponseError too)
     except ResponseError as exc:
-        message = str(exc)
-        if message.startswith((CORRUPT_MARKER, "WRONGTYPE")):
-            raise ProtocolError(f"foreign or corrupt data in Redis: {message}", **where) from exc
-        raise
+        raise refused(exc, where) from exc
     except LINK_ERRORS as exc:
         raise link_lost(exc, where) from exc
 
@@ -280,13 +257,44 @@ def call(
 def prepare(where: dict[str, Any], timeout: float | None = None) -> Flow[None]:
     """The first step of every flow: load the scripts (see :class:`Prepare`).
 
+    :raises ServerRefusedError: the server refused to load them (see :func:`refused`).
     :raises ConnectionLostError: the server could not be reached, or did not answer
         within ``timeout`` seconds.
     """
     try:
         yield Prepare(timeout)
+    except ProcSyncError:
+        raise  # already mapped: the registration of a member (see the shells)
+    except ResponseError as exc:
+        raise refused(exc, where) from exc
     except LINK_ERRORS as exc:
         raise link_lost(exc, where) from exc
+
+
+#: How the server (or a script, see :data:`~pyprocsync.core.wire.REFUSED_MARKER`) words a
+#: refusal by its ACL, in the error's message.
+_ACL_REFUSALS = (REFUSED_MARKER, "NOPERM", "ACL failure in script")
+
+
+def refused(exc: ResponseError, where: dict[str, Any]) -> ProcSyncError:
+    """The error for the server's error reply ``exc`` to a command of a call about
+    ``where`` (the caller raises it ``from exc``), keeping the server's message.
+
+    Found data pyprocsync did not write (:data:`~pyprocsync.core.wire.CORRUPT_MARKER`,
+    ``WRONGTYPE``): :class:`ProtocolError`. A refusal by the server's ACL (NOPERM, a
+    script's ``ACL failure``, or a script's own check before its first write):
+    :class:`PermissionRefusedError`. Any other refusal (out of memory, a read-only
+    replica, a script error ...): :class:`ServerRefusedError`.
+    """
+    message = str(exc)
+    if message.startswith((CORRUPT_MARKER, "WRONGTYPE")):
+        return ProtocolError(f"foreign or corrupt data in Redis: {message}", **where)
+    about = f" ({where['event']!r})" if where.get("event") is not None else ""
+    kind = type(exc).__name__
+    explained = f"Redis refused a command{about}: {kind}: {message}"
+    if isinstance(exc, NoPermissionError) or message.startswith(_ACL_REFUSALS):
+        return PermissionRefusedError(explained, reply=message, **where)
+    return ServerRefusedError(explained, reply=message, **where)
 
 
 def link_lost(exc: Exception, where: dict[str, Any]) -> ConnectionLostError:

@@ -33,10 +33,8 @@ One participant in one round goes through these states::
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import secrets
-from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -44,22 +42,42 @@ from redis.exceptions import ResponseError
 from pyprocsync import clock
 from pyprocsync.core import params
 from pyprocsync.core.keys import EventKeys
-from pyprocsync.core.members import READ_ONLY, decode_lapsed, member_call
+from pyprocsync.core.members import decode_lapsed, member_request
 from pyprocsync.core.ops import (
     LINK_ERRORS,
     Due,
     Flow,
-    Receive,
     RunAction,
-    Stamp,
     call,
     prepare,
     text,
 )
 from pyprocsync.core.params import Settings
-from pyprocsync.core.scripts import Script
 from pyprocsync.core.servertime import ClockState
 from pyprocsync.core.waiter import RECHECK, Signal, Waiter
+from pyprocsync.core.wire import (
+    CURRENT_ROUND,
+    MEMBER_TAG_HEX,
+    NEVER_RELEASED,
+    READ_ONLY,
+    Abandon,
+    Abort,
+    Arrival,
+    Arrive,
+    Broken,
+    Check,
+    Lost,
+    Outcome,
+    Read,
+    Release,
+    Released,
+    Reset,
+    RoundState,
+    Verdict,
+    Withdraw,
+    decode_read,
+    parse_outcome,
+)
 from pyprocsync.exceptions import (
     BrokenBarrierError,
     BrokenByTimeoutError,
@@ -76,7 +94,6 @@ __all__ = [
     "Released",
     "RoundState",
     "abort_flow",
-    "member_node",
     "parse_outcome",
     "read_flow",
     "reset_flow",
@@ -90,95 +107,9 @@ REPORT_INTERVAL_S = 10.0
 log = logging.getLogger("pyprocsync")
 
 
-@dataclass(frozen=True, slots=True)
-class Released:
-    """A round released at ``at_us`` (epoch µs) with lead time ``lead_us``.
-
-    ``server_clock``: the instant is on the Redis server's clock (server-clock mode),
-    else on the last arriver's.
-    """
-
-    generation: int
-    at_us: int
-    lead_us: int
-    server_clock: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Broken:
-    """A round that broke for ``reason``."""
-
-    generation: int
-    reason: str
-    arrived: int
-    expected: int
-    missing: tuple[str, ...]
-
-
-Outcome = Released | Broken
-
-
-@dataclass(frozen=True, slots=True)
-class RoundState:
-    """The current round of an event, as READ sees it."""
-
-    generation: int
-    arrived: int
-    expected: int | None
-    broken: Broken | None
-    #: Node ids of the participants waiting in it (at most 64).
-    waiting: tuple[str, ...] = ()
-
-
-#: CHECK/ABANDON/WITHDRAW/RELEASE replies that are not outcomes (see scripts.py).
-_UNDECIDED, _STATE_LOST, _EVICTED = "", "L", "E"
-#: ARRIVE statuses.
-_JOINED, _REFUSED, _MISMATCH, _ACT, _CLOSING, _STALE = 0, 1, 2, 3, 4, 5
-#: Length of the random part of a lease member, ``<12 hex>:<node id>``.
-_MEMBER_TAG = 13
 #: Most buffered messages read for this round's announcement before believing that its
 #: state vanished.
 _DRAIN_LIMIT = 64
-
-
-def _nonneg(digits: str) -> int:
-    if not digits.isascii() or not digits.isdigit():
-        raise ValueError(digits)
-    return int(digits)
-
-
-def member_node(member: str) -> str:
-    """Return the node id of a lease member ``<12 hex>:<node id>``."""
-    return member[_MEMBER_TAG:]
-
-
-def parse_outcome(announcement: str) -> Outcome:
-    """Decode a round outcome as the scripts store and publish it.
-
-    :raises ProtocolError: ``announcement`` is not an outcome pyprocsync writes.
-    """
-    try:
-        kind, _, rest = announcement.partition(" ")
-        if kind == "R":
-            gen, at_us, lead_us, *basis = rest.split(" ")
-            if basis not in ([], ["s"]):
-                raise ValueError(announcement)
-            return Released(_nonneg(gen), _nonneg(at_us), _nonneg(lead_us), basis == ["s"])
-        if kind == "B":
-            gen, reason, arrived, expected, missing = rest.split(" ", 4)
-            members = json.loads(missing)
-            if not reason.isidentifier() or not isinstance(members, list):
-                raise ValueError(announcement)
-            return Broken(
-                _nonneg(gen),
-                reason,
-                _nonneg(arrived),
-                _nonneg(expected),
-                tuple(member_node(text(m)) for m in members),
-            )
-    except (ValueError, RecursionError, ProtocolError):  # RecursionError: absurdly nested JSON
-        pass
-    raise ProtocolError(f"not a pyprocsync outcome: {announcement[:80]!r}")
 
 
 class _Participant(Waiter[Outcome]):
@@ -199,8 +130,8 @@ class _Participant(Waiter[Outcome]):
         self.nodes = nodes
         self.has_action = has_action
         node_id = settings.node_id or params.default_node_id()
-        self.member = f"{secrets.token_hex(6)}:{node_id}"
-        self.generation = -1
+        self.member = f"{secrets.token_hex(MEMBER_TAG_HEX // 2)}:{node_id}"
+        self.generation = CURRENT_ROUND
         self.index = -1
         self._next_report = clock.monotonic() + REPORT_INTERVAL_S
 
@@ -234,16 +165,16 @@ class _Participant(Waiter[Outcome]):
     def _decision(self, reply: object) -> Outcome | None:
         """Decode a CHECK/ABANDON/WITHDRAW/RELEASE reply: an outcome, or None if undecided."""
         decoded = text(reply)
-        if decoded == _UNDECIDED:
+        if decoded == Verdict.UNDECIDED:
             return None
-        if decoded == _STATE_LOST:
+        if decoded == Verdict.STATE_LOST:
             raise BrokenBarrierError(
                 f"the state of {self.name!r} vanished from Redis while waiting "
                 "(server restarted or flushed, or keys expired)",
                 reason="state-lost",
                 **self.where(),
             )
-        if decoded == _EVICTED:
+        if decoded == Verdict.EVICTED:
             raise ProtocolError(
                 f"the outcome of round {self.generation} of {self.name!r} was evicted "
                 "before this participant read it",
@@ -255,9 +186,9 @@ class _Participant(Waiter[Outcome]):
         """:meth:`_decision`, except that a state found gone yields to this round's
         announcement when it was already received: the round was decided before its
         state vanished (a flush or an expiry right after the release)."""
-        if reply in (_STATE_LOST, _STATE_LOST.encode()):
+        if reply in (Verdict.STATE_LOST.value, Verdict.STATE_LOST.value.encode()):
             for _ in range(_DRAIN_LIMIT):
-                message = yield Receive(0)
+                message = yield from self.receive(0)
                 if message is None:
                     break
                 announcement = self.classify(message)
@@ -266,9 +197,6 @@ class _Participant(Waiter[Outcome]):
                     if isinstance(outcome, Released | Broken):
                         return outcome
         return self._decision(reply)
-
-    def _script(self, script: Script, *args: str | int | Stamp) -> Flow[Any]:
-        return (yield from self.call(script, self.keys.all, *args))
 
     # -- transitions ---------------------------------------------------------------
 
@@ -297,31 +225,32 @@ class _Participant(Waiter[Outcome]):
         floor = self._floor()
         while True:
             settings = self.settings
-            reply = yield from self._script(
-                Script.ARRIVE,
-                self.nodes,
-                self.member,
-                settings.liveness_ms,
-                settings.retention_ms,
-                self.now_us_for_scripts(),
-                settings.delay_us,
-                self.channel,
-                int(self.has_action),
-                self.clocks.latency_us.get(self.name, 0),
-                settings.auto_floor_us,
-                floor,
+            reply = yield from self.call(
+                Arrive(
+                    self.keys,
+                    nodes=self.nodes,
+                    member=self.member,
+                    liveness_ms=settings.liveness_ms,
+                    retention_ms=settings.retention_ms,
+                    now_us=self.now_us_for_scripts(),
+                    lead_us=settings.delay_us,
+                    hold=self.has_action,
+                    reported_us=self.clocks.latency_us.get(self.name, 0),
+                    floor_us=settings.auto_floor_us,
+                    seen=floor,
+                )
             )
             try:
                 status, generation, index, announcement = reply
-                status, generation, index = int(status), int(generation), int(index)
+                status, generation, index = Arrival(int(status)), int(generation), int(index)
                 announcement = text(announcement)
             except (TypeError, ValueError):
                 raise ProtocolError(f"unexpected ARRIVE reply: {reply!r}") from None
-            if status != _CLOSING:
+            if status != Arrival.CLOSING:
                 break
             yield from self._await_round_closed(generation)
         self.generation = generation
-        if status == _STALE:
+        if status == Arrival.STALE:
             raise BrokenBarrierError(
                 f"the state of {self.name!r} went back from round {floor} (released) to "
                 f"round {generation}: Redis lost writes (a failover to a replica that had "
@@ -329,7 +258,7 @@ class _Participant(Waiter[Outcome]):
                 reason="state-lost",
                 **self.where(),
             )
-        if status == _MISMATCH:
+        if status == Arrival.MISMATCH:
             raise ParameterMismatchError(
                 f"{self.name!r} round {generation} was started with nodes={index}, "
                 f"this participant passed nodes={self.nodes}; the round is now broken",
@@ -338,22 +267,22 @@ class _Participant(Waiter[Outcome]):
                 **self.where(),
             )
         outcome = parse_outcome(announcement) if announcement else None
-        if status == _REFUSED:
+        if status == Arrival.REFUSED:
             if not isinstance(outcome, Broken):
                 raise ProtocolError(f"unexpected ARRIVE reply: {reply!r}")
             raise self._broken(outcome)
         self.index = index
-        if status == _ACT:
+        if status == Arrival.ACT:
             return (yield from self._act())
         return outcome
 
     def _floor(self) -> int:
         """The latest round of this event this instance saw released, if recently enough
-        that the state cannot have expired since (else -1): an arrival that finds the
-        event at that round or before means Redis lost writes."""
+        that the state cannot have expired since (else :data:`NEVER_RELEASED`): an
+        arrival that finds the event at that round or before means Redis lost writes."""
         seen = self.clocks.passed.get(self.name)
         if seen is None or clock.monotonic() - seen[1] >= self.settings.retention_ms / 1e3:
-            return -1
+            return NEVER_RELEASED
         return seen[0]
 
     def _await_round_closed(self, generation: int) -> Flow[None]:
@@ -368,7 +297,7 @@ class _Participant(Waiter[Outcome]):
         )
         while True:
             try:
-                announcement = self.classify((yield Receive(wait)))
+                announcement = self.classify((yield from self.receive(wait)))
             except LINK_ERRORS:
                 yield from self.listen(renew=True)  # then arrive again: ARRIVE reads the state
                 return
@@ -391,15 +320,16 @@ class _Participant(Waiter[Outcome]):
                 yield from self._abandon_for("action")
             raise
         settings = self.settings
-        reply = yield from self._script(
-            Script.RELEASE,
-            self.generation,
-            self.member,
-            self.now_us_for_scripts(),
-            settings.delay_us,
-            settings.retention_ms,
-            self.channel,
-            settings.auto_floor_us,
+        reply = yield from self.call(
+            Release(
+                self.keys,
+                generation=self.generation,
+                member=self.member,
+                now_us=self.now_us_for_scripts(),
+                lead_us=settings.delay_us,
+                retention_ms=settings.retention_ms,
+                floor_us=settings.auto_floor_us,
+            )
         )
         outcome = self._decision(reply)
         if outcome is None:
@@ -408,21 +338,22 @@ class _Participant(Waiter[Outcome]):
 
     def check(self) -> Flow[Outcome | None]:
         settings = self.settings
-        reply = yield from self._script(
-            Script.CHECK,
-            self.generation,
-            self.member,
-            settings.liveness_ms,
-            settings.retention_ms,
-            self.channel,
+        reply = yield from self.call(
+            Check(
+                self.keys,
+                generation=self.generation,
+                member=self.member,
+                liveness_ms=settings.liveness_ms,
+                retention_ms=settings.retention_ms,
+            )
         )
         outcome = yield from self._decided(reply)
         if outcome is None and settings.member:
-            keys, args = member_call(settings, "", READ_ONLY)
-            lapsed = decode_lapsed((yield from self.call(Script.MEMBER, keys, *args)))
+            request = member_request(settings, "", READ_ONLY)
+            lapsed = decode_lapsed((yield from self.call(request)))
             if lapsed:
-                reply = yield from self._script(
-                    Script.LOST, self.generation, settings.retention_ms, self.channel, *lapsed
+                reply = yield from self.call(
+                    Lost(self.keys, self.generation, settings.retention_ms, lapsed)
                 )
                 outcome = yield from self._decided(reply)
         else:
@@ -434,7 +365,7 @@ class _Participant(Waiter[Outcome]):
     def _report(self, lapsed: tuple[str, ...]) -> Flow[None]:
         """Log who the round still waits for (at most every :data:`REPORT_INTERVAL_S`)."""
         self._next_report = clock.monotonic() + REPORT_INTERVAL_S
-        state = _decode_read((yield from self.call(Script.READ, self.keys.all)))
+        state = decode_read((yield from self.call(Read(self.keys))))
         if state.generation != self.generation or state.broken is not None:
             return
         shown = ", ".join(state.waiting) + (", ..." if state.arrived > len(state.waiting) else "")
@@ -462,8 +393,8 @@ class _Participant(Waiter[Outcome]):
         return None  # an earlier round's announcement
 
     def _abandon_for(self, reason: str) -> Flow[Outcome]:
-        reply = yield from self._script(
-            Script.ABANDON, self.generation, reason, self.settings.retention_ms, self.channel
+        reply = yield from self.call(
+            Abandon(self.keys, self.generation, reason, self.settings.retention_ms)
         )
         outcome = yield from self._decided(reply)
         if outcome is None:
@@ -479,8 +410,8 @@ class _Participant(Waiter[Outcome]):
     def _withdraw(self) -> Flow[None]:
         # Best effort: the interruption that led here is what the caller must see.
         with contextlib.suppress(Exception):
-            yield from self._script(
-                Script.WITHDRAW, self.generation, self.member, self.settings.retention_ms
+            yield from self.call(
+                Withdraw(self.keys, self.generation, self.member, self.settings.retention_ms)
             )
 
     def _release(self, outcome: Outcome) -> Flow[Due[SyncResult]]:
@@ -552,7 +483,7 @@ def reset_flow(settings: Settings, event: object) -> Flow[int]:
 
 def _reset(settings: Settings, keys: EventKeys, where: dict[str, Any]) -> Flow[int]:
     yield from prepare(where)
-    reply = yield from call(Script.RESET, keys.all, (settings.retention_ms, keys.channel), where)
+    reply = yield from call(Reset(keys, settings.retention_ms), where)
     if not isinstance(reply, int):
         raise ProtocolError(f"unexpected RESET reply: {reply!r}")
     return reply
@@ -569,7 +500,7 @@ def abort_flow(settings: Settings, event: object) -> Flow[None]:
 
 def _abort(settings: Settings, keys: EventKeys, where: dict[str, Any]) -> Flow[None]:
     yield from prepare(where)
-    yield from call(Script.ABORT, keys.all, (settings.retention_ms, keys.channel), where)
+    yield from call(Abort(keys, settings.retention_ms), where)
 
 
 def read_flow(settings: Settings, event: object) -> Flow[RoundState]:
@@ -583,22 +514,4 @@ def read_flow(settings: Settings, event: object) -> Flow[RoundState]:
 
 def _read(keys: EventKeys, where: dict[str, Any]) -> Flow[RoundState]:
     yield from prepare(where)
-    return _decode_read((yield from call(Script.READ, keys.all, (), where)))
-
-
-def _decode_read(reply: Any) -> RoundState:
-    try:
-        generation, arrived, expected, announcement, members = reply
-        generation, arrived, expected = int(generation), int(arrived), int(expected)
-        announcement = text(announcement)
-        waiting = tuple(member_node(text(member)) for member in members)
-    except (TypeError, ValueError, ProtocolError):
-        raise ProtocolError(f"unexpected READ reply: {reply!r}") from None
-    outcome = parse_outcome(announcement) if announcement else None
-    return RoundState(
-        generation,
-        arrived,
-        expected or None,
-        outcome if isinstance(outcome, Broken) else None,
-        waiting,
-    )
+    return decode_read((yield from call(Read(keys), where)))

@@ -71,9 +71,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from pyprocsync import clock
 from pyprocsync.core.estimate import ClockEstimate
-from pyprocsync.core.ops import LINK_ERRORS, Flow, ServerTime, bound, text
+from pyprocsync.core.ops import LINK_ERRORS, Flow, ServerTime, bound, refused, text
 from pyprocsync.exceptions import ConnectionLostError, ProcSyncError, ProtocolError
 
 __all__ = [
@@ -201,11 +203,17 @@ def sample_flow(
     :param deadline: the call's deadline (monotonic seconds) that bounds the round
         trip (see :func:`~pyprocsync.core.ops.bound`); ``None``: the connection limits.
     :raises ConnectionLostError: the server could not be reached.
+    :raises ServerRefusedError: the server refused ``TIME`` (see
+        :func:`~pyprocsync.core.ops.refused`).
     :raises ProtocolError: the reply is not a ``TIME`` reply.
     """
     sent = clock.monotonic_ns()
     try:
         reply = yield ServerTime(bound(deadline))
+    except ProcSyncError:
+        raise  # already mapped (a ServerRefusedError is a ResponseError too)
+    except ResponseError as exc:
+        raise refused(exc, where or {}) from exc
     except LINK_ERRORS as exc:
         raise ConnectionLostError(
             f"lost the connection to Redis reading TIME: {exc}", **(where or {})

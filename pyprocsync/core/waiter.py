@@ -14,6 +14,7 @@ import abc
 import enum
 from typing import Any, Generic, TypeVar
 
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pyprocsync import clock
@@ -24,15 +25,15 @@ from pyprocsync.core.ops import (
     Listen,
     Receive,
     SleepUntil,
-    Stamp,
     bound,
     call,
     prepare,
+    refused,
     text,
 )
 from pyprocsync.core.params import Settings
-from pyprocsync.core.scripts import Script
 from pyprocsync.core.servertime import ClockState
+from pyprocsync.core.wire import SERVER_CLOCK, Request, Stamp
 from pyprocsync.exceptions import ConnectionLostError, ProcSyncError, TimeOutError, TooLateError
 
 __all__ = ["RECHECK", "SUBSCRIBED", "Signal", "Waiter", "now_us_for_scripts"]
@@ -42,7 +43,7 @@ O = TypeVar("O")  # noqa: E741  # what a waiter waits for
 
 def now_us_for_scripts(settings: Settings) -> int | Stamp:
     """See :meth:`Waiter.now_us_for_scripts`."""
-    return -1 if settings.clock == "server" else Stamp.NOW_US
+    return SERVER_CLOCK if settings.clock == "server" else Stamp.NOW_US
 
 
 class Signal(enum.Enum):
@@ -104,15 +105,15 @@ class Waiter(abc.ABC, Generic[O]):
         """Seconds until the deadline (negative once passed), or ``None``."""
         return None if self.deadline is None else self.deadline - clock.monotonic()
 
-    def call(self, script: Script, keys: tuple[str, ...], *args: str | int | Stamp) -> Flow[Any]:
-        """Run ``script`` (see :func:`call`) with this waiter's error context.
+    def call(self, request: Request) -> Flow[Any]:
+        """Run ``request``'s script (see :func:`call`) with this waiter's error context.
 
         Its reply may take until the deadline, but at least :data:`CALL_TIMEOUT_FLOOR`
         seconds: a server that stops answering (paused, overloaded, cut off without a
         reset) cannot hold a participant far past its timeout.
         """
         try:
-            return (yield from call(script, keys, args, self.where(), bound(self.deadline)))
+            return (yield from call(request, self.where(), bound(self.deadline)))
         except ConnectionLostError as exc:
             raise self.past_deadline(exc) from exc.__cause__
 
@@ -153,13 +154,13 @@ class Waiter(abc.ABC, Generic[O]):
         A failed connection is replaced once; if the new one fails too, the link is lost.
         """
         try:
-            if not (yield Listen(self.channel, renew, bound(self.deadline))):
+            if not (yield from self.served(Listen(self.channel, renew, bound(self.deadline)))):
                 return True
             while True:
                 remaining = self.remaining()
                 if remaining is not None and remaining <= 0:
                     return False
-                if self.classify((yield Receive(remaining))) is SUBSCRIBED:
+                if self.classify((yield from self.receive(remaining))) is SUBSCRIBED:
                     return True
         except LINK_ERRORS as exc:
             remaining = self.remaining()
@@ -168,6 +169,20 @@ class Waiter(abc.ABC, Generic[O]):
             if renew:
                 raise self.link_lost(exc) from exc
             return (yield from self.listen(renew=True))
+
+    def served(self, op: Listen | Receive) -> Flow[Any]:
+        """Carry out a pub/sub operation; the server's refusal (of the subscription)
+        raises :func:`refused`'s error with this waiter's context."""
+        try:
+            return (yield op)
+        except ProcSyncError:
+            raise  # already mapped (a ServerRefusedError is a ResponseError too)
+        except ResponseError as exc:
+            raise refused(exc, self.where()) from exc
+
+    def receive(self, timeout: float | None) -> Flow[object]:
+        """The next pub/sub message, or ``None`` (see :class:`Receive` and :meth:`served`)."""
+        return (yield from self.served(Receive(timeout)))
 
     def classify(self, message: object) -> str | Signal | None:
         """Return the announcement text, ``SUBSCRIBED``, or None for anything else."""
@@ -205,7 +220,7 @@ class Waiter(abc.ABC, Generic[O]):
                 if self.deadline is not None:
                     wait = min(wait, self.deadline - now)
                 try:
-                    message = yield Receive(wait)
+                    message = yield from self.receive(wait)
                 except LINK_ERRORS:
                     # The pub/sub connection failed and an announcement may be lost with
                     # it: subscribe on a new one, then read the stored state at once.
@@ -245,7 +260,7 @@ class Waiter(abc.ABC, Generic[O]):
 
     def now_us_for_scripts(self) -> int | Stamp:
         """The caller's "now" that scripts base instants on: this host's wall clock, read
-        as the command is sent (:attr:`Stamp.NOW_US`), or ``-1`` in server-clock mode
+        as the command is sent (:attr:`Stamp.NOW_US`), or :data:`SERVER_CLOCK` in server-clock mode
         (the script then reads the server's)."""
         return now_us_for_scripts(self.settings)
 

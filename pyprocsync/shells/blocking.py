@@ -310,8 +310,9 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         :raises ProtocolError: data pyprocsync did not write was found in Redis.
         :raises ConnectionLostError: the server could not be reached (a dropped pub/sub
             connection alone is replaced, and the call goes on).
-        :raises redis.exceptions.ResponseError: the server refused a command (out of
-            memory, missing ACL permission).
+        :raises ServerRefusedError: the server refused a command (out of memory,
+            a read-only replica; :class:`~pyprocsync.PermissionRefusedError`: a missing
+            ACL permission); the refused command changed nothing.
 
         If the call is interrupted (``KeyboardInterrupt``, or any other exception
         raised inside it) before the round is released, its arrival is withdrawn, so

@@ -10,7 +10,7 @@ from urllib.parse import unquote
 import redis
 
 from pyprocsync.core.keys import EventKeys, encode, members_key
-from pyprocsync.core.rounds import Broken, Released, member_node, parse_outcome
+from pyprocsync.core.wire import Broken, Released, decode_state, member_node
 from pyprocsync.exceptions import ProtocolError
 
 __all__ = [
@@ -96,10 +96,6 @@ def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _released(outcome: object, generation: int) -> bool:
-    return isinstance(outcome, Released) and outcome.generation == generation
-
-
 def _describe(
     event: str,
     fields: dict[str, str],
@@ -109,30 +105,22 @@ def _describe(
     *,
     now_ms: int,
 ) -> EventStatus:
-    try:
-        generation = int(fields.get("g", "0"))
-        arrived = int(fields.get("n", "0"))
-        expected = int(fields["k"]) if "k" in fields else None
-        first_ms = int(fields["t"]) if "t" in fields else None
-        if min(generation, arrived, expected or 0, first_ms or 0) < 0:
-            raise ValueError("negative")
-    except ValueError:
-        raise ProtocolError(f"corrupt state for event {event!r}: {str(fields)[:200]}") from None
-    current = fields.get(f"o{generation % 8}")
-    previous = fields.get(f"o{(generation - 1) % 8}") if generation > 0 else None
-    if current is not None and parse_outcome(current).generation == generation:
-        state = "broken" if isinstance(parse_outcome(current), Broken) else "released"
+    stored = decode_state(fields, event)
+    generation, arrived = stored.generation, stored.arrived
+    current = stored.outcome(generation)
+    if current is not None:
+        state = "broken" if isinstance(current, Broken) else "released"
     elif arrived > 0:
         state = "filling"
-    elif previous is not None and _released(parse_outcome(previous), generation - 1):
+    elif isinstance(stored.outcome(generation - 1), Released):
         state = "released"
     else:
         state = "idle"
     age = None if retention is None or pttl_ms < 0 else max(0.0, retention - pttl_ms / 1e3)
     waited = None
-    if state == "filling" and first_ms is not None:
-        waited = max(0.0, (now_ms - first_ms) / 1e3)
-    return EventStatus(event, generation, state, arrived, expected, age, waiting, waited)
+    if state == "filling" and stored.first_ms is not None:
+        waited = max(0.0, (now_ms - stored.first_ms) / 1e3)
+    return EventStatus(event, generation, state, arrived, stored.expected, age, waiting, waited)
 
 
 def read_status(
