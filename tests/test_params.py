@@ -29,6 +29,7 @@ from pyprocsync import (
 )
 from pyprocsync.asyncio import ProcSync as AsyncProcSync
 from pyprocsync.core import params
+from pyprocsync.core.memory import EventMemory
 from pyprocsync.core.ops import Prepare
 from pyprocsync.core.rounds import sync_flow
 from pyprocsync.core.servertime import ClockState
@@ -347,8 +348,10 @@ def test_unreachable_server_is_reached_only_by_valid_calls(unreachable: redis.Re
 def test_sync_flow_validates_on_creation() -> None:
     """The I/O-free flow validates when it is created, before its first operation."""
     with pytest.raises(InvalidArgumentError):
-        sync_flow(settings(), quiet_clocks(), "event", 0, None)
-    flow = sync_flow(settings(), quiet_clocks(), "event", np.int64(2), np.float64(1.0))
+        sync_flow(settings(), quiet_clocks(), "event", 0, None, memory=EventMemory())
+    flow = sync_flow(
+        settings(), quiet_clocks(), "event", np.int64(2), np.float64(1.0), memory=EventMemory()
+    )
     assert isinstance(next(flow), Prepare)
     flow.close()
 

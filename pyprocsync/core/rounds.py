@@ -45,6 +45,7 @@ from pyprocsync import clock
 from pyprocsync.core import params
 from pyprocsync.core.keys import EventKeys
 from pyprocsync.core.members import READ_ONLY, decode_lapsed, member_call
+from pyprocsync.core.memory import EventMemory
 from pyprocsync.core.ops import (
     LINK_ERRORS,
     Due,
@@ -192,10 +193,11 @@ class _Participant(Waiter[Outcome]):
         nodes: int,
         timeout: float | None,
         *,
+        memory: EventMemory,
         has_action: bool = False,
     ) -> None:
         self.keys = EventKeys.of(settings.prefix, settings.run_id, event)
-        super().__init__(settings, clocks, event, self.keys.channel, timeout)
+        super().__init__(settings, clocks, event, self.keys.channel, timeout, memory=memory)
         self.nodes = nodes
         self.has_action = has_action
         node_id = settings.node_id or params.default_node_id()
@@ -307,7 +309,7 @@ class _Participant(Waiter[Outcome]):
                 settings.delay_us,
                 self.channel,
                 int(self.has_action),
-                self.clocks.latency_us.get(self.name, 0),
+                self.memory.latency_us.get(self.name, 0),
                 settings.auto_floor_us,
                 floor,
             )
@@ -351,7 +353,7 @@ class _Participant(Waiter[Outcome]):
         """The latest round of this event this instance saw released, if recently enough
         that the state cannot have expired since (else -1): an arrival that finds the
         event at that round or before means Redis lost writes."""
-        seen = self.clocks.passed.get(self.name)
+        seen = self.memory.passed.get(self.name)
         if seen is None or clock.monotonic() - seen[1] >= self.settings.retention_ms / 1e3:
             return -1
         return seen[0]
@@ -486,8 +488,7 @@ class _Participant(Waiter[Outcome]):
     def _release(self, outcome: Outcome) -> Flow[Due[SyncResult]]:
         if isinstance(outcome, Broken):
             raise self._broken(outcome)
-        passed = self.clocks.passed.get(self.name, (-1, 0.0))[0]
-        self.clocks.passed[self.name] = (max(passed, outcome.generation), clock.monotonic())
+        self.memory.note_released(self.name, outcome.generation)
         met = yield from self.meet_instant(
             outcome.at_us, outcome.lead_us, outcome.server_clock, learned_late_is_error=True
         )
@@ -513,10 +514,13 @@ def sync_flow(
     nodes: object,
     timeout: object,
     *,
+    memory: EventMemory,
     has_action: bool = False,
     poll: bool = False,
 ) -> Flow[Due[SyncResult]]:
     """Validate the arguments of ``sync`` and return the flow of one participant.
+
+    ``clocks`` and ``memory`` are the calling instance's, shared by all its calls.
 
     With ``has_action``, this participant runs the shell's action (operation
     :class:`~pyprocsync.core.ops.RunAction`) if it arrives last, before the release.
@@ -531,6 +535,7 @@ def sync_flow(
         params.text("event_name", event, empty=False),
         params.count("nodes", nodes),
         params.wait_timeout(timeout) if poll else params.timeout(timeout),
+        memory=memory,
         has_action=has_action,
     ).run()
 
