@@ -8,6 +8,8 @@ test fails if validation lets a single command through.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 from fractions import Fraction
 from typing import Any
@@ -229,6 +231,19 @@ def test_unknown_option_strings_are_invalid_not_mistyped(
     with pytest.raises(InvalidArgumentError, match="must be '") as caught:
         ProcSync(unreachable, "run", 0.1, **options)
     assert not isinstance(caught.value, ArgumentTypeError)
+
+
+def test_option_defaults_come_from_one_definition() -> None:
+    """The constructors of both ProcSync classes default each option (``run_id`` and
+    ``delay`` included) to its field of ``params.DEFAULTS``, which has no other field,
+    and ``Settings.create()`` without arguments builds the settings of those defaults."""
+    expected = dataclasses.asdict(params.DEFAULTS)
+    for cls in (ProcSync, AsyncProcSync):
+        parameters = inspect.signature(cls).parameters
+        assert {name: p.default for name, p in parameters.items() if name != "redis_client"} == (
+            expected
+        )
+    assert params.Settings.create() == params.Settings.create(**expected)
 
 
 def test_settings_units() -> None:

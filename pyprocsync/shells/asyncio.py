@@ -39,6 +39,7 @@ from pyprocsync.core.ops import (
     ServerTime,
     constant,
 )
+from pyprocsync.core.params import DEFAULTS
 from pyprocsync.core.rounds import reset_flow, sync_flow
 from pyprocsync.core.servertime import TimeRequest
 from pyprocsync.exceptions import TimeOutError
@@ -204,8 +205,8 @@ class ProcSync(ProcSyncBase[AsyncRun], _ClosedOnExit):
     def from_url(
         cls,
         url: str,
-        run_id: str = "",
-        delay: float | Literal["auto"] = 1.0,
+        run_id: str = DEFAULTS.run_id,
+        delay: float | Literal["auto"] = DEFAULTS.delay,
         *,
         cluster: bool = False,
         **options: Any,

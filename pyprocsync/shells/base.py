@@ -19,7 +19,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 from pyprocsync.core import flags, params, rounds
 from pyprocsync.core.memory import EventMemory
 from pyprocsync.core.ops import Due, Flow
-from pyprocsync.core.params import ClockMode, OnLate, Settings
+from pyprocsync.core.params import DEFAULTS, ClockMode, OnLate, Settings
 from pyprocsync.core.scripts import Script
 from pyprocsync.core.servertime import ClockState
 from pyprocsync.exceptions import (
@@ -93,21 +93,21 @@ class ProcSyncBase(Generic[R]):
     def __init__(
         self,
         redis_client: Any,
-        run_id: str = "",
-        delay: float | Literal["auto"] = 1.0,
+        run_id: str = DEFAULTS.run_id,
+        delay: float | Literal["auto"] = DEFAULTS.delay,
         *,
-        liveness: float = 5.0,
-        retention: float = 60.0,
-        late_tolerance: float = 0.001,
-        on_late: OnLate = "raise",
-        spin: float = 0.0005,
-        node_id: str | None = None,
-        prefix: str = "pyprocsync",
-        clock: ClockMode = "system",
-        clock_samples: int = 5,
-        clock_refresh: float = 1.0,
-        auto_floor: float = 0.001,
-        member: bool = False,
+        liveness: float = DEFAULTS.liveness,
+        retention: float = DEFAULTS.retention,
+        late_tolerance: float = DEFAULTS.late_tolerance,
+        on_late: OnLate = DEFAULTS.on_late,
+        spin: float = DEFAULTS.spin,
+        node_id: str | None = DEFAULTS.node_id,
+        prefix: str = DEFAULTS.prefix,
+        clock: ClockMode = DEFAULTS.clock,
+        clock_samples: int = DEFAULTS.clock_samples,
+        clock_refresh: float = DEFAULTS.clock_refresh,
+        auto_floor: float = DEFAULTS.auto_floor,
+        member: bool = DEFAULTS.member,
     ) -> None:
         self._settings = Settings.create(
             run_id=run_id,
@@ -212,7 +212,7 @@ class EventBase(Generic[R]):
         redis_client: Any,
         name: str,
         *,
-        run_id: str = "",
+        run_id: str = DEFAULTS.run_id,
         delay: float = 0.0,
         **options: Any,
     ) -> None:
@@ -261,7 +261,7 @@ class BarrierBase(Generic[R]):
         action: Callable[[], object] | None = None,
         timeout: float | None = None,
         *,
-        run_id: str = "",
+        run_id: str = DEFAULTS.run_id,
         delay: float | Literal["auto"] = 0.05,
         **options: Any,
     ) -> None:

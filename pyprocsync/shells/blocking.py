@@ -32,6 +32,7 @@ from pyprocsync.core.ops import (
     ServerTime,
     constant,
 )
+from pyprocsync.core.params import DEFAULTS
 from pyprocsync.core.rounds import reset_flow, sync_flow
 from pyprocsync.core.servertime import TimeRequest
 from pyprocsync.results import SyncResult
@@ -263,8 +264,8 @@ class ProcSync(ProcSyncBase[BlockingRun], _ClosedOnExit):
     def from_url(
         cls,
         url: str,
-        run_id: str = "",
-        delay: float | Literal["auto"] = 1.0,
+        run_id: str = DEFAULTS.run_id,
+        delay: float | Literal["auto"] = DEFAULTS.delay,
         *,
         cluster: bool = False,
         **options: Any,
