@@ -223,10 +223,15 @@ class ProcSync(ProcSyncBase[AsyncRun], _ClosedOnExit):
         Exactly :meth:`pyprocsync.ProcSync.sync`, awaited. Cancelling the task before
         the release withdraws the arrival.
         """
-        flow = sync_flow(
-            self._settings, self._clocks, event_name, nodes, timeout, memory=self._memory
+        # The flow is not kept in a local: it is freed when _run returns, before the
+        # instant, not on the way out after it.
+        return await _meet(
+            await self._run(
+                sync_flow(
+                    self._settings, self._clocks, event_name, nodes, timeout, memory=self._memory
+                )
+            )
         )
-        return await _meet(await self._run(flow))
 
     async def reset(self, event_name: str) -> int:
         """Exactly :meth:`pyprocsync.ProcSync.reset`, awaited."""
@@ -479,8 +484,7 @@ class Barrier(BarrierBase[AsyncRun], _ClosingShell):
     async def wait(self, timeout: float | None = None) -> int:
         """See :meth:`pyprocsync.Barrier.wait`."""
         try:
-            flow = self._wait_flow(timeout)
-            return (await _meet(await self._seam.run(flow, self._action))).index
+            return (await _meet(await self._seam.run(self._wait_flow(timeout), self._action))).index
         except TimeOutError as exc:
             raise self._timeout_error(exc) from exc
 

@@ -319,10 +319,15 @@ class ProcSync(ProcSyncBase[BlockingRun], _ClosedOnExit):
         the round still needs ``nodes`` live participants. A participant that lost
         the server cannot withdraw; its lease lapses after ``liveness`` seconds.
         """
-        flow = sync_flow(
-            self._settings, self._clocks, event_name, nodes, timeout, memory=self._memory
+        # The flow is not kept in a local: it is freed when _run returns, before the
+        # instant, not on the way out after it.
+        return meet(
+            self._run(
+                sync_flow(
+                    self._settings, self._clocks, event_name, nodes, timeout, memory=self._memory
+                )
+            )
         )
-        return meet(self._run(flow))
 
     def reset(self, event_name: str) -> int:
         """Break the current round of ``event_name`` if anyone waits in it, and open the next.
