@@ -72,6 +72,7 @@ from pyprocsync import (
 )
 from pyprocsync.core import params
 from pyprocsync.core.keys import EventKeys, FlagKeys
+from pyprocsync.core.memory import EventMemory
 from pyprocsync.core.ops import AtInstant, Call, Listen, Prepare, Receive, ServerTime, SleepUntil
 from pyprocsync.core.rounds import sync_flow
 from pyprocsync.core.scripts import Script
@@ -487,7 +488,9 @@ def test_server_mode_wall_steps_do_not_move_the_release(world: FakeWorld, step_s
     world.server_ahead(3_000_000_000)
     world.steps = {2: round(step_s * 1e9)}
     fake = FakeRedis(world)
-    result = fake.run(sync_flow(make_settings(clock="server"), ClockState(), EVENT, 1, None))
+    result = fake.run(
+        sync_flow(make_settings(clock="server"), ClockState(), EVENT, 1, None, memory=EventMemory())
+    )
     assert fake.kinds() == ["ServerTimex5", "Listen", "Receive", "Call", "SleepUntil"]
     assert fake.arrive_args[0][4] == -1
     (sleep,) = [op for op in fake.ops if isinstance(op, SleepUntil)]
@@ -518,7 +521,11 @@ def test_system_mode_wall_steps_move_the_release(
     world.steps = {2: round(step_s * 1e9)}
     fake = FakeRedis(world)
     settings = make_settings()
-    result = fake.run(sync_flow(settings, ClockState(check_system_clock=False), EVENT, 1, None))
+    result = fake.run(
+        sync_flow(
+            settings, ClockState(check_system_clock=False), EVENT, 1, None, memory=EventMemory()
+        )
+    )
     assert fake.kinds() == ["Listen", "Receive", "Call", "SleepUntil"]
     decided_wall_us = (T0_NS + fake.decided_mono - MONO0_NS) / 1000
     assert fake.arrive_args[0][4] == pytest.approx(decided_wall_us, abs=10)
@@ -540,7 +547,14 @@ def test_system_mode_step_past_the_instant_ends_the_wait(world: FakeWorld) -> No
     world.steps = {2: 10_000_000_000}
     fake = FakeRedis(world)
     result = fake.run(
-        sync_flow(make_settings(delay=1.0), ClockState(check_system_clock=False), EVENT, 1, None)
+        sync_flow(
+            make_settings(delay=1.0),
+            ClockState(check_system_clock=False),
+            EVENT,
+            1,
+            None,
+            memory=EventMemory(),
+        )
     )
     assert len(world.sleeps) == 2
     assert fake.returned_mono - fake.decided_mono <= 2 * clock.MAX_SLEEP_NS + 100_000
@@ -569,18 +583,18 @@ def test_server_mode_estimate_is_carried_past_the_announcement(world: FakeWorld)
     ``delay="auto"``. (Until 1.0's sampling schedule, the estimate was renewed here.)"""
     world.server_ahead(-1_500_000_000)
     fake = FakeRedis(world, others=True, wait_s=1.5, travel_s=0.007)
-    state = ClockState()
+    state, memory = ClockState(), EventMemory()
     settings = make_settings(clock="server")
-    result = fake.run(sync_flow(settings, state, EVENT, 2, None))
+    result = fake.run(sync_flow(settings, state, EVENT, 2, None, memory=memory))
     assert fake.kinds() == ["ServerTimex5", "Listen", "Receive", "Call", "Receive", "SleepUntil"]
     assert fake.arrive_args[0][8] == 0  # nothing learned before the first round
     assert result.clock_offset == pytest.approx(-1.5, abs=1e-5)
     assert abs(fake.returned_mono - (fake.decided_mono + 300 * MS)) < 50_000
-    latency = state.latency_us[EVENT]
+    latency = memory.latency_us[EVENT]
     assert 7000 <= latency <= 7000 + 100 + result.clock_uncertainty * 1e6
 
     fake2 = FakeRedis(world, others=True, generation=1)
-    fake2.run(sync_flow(settings, state, EVENT, 2, None))
+    fake2.run(sync_flow(settings, state, EVENT, 2, None, memory=memory))
     assert fake2.arrive_args[0][8] == latency
 
 
@@ -591,7 +605,9 @@ def test_server_mode_stale_estimate_is_renewed_at_the_announcement(world: FakeWo
     of round trips renews it after the announcement, before the wait for the instant."""
     world.server_ahead(-1_500_000_000)
     fake = FakeRedis(world, others=True, wait_s=15.0, travel_s=0.002)
-    result = fake.run(sync_flow(make_settings(clock="server"), ClockState(), EVENT, 2, None))
+    result = fake.run(
+        sync_flow(make_settings(clock="server"), ClockState(), EVENT, 2, None, memory=EventMemory())
+    )
     assert fake.kinds() == [
         "ServerTimex5",
         "Listen",
@@ -612,7 +628,14 @@ def test_system_instance_follows_a_server_clock_instant(world: FakeWorld) -> Non
     world.server_ahead(800 * MS)
     fake = FakeRedis(world, others=True, server_decides=True, travel_s=0.002)
     result = fake.run(
-        sync_flow(make_settings(), ClockState(check_system_clock=False), EVENT, 2, None)
+        sync_flow(
+            make_settings(),
+            ClockState(check_system_clock=False),
+            EVENT,
+            2,
+            None,
+            memory=EventMemory(),
+        )
     )
     assert fake.kinds() == ["Listen", "Receive", "Call", "Receive", "ServerTimex5", "SleepUntil"]
     (sleep,) = [op for op in fake.ops if isinstance(op, SleepUntil)]
@@ -907,8 +930,8 @@ def test_auto_delay_floor_spike_and_decay(
     assert one_round() == pytest.approx(0.003)
     for _ in range(2):
         assert one_round() >= 0.003 - 1e-9
-    assert a._clocks.latency_us["ev"] < 40_000  # what it really measured: far below
-    a._clocks.latency_us["ev"] = 50_000
+    assert a._memory.latency_us["ev"] < 40_000  # what it really measured: far below
+    a._memory.latency_us["ev"] = 50_000
     assert one_round() == pytest.approx(0.1)
     latency = 50_000 * 31 // 32
     assert lead_field(client, run_id, "ev") == latency

@@ -8,6 +8,8 @@ test fails if validation lets a single command through.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 from fractions import Fraction
 from typing import Any
@@ -29,6 +31,7 @@ from pyprocsync import (
 )
 from pyprocsync.asyncio import ProcSync as AsyncProcSync
 from pyprocsync.core import params
+from pyprocsync.core.memory import EventMemory
 from pyprocsync.core.ops import Prepare
 from pyprocsync.core.rounds import sync_flow
 from pyprocsync.core.servertime import ClockState
@@ -230,6 +233,19 @@ def test_unknown_option_strings_are_invalid_not_mistyped(
     assert not isinstance(caught.value, ArgumentTypeError)
 
 
+def test_option_defaults_come_from_one_definition() -> None:
+    """The constructors of both ProcSync classes default each option (``run_id`` and
+    ``delay`` included) to its field of ``params.DEFAULTS``, which has no other field,
+    and ``Settings.create()`` without arguments builds the settings of those defaults."""
+    expected = dataclasses.asdict(params.DEFAULTS)
+    for cls in (ProcSync, AsyncProcSync):
+        parameters = inspect.signature(cls).parameters
+        assert {name: p.default for name, p in parameters.items() if name != "redis_client"} == (
+            expected
+        )
+    assert params.Settings.create() == params.Settings.create(**expected)
+
+
 def test_settings_units() -> None:
     """Settings keep durations as integers in the protocol's units (µs, ms, ns)."""
     made = settings(delay=0.0123456, liveness=0.5, retention=2, late_tolerance=0.002, spin=0.001)
@@ -347,8 +363,10 @@ def test_unreachable_server_is_reached_only_by_valid_calls(unreachable: redis.Re
 def test_sync_flow_validates_on_creation() -> None:
     """The I/O-free flow validates when it is created, before its first operation."""
     with pytest.raises(InvalidArgumentError):
-        sync_flow(settings(), quiet_clocks(), "event", 0, None)
-    flow = sync_flow(settings(), quiet_clocks(), "event", np.int64(2), np.float64(1.0))
+        sync_flow(settings(), quiet_clocks(), "event", 0, None, memory=EventMemory())
+    flow = sync_flow(
+        settings(), quiet_clocks(), "event", np.int64(2), np.float64(1.0), memory=EventMemory()
+    )
     assert isinstance(next(flow), Prepare)
     flow.close()
 

@@ -35,6 +35,7 @@ from pyprocsync import (
 )
 from pyprocsync.core import params
 from pyprocsync.core.keys import EventKeys
+from pyprocsync.core.memory import EventMemory
 from pyprocsync.core.ops import (
     CALL_TIMEOUT_FLOOR,
     AtInstant,
@@ -164,7 +165,11 @@ class Stepper:
 def start(settings: params.Settings | None = None, nodes: int = 2,
           timeout: float | None = None) -> Stepper:  # fmt: skip
     """A participant that subscribed (confirmation received) and is about to ARRIVE."""
-    stepper = Stepper(sync_flow(settings or make_settings(), quiet_clocks(), EVENT, nodes, timeout))
+    stepper = Stepper(
+        sync_flow(
+            settings or make_settings(), quiet_clocks(), EVENT, nodes, timeout, memory=EventMemory()
+        )
+    )
     stepper.expect_listen()
     stepper.send(True)
     stepper.expect_receive()
@@ -208,7 +213,9 @@ def test_the_callers_clock_is_read_as_the_command_is_built(fake_clock: FakeClock
 def test_subscribes_before_arriving(fake_clock: FakeClock) -> None:
     """The channel is subscribed and confirmed before ARRIVE, so no announcement can slip
     between arriving and listening."""
-    stepper = Stepper(sync_flow(make_settings(), quiet_clocks(), EVENT, 2, None))
+    stepper = Stepper(
+        sync_flow(make_settings(), quiet_clocks(), EVENT, 2, None, memory=EventMemory())
+    )
     stepper.expect_listen()
     stepper.send(True)
     stepper.expect_receive()
@@ -231,7 +238,9 @@ def test_subscribes_before_arriving(fake_clock: FakeClock) -> None:
 def test_existing_subscription_arrives_at_once(fake_clock: FakeClock) -> None:
     """When the listener was already subscribed (``Listen`` returns False), the flow does
     not wait for a confirmation that will never come."""
-    stepper = Stepper(sync_flow(make_settings(), quiet_clocks(), EVENT, 2, None))
+    stepper = Stepper(
+        sync_flow(make_settings(), quiet_clocks(), EVENT, 2, None, memory=EventMemory())
+    )
     stepper.send(False)
     stepper.expect_call(Script.ARRIVE)
 
@@ -538,7 +547,9 @@ def test_abandon_undecided_reply_is_a_protocol_error(fake_clock: FakeClock) -> N
 def test_timeout_before_subscription_confirmed(fake_clock: FakeClock) -> None:
     """A timeout that expires while the subscription is unconfirmed raises TimeOutError
     without arriving (nothing to withdraw)."""
-    stepper = Stepper(sync_flow(make_settings(), quiet_clocks(), EVENT, 2, 0.2))
+    stepper = Stepper(
+        sync_flow(make_settings(), quiet_clocks(), EVENT, 2, 0.2, memory=EventMemory())
+    )
     stepper.send(True)
     assert stepper.expect_receive().timeout == pytest.approx(0.2)
     fake_clock.advance(0.2)
@@ -786,7 +797,9 @@ def test_reset_flow() -> None:
 
 def test_procsync_error_context(fake_clock: FakeClock) -> None:
     """Errors raised before the generation is known carry generation None."""
-    stepper = Stepper(sync_flow(make_settings(), quiet_clocks(), EVENT, 2, 0.1))
+    stepper = Stepper(
+        sync_flow(make_settings(), quiet_clocks(), EVENT, 2, 0.1, memory=EventMemory())
+    )
     stepper.send(True)
     fake_clock.advance(1)
     with pytest.raises(ProcSyncError) as info:

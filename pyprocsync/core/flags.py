@@ -24,6 +24,7 @@ from typing import Any
 
 from pyprocsync.core import params
 from pyprocsync.core.keys import FlagKeys
+from pyprocsync.core.memory import EventMemory
 from pyprocsync.core.ops import Due, Flow, call, prepare, text
 from pyprocsync.core.params import Settings
 from pyprocsync.core.servertime import ClockState
@@ -58,10 +59,16 @@ class _FlagWaiter(Waiter[FlagSet | None]):
     """One ``Event.wait`` call; its outcome is the set that woke it (None: timed out)."""
 
     def __init__(
-        self, settings: Settings, clocks: ClockState, name: str, timeout: float | None
+        self,
+        settings: Settings,
+        clocks: ClockState,
+        name: str,
+        timeout: float | None,
+        *,
+        memory: EventMemory,
     ) -> None:
         self.keys = FlagKeys.of(settings.prefix, settings.run_id, name)
-        super().__init__(settings, clocks, name, self.keys.channel, timeout)
+        super().__init__(settings, clocks, name, self.keys.channel, timeout, memory=memory)
         self.seen = -1  # sets when waiting began; -1 until the first check
 
     def where(self) -> dict[str, Any]:
@@ -162,13 +169,16 @@ def _is_set(settings: Settings, keys: FlagKeys, where: dict[str, Any]) -> Flow[b
 
 
 def wait_flow(
-    settings: Settings, clocks: ClockState, name: object, timeout: object
+    settings: Settings, clocks: ClockState, name: object, timeout: object, *, memory: EventMemory
 ) -> Flow[Due[bool]]:
     """The flow of ``Event.wait``: True once the flag is (or was meanwhile) set.
+
+    ``clocks`` and ``memory`` are the calling instance's, shared by all its calls.
 
     A timeout <= 0 is a poll, as in threading: the flag is read once (no subscription).
 
     :raises InvalidArgumentError: an argument is invalid (nothing was sent).
     """
     checked = params.text("name", name, empty=False)
-    return _FlagWaiter(settings, clocks, checked, params.wait_timeout(timeout)).run()
+    waiter = _FlagWaiter(settings, clocks, checked, params.wait_timeout(timeout), memory=memory)
+    return waiter.run()

@@ -21,10 +21,38 @@ from typing import Literal, cast
 
 from pyprocsync.exceptions import ArgumentTypeError, InvalidArgumentError
 
-__all__ = ["ClockMode", "OnLate", "Settings", "default_node_id"]
+__all__ = ["DEFAULTS", "ClockMode", "OnLate", "OptionDefaults", "Settings", "default_node_id"]
 
 OnLate = Literal["raise", "proceed"]
 ClockMode = Literal["system", "server"]
+
+
+@dataclass(frozen=True, slots=True)
+class OptionDefaults:
+    """The default of each option of :class:`~pyprocsync.ProcSync`, as a caller gives it
+    (seconds, not the protocol's units). :data:`DEFAULTS` is the one instance: the
+    constructors' signatures, :meth:`Settings.create` and the documentation take their
+    defaults from it. (The ``delay`` of Event and Barrier has a default of its own.)
+    """
+
+    run_id: str = ""
+    delay: float = 1.0
+    liveness: float = 5.0
+    retention: float = 60.0
+    late_tolerance: float = 0.001
+    on_late: OnLate = "raise"
+    spin: float = 0.0005
+    node_id: str | None = None
+    prefix: str = "pyprocsync"
+    clock: ClockMode = "system"
+    clock_samples: int = 5
+    clock_refresh: float = 1.0
+    auto_floor: float = 0.001
+    member: bool = False
+
+
+#: The defaults of the options of :class:`~pyprocsync.ProcSync`.
+DEFAULTS = OptionDefaults()
 
 
 def text(name: str, value: object, *, empty: bool = True) -> str:
@@ -179,11 +207,11 @@ class Settings:
     spin_ns: int
     node_id: str | None
     prefix: str
-    clock: ClockMode = "system"
-    clock_samples: int = 5
-    clock_refresh_ns: int = 1_000_000_000
-    auto_floor_us: int = 1000
-    member: bool = False
+    clock: ClockMode
+    clock_samples: int
+    clock_refresh_ns: int
+    auto_floor_us: int
+    member: bool
 
     @property
     def auto_delay(self) -> bool:
@@ -194,22 +222,23 @@ class Settings:
     def create(
         cls,
         *,
-        run_id: object,
-        delay: object,
-        liveness: object,
-        retention: object,
-        late_tolerance: object,
-        on_late: object,
-        spin: object,
-        node_id: object,
-        prefix: object,
-        clock: object = "system",
-        clock_samples: object = 5,
-        clock_refresh: object = 1.0,
-        auto_floor: object = 0.001,
-        member: object = False,
+        run_id: object = DEFAULTS.run_id,
+        delay: object = DEFAULTS.delay,
+        liveness: object = DEFAULTS.liveness,
+        retention: object = DEFAULTS.retention,
+        late_tolerance: object = DEFAULTS.late_tolerance,
+        on_late: object = DEFAULTS.on_late,
+        spin: object = DEFAULTS.spin,
+        node_id: object = DEFAULTS.node_id,
+        prefix: object = DEFAULTS.prefix,
+        clock: object = DEFAULTS.clock,
+        clock_samples: object = DEFAULTS.clock_samples,
+        clock_refresh: object = DEFAULTS.clock_refresh,
+        auto_floor: object = DEFAULTS.auto_floor,
+        member: object = DEFAULTS.member,
     ) -> Settings:
-        """Validate the constructor arguments of a ProcSync and build its settings."""
+        """Validate the constructor arguments of a ProcSync and build its settings; an
+        argument left out takes its default from :data:`DEFAULTS`."""
         choice("clock", clock, ("system", "server"))
         choice("on_late", on_late, ("raise", "proceed"))
         prefix = text("prefix", prefix, empty=False)

@@ -43,6 +43,7 @@ from pyprocsync import clock
 from pyprocsync.core import params
 from pyprocsync.core.keys import EventKeys
 from pyprocsync.core.members import decode_lapsed, member_request
+from pyprocsync.core.memory import EventMemory
 from pyprocsync.core.ops import (
     LINK_ERRORS,
     Due,
@@ -123,10 +124,11 @@ class _Participant(Waiter[Outcome]):
         nodes: int,
         timeout: float | None,
         *,
+        memory: EventMemory,
         has_action: bool = False,
     ) -> None:
         self.keys = EventKeys.of(settings.prefix, settings.run_id, event)
-        super().__init__(settings, clocks, event, self.keys.channel, timeout)
+        super().__init__(settings, clocks, event, self.keys.channel, timeout, memory=memory)
         self.nodes = nodes
         self.has_action = has_action
         node_id = settings.node_id or params.default_node_id()
@@ -235,7 +237,7 @@ class _Participant(Waiter[Outcome]):
                     now_us=self.now_us_for_scripts(),
                     lead_us=settings.delay_us,
                     hold=self.has_action,
-                    reported_us=self.clocks.latency_us.get(self.name, 0),
+                    reported_us=self.memory.latency_us.get(self.name, 0),
                     floor_us=settings.auto_floor_us,
                     seen=floor,
                 )
@@ -280,7 +282,7 @@ class _Participant(Waiter[Outcome]):
         """The latest round of this event this instance saw released, if recently enough
         that the state cannot have expired since (else :data:`NEVER_RELEASED`): an
         arrival that finds the event at that round or before means Redis lost writes."""
-        seen = self.clocks.passed.get(self.name)
+        seen = self.memory.passed.get(self.name)
         if seen is None or clock.monotonic() - seen[1] >= self.settings.retention_ms / 1e3:
             return NEVER_RELEASED
         return seen[0]
@@ -417,8 +419,7 @@ class _Participant(Waiter[Outcome]):
     def _release(self, outcome: Outcome) -> Flow[Due[SyncResult]]:
         if isinstance(outcome, Broken):
             raise self._broken(outcome)
-        passed = self.clocks.passed.get(self.name, (-1, 0.0))[0]
-        self.clocks.passed[self.name] = (max(passed, outcome.generation), clock.monotonic())
+        self.memory.note_released(self.name, outcome.generation)
         met = yield from self.meet_instant(
             outcome.at_us, outcome.lead_us, outcome.server_clock, learned_late_is_error=True
         )
@@ -444,10 +445,13 @@ def sync_flow(
     nodes: object,
     timeout: object,
     *,
+    memory: EventMemory,
     has_action: bool = False,
     poll: bool = False,
 ) -> Flow[Due[SyncResult]]:
     """Validate the arguments of ``sync`` and return the flow of one participant.
+
+    ``clocks`` and ``memory`` are the calling instance's, shared by all its calls.
 
     With ``has_action``, this participant runs the shell's action (operation
     :class:`~pyprocsync.core.ops.RunAction`) if it arrives last, before the release.
@@ -462,6 +466,7 @@ def sync_flow(
         params.text("event_name", event, empty=False),
         params.count("nodes", nodes),
         params.wait_timeout(timeout) if poll else params.timeout(timeout),
+        memory=memory,
         has_action=has_action,
     ).run()
 

@@ -421,20 +421,12 @@ class ClockState:
     .. versionadded:: 1.0
 
     The clock filter and its sampling schedule (see the module's description; one
-    renewal by one call serves all); the one-time check of this host's clock in
-    system-clock mode (see :meth:`check_system_clock`); and, per event name, how long
-    the last announcement took to reach this instance (:attr:`latency_us`), reported at
-    the next arrival so that ``delay="auto"`` can size the lead time, and the last round
-    it saw released (:attr:`passed`), so that an event whose state went back in time is
-    noticed.
+    renewal by one call serves all), and the one-time check of this host's clock in
+    system-clock mode (see :meth:`check_system_clock`). What the instance remembers
+    about each event is kept apart, in :class:`~pyprocsync.core.memory.EventMemory`.
     """
 
     def __init__(self, *, check_system_clock: bool = True) -> None:
-        #: Per event name: µs from the last release's decision to this instance knowing it.
-        self.latency_us: dict[str, int] = {}
-        #: Per event name: the latest generation this instance saw released, and when
-        #: (monotonic seconds).
-        self.passed: dict[str, tuple[int, float]] = {}
         #: ``TIME`` round trips taken so far.
         self.round_trips = 0
         self._filter = ClockFilter()

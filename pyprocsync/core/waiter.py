@@ -18,6 +18,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pyprocsync import clock
+from pyprocsync.core.memory import EventMemory
 from pyprocsync.core.ops import (
     LINK_ERRORS,
     Flow,
@@ -73,9 +74,12 @@ class Waiter(abc.ABC, Generic[O]):
         name: str,
         channel: str,
         timeout: float | None,
+        *,
+        memory: EventMemory,
     ) -> None:
         self.settings = settings
         self.clocks = clocks
+        self.memory = memory
         self.name = name
         self.channel = channel
         self.timeout = timeout
@@ -297,7 +301,7 @@ class Waiter(abc.ABC, Generic[O]):
         # How long the news took from the decision (instant - lead) to this participant:
         # reported at the next arrival, it sizes automatic lead times.
         uncertainty = 0 if estimate is None else estimate.uncertainty_ns
-        self.clocks.latency_us[self.name] = max(0, late_ns + lead_ns + uncertainty) // 1000
+        self.memory.latency_us[self.name] = max(0, late_ns + lead_ns + uncertainty) // 1000
         if (
             lead_us > 0
             and learned_late_is_error

@@ -39,12 +39,13 @@ from pyprocsync.core.ops import (
     ServerTime,
     constant,
 )
+from pyprocsync.core.params import DEFAULTS
 from pyprocsync.core.rounds import reset_flow, sync_flow
 from pyprocsync.core.servertime import TimeRequest
 from pyprocsync.exceptions import TimeOutError
 from pyprocsync.results import SyncResult
 from pyprocsync.shells import listener_task
-from pyprocsync.shells.base import BarrierBase, EventBase, ProcSyncBase
+from pyprocsync.shells.base import AsyncRun, BarrierBase, EventBase, ProcSyncBase
 from pyprocsync.shells.listener_task import TaskListener, TaskMailbox, cancel_safe, receive
 from pyprocsync.shells.listeners import at_server, connecting_within
 from pyprocsync.shells.redirects import REDIRECT_PAUSE_S, REDIRECTS, Budget
@@ -182,7 +183,7 @@ class _ClosedOnExit:
         await self.aclose()
 
 
-class ProcSync(ProcSyncBase, _ClosedOnExit):
+class ProcSync(ProcSyncBase[AsyncRun], _ClosedOnExit):
     """:class:`pyprocsync.ProcSync` for asyncio: the same parameters and semantics.
 
     ``redis_client`` is a :class:`redis.asyncio.Redis`. One instance may serve many
@@ -204,8 +205,8 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
     def from_url(
         cls,
         url: str,
-        run_id: str = "",
-        delay: float | Literal["auto"] = 1.0,
+        run_id: str = DEFAULTS.run_id,
+        delay: float | Literal["auto"] = DEFAULTS.delay,
         *,
         cluster: bool = False,
         **options: Any,
@@ -222,8 +223,15 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         Exactly :meth:`pyprocsync.ProcSync.sync`, awaited. Cancelling the task before
         the release withdraws the arrival.
         """
-        flow = sync_flow(self._settings, self._clocks, event_name, nodes, timeout)
-        return await _meet(await self._run(flow))
+        # The flow is not kept in a local: it is freed when _run returns, before the
+        # instant, not on the way out after it.
+        return await _meet(
+            await self._run(
+                sync_flow(
+                    self._settings, self._clocks, event_name, nodes, timeout, memory=self._memory
+                )
+            )
+        )
 
     async def reset(self, event_name: str) -> int:
         """Exactly :meth:`pyprocsync.ProcSync.reset`, awaited."""
@@ -243,6 +251,9 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
             await listener_task.release(self._client)
         if self._owns_client:
             await self._client.aclose()
+
+    def _runner(self) -> AsyncRun:
+        return self._run
 
     async def _run(self, flow: Flow[T], action: Callable[[], object] | None = None) -> T:
         """Drive ``flow`` to its result; ``action`` (plain or async) serves its RunAction.
@@ -413,7 +424,7 @@ def _owning(cls: Callable[..., S], url: str, *args: Any, cluster: bool = False, 
     return instance
 
 
-class Event(EventBase, _ClosingShell):
+class Event(EventBase[AsyncRun], _ClosingShell):
     """:class:`pyprocsync.Event` for asyncio: the same parameters and semantics.
 
     .. versionadded:: 1.0
@@ -429,22 +440,22 @@ class Event(EventBase, _ClosingShell):
 
     async def set(self) -> None:
         """See :meth:`pyprocsync.Event.set`."""
-        await self._shell._run(self._set_flow())
+        await self._seam.run(self._set_flow())
 
     async def clear(self) -> None:
         """See :meth:`pyprocsync.Event.clear`."""
-        await self._shell._run(self._clear_flow())
+        await self._seam.run(self._clear_flow())
 
     async def is_set(self) -> bool:
         """See :meth:`pyprocsync.Event.is_set`."""
-        return await self._shell._run(self._is_set_flow())
+        return await self._seam.run(self._is_set_flow())
 
     async def wait(self, timeout: float | None = None) -> bool:
         """See :meth:`pyprocsync.Event.wait`."""
-        return await _meet(await self._shell._run(self._wait_flow(timeout)))
+        return await _meet(await self._seam.run(self._wait_flow(timeout)))
 
 
-class Barrier(BarrierBase, _ClosingShell):
+class Barrier(BarrierBase[AsyncRun], _ClosingShell):
     """:class:`pyprocsync.Barrier` for asyncio: the same parameters and semantics.
 
     ``action`` may be a plain callable or return an awaitable (an ``async def``
@@ -463,18 +474,17 @@ class Barrier(BarrierBase, _ClosingShell):
 
     async def n_waiting(self) -> int:
         """See :attr:`pyprocsync.Barrier.n_waiting` (a coroutine here)."""
-        state = await self._shell._run(self._read_flow())
+        state = await self._seam.run(self._read_flow())
         return 0 if state.broken else state.arrived
 
     async def broken(self) -> bool:
         """See :attr:`pyprocsync.Barrier.broken` (a coroutine here)."""
-        return (await self._shell._run(self._read_flow())).broken is not None
+        return (await self._seam.run(self._read_flow())).broken is not None
 
     async def wait(self, timeout: float | None = None) -> int:
         """See :meth:`pyprocsync.Barrier.wait`."""
         try:
-            flow = self._wait_flow(timeout)
-            return (await _meet(await self._shell._run(flow, self._action))).index
+            return (await _meet(await self._seam.run(self._wait_flow(timeout), self._action))).index
         except TimeOutError as exc:
             raise self._timeout_error(exc) from exc
 
@@ -484,4 +494,4 @@ class Barrier(BarrierBase, _ClosingShell):
 
     async def abort(self) -> None:
         """See :meth:`pyprocsync.Barrier.abort`."""
-        await self._shell._run(self._abort_flow())
+        await self._seam.run(self._abort_flow())

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from pyprocsync.exceptions import TimeOutError
-from pyprocsync.shells.base import BarrierBase
+from pyprocsync.shells.base import BarrierBase, BlockingRun
 from pyprocsync.shells.blocking import ClosingShell, ProcSync, _owning, meet
 
 __all__ = ["Barrier"]
 
 
-class Barrier(BarrierBase, ClosingShell):
+class Barrier(BarrierBase[BlockingRun], ClosingShell):
     """A barrier for ``parties`` participants in any processes on any machines.
 
     The semantics of :class:`threading.Barrier`, across machines: :meth:`wait` blocks
@@ -72,13 +72,13 @@ class Barrier(BarrierBase, ClosingShell):
     @property
     def n_waiting(self) -> int:
         """How many participants wait in the current round (0 while it is broken)."""
-        state = self._shell._run(self._read_flow())
+        state = self._seam.run(self._read_flow())
         return 0 if state.broken else state.arrived
 
     @property
     def broken(self) -> bool:
         """Whether the current round is broken (until :meth:`reset`)."""
-        return self._shell._run(self._read_flow()).broken is not None
+        return self._seam.run(self._read_flow()).broken is not None
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait until ``parties`` participants wait; return this one's index at the instant.
@@ -92,7 +92,7 @@ class Barrier(BarrierBase, ClosingShell):
         :raises Exception: whatever ``action`` raised, in the participant that ran it.
         """
         try:
-            return meet(self._shell._run(self._wait_flow(timeout), self._action)).index
+            return meet(self._seam.run(self._wait_flow(timeout), self._action)).index
         except TimeOutError as exc:
             raise self._timeout_error(exc) from exc
 
@@ -102,4 +102,4 @@ class Barrier(BarrierBase, ClosingShell):
 
     def abort(self) -> None:
         """Break the barrier: current and later waiters raise ``BrokenBarrierError``."""
-        self._shell._run(self._abort_flow())
+        self._seam.run(self._abort_flow())

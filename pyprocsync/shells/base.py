@@ -2,17 +2,24 @@
 
 Each public class exists twice, blocking and asyncio, as a thin shell that drives the
 flows built here; this module does no I/O.
+
+An Event or a Barrier drives its flows with a ProcSync of its own, through a
+:class:`Seam`: that instance's settings, clock state and event memory, and its way of
+running a flow (:class:`BlockingRun` or :class:`AsyncRun`). The seam is all the Event
+and Barrier classes use of their ProcSync, besides its public methods.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pyprocsync.core import flags, params, rounds
+from pyprocsync.core.memory import EventMemory
 from pyprocsync.core.ops import Due, Flow
-from pyprocsync.core.params import ClockMode, OnLate, Settings
+from pyprocsync.core.params import DEFAULTS, ClockMode, OnLate, Settings
 from pyprocsync.core.scripts import Script
 from pyprocsync.core.servertime import ClockState
 from pyprocsync.exceptions import (
@@ -23,15 +30,58 @@ from pyprocsync.exceptions import (
 )
 from pyprocsync.results import SyncResult
 
-__all__ = ["BarrierBase", "EventBase", "ProcSyncBase"]
+__all__ = ["AsyncRun", "BarrierBase", "BlockingRun", "EventBase", "ProcSyncBase", "Seam", "seam"]
 
 L = TypeVar("L")
+T = TypeVar("T")
 
 
-class ProcSyncBase:
+class BlockingRun(Protocol):
+    """How the blocking shell runs a flow: ``run(flow, action)`` returns its result.
+
+    ``action`` serves the flow's :class:`~pyprocsync.core.ops.RunAction` (a barrier's).
+    """
+
+    def __call__(self, flow: Flow[T], action: Callable[[], object] | None = None, /) -> T: ...
+
+
+class AsyncRun(Protocol):
+    """How the asyncio shell runs a flow: ``await run(flow, action)`` gives its result.
+
+    ``action`` serves the flow's :class:`~pyprocsync.core.ops.RunAction`; what it
+    returns is awaited when it is awaitable.
+    """
+
+    def __call__(
+        self, flow: Flow[T], action: Callable[[], object] | None = None, /
+    ) -> Awaitable[T]: ...
+
+
+#: How a shell runs a flow: :class:`BlockingRun` or :class:`AsyncRun`.
+R = TypeVar("R", BlockingRun, AsyncRun)
+
+
+@dataclass(frozen=True, slots=True)
+class Seam(Generic[R]):
+    """What an Event or a Barrier needs from the ProcSync that drives it (see
+    :func:`seam`)."""
+
+    #: The instance's validated options.
+    settings: Settings
+    #: Its clock state, shared by all its calls.
+    clocks: ClockState
+    #: What it remembers about each event, shared by all its calls.
+    memory: EventMemory
+    #: Runs a flow through the instance: returns a result due at an instant as it is,
+    #: for the caller to meet (``meet``, or ``_meet`` in the asyncio shell).
+    run: R
+
+
+class ProcSyncBase(Generic[R]):
     """Validated settings, registered scripts and the open/closed state of one instance.
 
     The constructor does no I/O. See :class:`pyprocsync.ProcSync` for the parameters.
+    ``R`` is how the shell runs a flow (its ``_run``).
     """
 
     #: The cluster client class (blocking or asyncio) a shell accepts.
@@ -43,21 +93,21 @@ class ProcSyncBase:
     def __init__(
         self,
         redis_client: Any,
-        run_id: str = "",
-        delay: float | Literal["auto"] = 1.0,
+        run_id: str = DEFAULTS.run_id,
+        delay: float | Literal["auto"] = DEFAULTS.delay,
         *,
-        liveness: float = 5.0,
-        retention: float = 60.0,
-        late_tolerance: float = 0.001,
-        on_late: OnLate = "raise",
-        spin: float = 0.0005,
-        node_id: str | None = None,
-        prefix: str = "pyprocsync",
-        clock: ClockMode = "system",
-        clock_samples: int = 5,
-        clock_refresh: float = 1.0,
-        auto_floor: float = 0.001,
-        member: bool = False,
+        liveness: float = DEFAULTS.liveness,
+        retention: float = DEFAULTS.retention,
+        late_tolerance: float = DEFAULTS.late_tolerance,
+        on_late: OnLate = DEFAULTS.on_late,
+        spin: float = DEFAULTS.spin,
+        node_id: str | None = DEFAULTS.node_id,
+        prefix: str = DEFAULTS.prefix,
+        clock: ClockMode = DEFAULTS.clock,
+        clock_samples: int = DEFAULTS.clock_samples,
+        clock_refresh: float = DEFAULTS.clock_refresh,
+        auto_floor: float = DEFAULTS.auto_floor,
+        member: bool = DEFAULTS.member,
     ) -> None:
         self._settings = Settings.create(
             run_id=run_id,
@@ -80,6 +130,7 @@ class ProcSyncBase:
                 f"redis_client must be a {self._client_kinds}, not {type(redis_client).__name__}"
             )
         self._clocks = ClockState()
+        self._memory = EventMemory()
         self._client = redis_client
         self._cluster = isinstance(redis_client, self._cluster_type)
         self._owns_client = False
@@ -119,6 +170,10 @@ class ProcSyncBase:
         client: Any = self._client
         return {script: client.register_script(script.source(sharded=sharded)) for script in Script}
 
+    def _runner(self) -> R:
+        """How this shell runs a flow through this instance: its ``_run``, bound."""
+        raise NotImplementedError
+
     @property
     def run_id(self) -> str:
         """The run this instance synchronizes in."""
@@ -134,27 +189,37 @@ class ProcSyncBase:
         return f"<{type(self).__qualname__} run_id={self.run_id!r} delay={self.delay}>"
 
 
-class EventBase:
+def seam(shell: ProcSyncBase[R]) -> Seam[R]:
+    """The seam through which an Event or a Barrier drives ``shell``, its own ProcSync.
+
+    Built here, beside :class:`ProcSyncBase`, so that the Event and Barrier classes read
+    nothing of their ProcSync but the seam and its public methods.
+    """
+    return Seam(shell._settings, shell._clocks, shell._memory, shell._runner())
+
+
+class EventBase(Generic[R]):
     """The configuration of an Event and the flows of its methods (no I/O).
 
     See :class:`pyprocsync.Event` for the parameters. ``_shell_type`` is the ProcSync
-    class (blocking or asyncio) that drives the flows.
+    class (blocking or asyncio) that drives the flows, through ``_seam``.
     """
 
-    _shell_type: type[ProcSyncBase]
+    _shell_type: type[ProcSyncBase[R]]
 
     def __init__(
         self,
         redis_client: Any,
         name: str,
         *,
-        run_id: str = "",
+        run_id: str = DEFAULTS.run_id,
         delay: float = 0.0,
         **options: Any,
     ) -> None:
         self._name = params.text("name", name, empty=False)
         params.lead("delay", delay)  # a number: "auto" sizes leads from rounds, not sets
-        self._shell: Any = self._shell_type(redis_client, run_id, delay, **options)
+        self._shell: ProcSyncBase[R] = self._shell_type(redis_client, run_id, delay, **options)
+        self._seam: Seam[R] = seam(self._shell)
 
     @property
     def name(self) -> str:
@@ -162,29 +227,31 @@ class EventBase:
         return self._name
 
     def _set_flow(self) -> Flow[None]:
-        return flags.set_flow(self._shell._settings, self._name)
+        return flags.set_flow(self._seam.settings, self._name)
 
     def _clear_flow(self) -> Flow[None]:
-        return flags.clear_flow(self._shell._settings, self._name)
+        return flags.clear_flow(self._seam.settings, self._name)
 
     def _is_set_flow(self) -> Flow[bool]:
-        return flags.is_set_flow(self._shell._settings, self._name)
+        return flags.is_set_flow(self._seam.settings, self._name)
 
     def _wait_flow(self, timeout: float | None) -> Flow[Due[bool]]:
-        return flags.wait_flow(self._shell._settings, self._shell._clocks, self._name, timeout)
+        return flags.wait_flow(
+            self._seam.settings, self._seam.clocks, self._name, timeout, memory=self._seam.memory
+        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__qualname__} name={self._name!r} run_id={self._shell.run_id!r}>"
 
 
-class BarrierBase:
+class BarrierBase(Generic[R]):
     """The configuration of a Barrier and the flows of its methods (no I/O).
 
     See :class:`pyprocsync.Barrier` for the parameters. ``_shell_type`` is the ProcSync
-    class (blocking or asyncio) that drives the flows.
+    class (blocking or asyncio) that drives the flows, through ``_seam``.
     """
 
-    _shell_type: type[ProcSyncBase]
+    _shell_type: type[ProcSyncBase[R]]
 
     def __init__(
         self,
@@ -194,7 +261,7 @@ class BarrierBase:
         action: Callable[[], object] | None = None,
         timeout: float | None = None,
         *,
-        run_id: str = "",
+        run_id: str = DEFAULTS.run_id,
         delay: float | Literal["auto"] = 0.05,
         **options: Any,
     ) -> None:
@@ -204,7 +271,8 @@ class BarrierBase:
             raise ArgumentTypeError("action must be callable or None")
         self._action = action
         self._timeout = params.wait_timeout(timeout)
-        self._shell: Any = self._shell_type(redis_client, run_id, delay, **options)
+        self._shell: ProcSyncBase[R] = self._shell_type(redis_client, run_id, delay, **options)
+        self._seam: Seam[R] = seam(self._shell)
 
     @property
     def name(self) -> str:
@@ -218,20 +286,21 @@ class BarrierBase:
 
     def _wait_flow(self, timeout: float | None) -> Flow[Due[SyncResult]]:
         return rounds.sync_flow(
-            self._shell._settings,
-            self._shell._clocks,
+            self._seam.settings,
+            self._seam.clocks,
             self._name,
             self._parties,
             self._timeout if timeout is None else timeout,
+            memory=self._seam.memory,
             has_action=self._action is not None,
             poll=True,
         )
 
     def _read_flow(self) -> Flow[rounds.RoundState]:
-        return rounds.read_flow(self._shell._settings, self._name)
+        return rounds.read_flow(self._seam.settings, self._name)
 
     def _abort_flow(self) -> Flow[None]:
-        return rounds.abort_flow(self._shell._settings, self._name)
+        return rounds.abort_flow(self._seam.settings, self._name)
 
     @staticmethod
     def _timeout_error(exc: TimeOutError) -> BrokenByTimeoutError:

@@ -32,11 +32,12 @@ from pyprocsync.core.ops import (
     ServerTime,
     constant,
 )
+from pyprocsync.core.params import DEFAULTS
 from pyprocsync.core.rounds import reset_flow, sync_flow
 from pyprocsync.core.servertime import TimeRequest
 from pyprocsync.results import SyncResult
 from pyprocsync.shells import listener_thread
-from pyprocsync.shells.base import ProcSyncBase
+from pyprocsync.shells.base import BlockingRun, ProcSyncBase, seam
 from pyprocsync.shells.listener_thread import ThreadListener, receive
 from pyprocsync.shells.listeners import at_server, connecting_within
 from pyprocsync.shells.redirects import REDIRECT_PAUSE_S, REDIRECTS, Budget
@@ -174,7 +175,7 @@ class _ClosedOnExit:
         self.close()
 
 
-class ProcSync(ProcSyncBase, _ClosedOnExit):
+class ProcSync(ProcSyncBase[BlockingRun], _ClosedOnExit):
     """Synchronization points shared by processes on any number of machines.
 
     ``ProcSync(redis_client, run_id, delay).sync(name, nodes)`` blocks until ``nodes``
@@ -263,8 +264,8 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
     def from_url(
         cls,
         url: str,
-        run_id: str = "",
-        delay: float | Literal["auto"] = 1.0,
+        run_id: str = DEFAULTS.run_id,
+        delay: float | Literal["auto"] = DEFAULTS.delay,
         *,
         cluster: bool = False,
         **options: Any,
@@ -319,7 +320,15 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
         the round still needs ``nodes`` live participants. A participant that lost
         the server cannot withdraw; its lease lapses after ``liveness`` seconds.
         """
-        return meet(self._run(sync_flow(self._settings, self._clocks, event_name, nodes, timeout)))
+        # The flow is not kept in a local: it is freed when _run returns, before the
+        # instant, not on the way out after it.
+        return meet(
+            self._run(
+                sync_flow(
+                    self._settings, self._clocks, event_name, nodes, timeout, memory=self._memory
+                )
+            )
+        )
 
     def reset(self, event_name: str) -> int:
         """Break the current round of ``event_name`` if anyone waits in it, and open the next.
@@ -349,6 +358,9 @@ class ProcSync(ProcSyncBase, _ClosedOnExit):
             listener_thread.release(self._client)
         if self._owns_client:
             self._client.close()
+
+    def _runner(self) -> BlockingRun:
+        return self._run
 
     def _run(self, flow: Flow[T], action: Callable[[], object] | None = None) -> T:
         """Drive ``flow`` to its result; ``action`` serves its RunAction (a barrier's).
@@ -509,8 +521,12 @@ def sync_until_instant(
         ``finish()`` gives the result.
     :raises: what :meth:`ProcSync.sync` raises; ``node`` is closed then too.
     """
+    shell = seam(node)
     try:
-        due = node._run(sync_flow(node._settings, node._clocks, event_name, nodes, timeout))
+        flow = sync_flow(
+            shell.settings, shell.clocks, event_name, nodes, timeout, memory=shell.memory
+        )
+        due = shell.run(flow)
     finally:
         node.close()
     if isinstance(due, AtInstant):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyprocsync.shells.base import EventBase
+from pyprocsync.shells.base import BlockingRun, EventBase
 from pyprocsync.shells.blocking import ClosingShell, ProcSync, _owning, meet
 
 __all__ = ["Event"]
 
 
-class Event(EventBase, ClosingShell):
+class Event(EventBase[BlockingRun], ClosingShell):
     """A flag shared by every process that uses the same Redis, ``run_id`` and ``name``.
 
     The semantics of :class:`threading.Event`, across machines: :meth:`wait` blocks until
@@ -62,15 +62,15 @@ class Event(EventBase, ClosingShell):
 
     def set(self) -> None:
         """Set the flag: every waiter returns ``True`` (at now + ``delay``)."""
-        self._shell._run(self._set_flow())
+        self._seam.run(self._set_flow())
 
     def clear(self) -> None:
         """Clear the flag; waiters already woken by an earlier set stay woken."""
-        self._shell._run(self._clear_flow())
+        self._seam.run(self._clear_flow())
 
     def is_set(self) -> bool:
         """Return whether the shared flag is set (one read from Redis)."""
-        return self._shell._run(self._is_set_flow())
+        return self._seam.run(self._is_set_flow())
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the flag is set (or was set since this call began).
@@ -79,4 +79,4 @@ class Event(EventBase, ClosingShell):
         :returns: ``True``, except ``False`` when ``timeout`` expired with no set.
         :raises TooLateError: see the class notes.
         """
-        return meet(self._shell._run(self._wait_flow(timeout)))
+        return meet(self._seam.run(self._wait_flow(timeout)))

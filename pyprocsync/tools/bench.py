@@ -55,6 +55,7 @@ import redis.asyncio as aioredis
 
 from pyprocsync import clock
 from pyprocsync.asyncio import ProcSync as AsyncProcSync
+from pyprocsync.core.params import DEFAULTS
 from pyprocsync.exceptions import ProcSyncError, TooLateError
 from pyprocsync.results import SyncResult
 from pyprocsync.shells.blocking import ProcSync
@@ -100,7 +101,7 @@ class BenchConfig:
     #: Seconds, or ``"auto"`` (chosen from measured latency; the figures report it).
     delay: float | str = 0.01
     think: float = 0.002
-    spin: float = 0.0005
+    spin: float = DEFAULTS.spin
     timeout: float = 30.0
     clock: str = "system"
     #: ``"distinct"``: a new name per sync point; ``"same"``: one name for every round.

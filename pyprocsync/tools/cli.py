@@ -27,6 +27,7 @@ import redis
 
 from pyprocsync import __version__, clock
 from pyprocsync.core.ops import AtInstant, SleepUntil
+from pyprocsync.core.params import DEFAULTS
 from pyprocsync.core.servertime import MAX_DRIFT_PPB, ClockFilter, TimeRequest
 from pyprocsync.exceptions import (
     BrokenBarrierError,
@@ -164,15 +165,17 @@ def _redis_option(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def _run_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", default="", help='run id (default: "", as in the library)')
+    parser.add_argument(
+        "--run", default=DEFAULTS.run_id, help='run id (default: "", as in the library)'
+    )
 
 
 def _clock_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--clock",
         choices=("system", "server"),
-        default="system",
-        help="agree instants on each host's clock or the server's (default system)",
+        default=DEFAULTS.clock,
+        help=f"agree instants on each host's clock or the server's (default {DEFAULTS.clock})",
     )
 
 
@@ -213,8 +216,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--spin",
         type=seconds_arg,
-        default=0.0005,
-        help="seconds of busy-waiting before the instant (default 0.0005)",
+        default=DEFAULTS.spin,
+        help=f"seconds of busy-waiting before the instant (default {DEFAULTS.spin})",
     )
     bench.add_argument(
         "--names",
@@ -267,9 +270,10 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--delay",
         type=_seconds_or_auto,
-        default=1.0,
-        help="lead time in seconds, or 'auto' (default 1.0, ProcSync's: it covers machines "
-        "whose clocks agree only roughly; lower it once `pyprocsync clock` shows them close)",
+        default=DEFAULTS.delay,
+        help=f"lead time in seconds, or 'auto' (default {DEFAULTS.delay}, ProcSync's: it covers "
+        "machines whose clocks agree only roughly; lower it once `pyprocsync clock` shows "
+        "them close)",
     )
     _clock_option(sync)
     _redis_option(sync, "")
