@@ -11,29 +11,27 @@ the servers need in temporary directories, and removes it all at teardown.
 * :func:`start_sentinel_setup` starts one master, one replica and three sentinels that
   monitor them; :meth:`SentinelSetup.failover` makes the sentinels promote the replica.
 
-The fixtures built on these are in ``cluster_fixtures.py``; :func:`arun_cluster` runs a
-coroutine with a ``redis.asyncio`` cluster client.
+The fixtures built on these are in ``cluster_fixtures.py``; :func:`async_cluster_client`
+makes a ``redis.asyncio`` cluster client for :func:`support.arun`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import redis
-from primitive_support import HelperRunner, cancel_spawned
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.sentinel import Sentinel
-from support import Node, NodeRunner, wait_for
+from support import wait_until
 
 import pyprocsync
 from pyprocsync.tools.server import EmbeddedServer, ServerError, _free_port, _parent_death_hook
@@ -43,14 +41,12 @@ __all__ = [
     "SETTLE",
     "SLOTS",
     "Cluster",
-    "ClusterHelperRunner",
     "ClusterNode",
-    "ClusterNodeRunner",
     "Migration",
     "SentinelServer",
     "SentinelSetup",
-    "arun_cluster",
     "assert_one_round",
+    "async_cluster_client",
     "close_sentinel",
     "migrate_slot",
     "names_on_shards",
@@ -225,7 +221,7 @@ class Cluster:
 
     def wait_healthy(self, timeout: float = SETTLE) -> None:
         """Wait until :meth:`healthy`; fail the test after ``timeout`` seconds."""
-        wait_for(_slowly(self.healthy), timeout, "the cluster to be healthy")
+        wait_until(_slowly(self.healthy), timeout, "the cluster to be healthy")
 
     def stop(self) -> None:
         """Stop every node and remove its directory (stopping twice is harmless)."""
@@ -370,37 +366,10 @@ def assert_one_round(results: Sequence[pyprocsync.SyncResult], count: int) -> No
     assert sorted(r.index for r in results) == list(range(count)), results
 
 
-def arun_cluster(
-    cluster: Cluster, body: Callable[[AsyncRedisCluster], Awaitable[T]], timeout: float = 30
-) -> T:
-    """Run ``body(client)`` in a new event loop with a ``redis.asyncio`` cluster client
-    of ``cluster``; fail (``TimeoutError``) after ``timeout`` seconds. Tasks started with
-    :func:`primitive_support.spawn` are cancelled before the client is closed."""
-
-    async def main() -> T:
-        seed = cluster.nodes[0]
-        client = AsyncRedisCluster(host=seed.host, port=seed.port)
-        try:
-            return await asyncio.wait_for(body(client), timeout)
-        finally:
-            await cancel_spawned()
-            await client.aclose()
-
-    return asyncio.run(main())
-
-
-class ClusterNodeRunner(NodeRunner):
-    """:class:`support.NodeRunner` whose ``node_helper.py`` participants use ``--cluster``."""
-
-    def start(self, event: str, nodes: int, *, url: str | None = None, **options: Any) -> Node:
-        return super().start(event, nodes, url=url, cluster=True, **options)
-
-
-class ClusterHelperRunner(HelperRunner):
-    """:class:`primitive_support.HelperRunner` whose participants use ``--cluster``."""
-
-    def launch(self, mode: str, name: str, **options: Any) -> Node:
-        return super().launch(mode, name, cluster=True, **options)
+def async_cluster_client(cluster: Cluster) -> AsyncRedisCluster:
+    """A ``redis.asyncio`` cluster client of ``cluster`` (for :func:`support.arun`)."""
+    seed = cluster.nodes[0]
+    return AsyncRedisCluster(host=seed.host, port=seed.port)
 
 
 # -- sentinel ---------------------------------------------------------------------------
@@ -543,7 +512,7 @@ class SentinelSetup:
 
     def wait_settled(self, timeout: float = SETTLE) -> None:
         """Wait until :meth:`settled`; fail the test after ``timeout`` seconds."""
-        wait_for(_slowly(self.settled, 0.05), timeout, f"sentinel set-up {self.name} to settle")
+        wait_until(_slowly(self.settled, 0.05), timeout, f"sentinel set-up {self.name} to settle")
 
     def failover(self, timeout: float = SETTLE) -> EmbeddedServer:
         """``SENTINEL FAILOVER``: promote the replica; return the new master once
@@ -564,7 +533,7 @@ class SentinelSetup:
                 if "NOGOODSLAVE" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        wait_for(
+        wait_until(
             _slowly(lambda: self.reported_masters() not in ({(old.bind, old.port)}, set()), 0.05),
             max(1.0, deadline - time.monotonic()),
             f"the sentinels of {self.name} to report a new master",
@@ -599,7 +568,7 @@ def start_sentinel_setup(
         setup.servers.append(replica)
         setup.admin(replica).replicaof(master.bind, master.port)
         # The sentinels find the replica in the master's INFO: let it connect first.
-        wait_for(
+        wait_until(
             _slowly(lambda: setup.admin(replica).info("replication")["master_link_status"] == "up"),
             SETTLE,
             "the replica to sync",

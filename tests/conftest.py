@@ -5,8 +5,8 @@
 * ``fresh_server``: a factory for servers of a test's own (to stop or restart them).
 * ``client`` / ``decoded_client``: redis-py clients of ``server``.
 * ``make_sync``: ProcSync instances bound to the test's ``run_id``, closed at teardown.
-* ``run_nodes``: runs ``tests/node_helper.py`` participants as subprocesses, with a hard
-  deadline after which every child is killed and the test fails.
+* ``participants``: runs ``tests/participant.py`` participants as subprocesses, with a
+  hard deadline after which every child is killed and the test fails (``runner.py``).
 
 Helper functions and classes are in ``support.py``.
 """
@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 import redis
-from primitive_support import HelperRunner
-from support import ACL_PASSWORD, NodeRunner, make_client
+from runner import Participants
+from support import ACL_PASSWORD, make_client
 
 from pyprocsync import ProcSync
 from pyprocsync.tools.server import EmbeddedServer
@@ -115,16 +115,8 @@ def make_sync(client: redis.Redis, run_id: str) -> Iterator[Callable[..., ProcSy
 
 
 @pytest.fixture
-def run_nodes(server: EmbeddedServer, run_id: str, tmp_path: Path) -> Iterator[NodeRunner]:
+def participants(server: EmbeddedServer, run_id: str, tmp_path: Path) -> Iterator[Participants]:
     """Runs participant subprocesses against the session server in this test's run."""
-    runner = NodeRunner(server.url, run_id, tmp_path)
-    yield runner
-    runner.kill_all()
-
-
-@pytest.fixture
-def procs(server: EmbeddedServer, run_id: str, tmp_path: Path) -> Iterator[HelperRunner]:
-    """Runs ``primitive_helper.py`` participants in this test's run."""
-    runner = HelperRunner(server.url, run_id, tmp_path)
+    runner = Participants(server.url, run_id, tmp_path)
     yield runner
     runner.kill_all()

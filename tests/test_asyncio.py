@@ -2,7 +2,7 @@
 clients) on a real server: the core semantics of the blocking classes in compact form,
 processes mixing both flavours in one round, cancellation, and lifecycle.
 
-Each test runs its coroutine with :func:`primitive_support.arun` (a fresh event loop, a
+Each test runs its coroutine with :func:`support.arun` (a fresh event loop, a
 ``redis.asyncio`` client of the session server and a hard deadline); pytest-asyncio is
 not needed. Timing bounds are generous semantic bounds, never speed measurements.
 """
@@ -22,17 +22,19 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from netproxy import Delay, NetProxy
-from primitive_support import (
-    HelperRunner,
+from primitive_support import async_ready_counter, await_counter, flag_keys, wait_counter
+from runner import Participants, check_rounds
+from support import (
+    LONG,
+    PROMPT,
     arun,
-    async_ready_counter,
-    await_counter,
+    async_client,
     cancel_spawned,
-    flag_keys,
+    event_keys,
+    make_client,
     spawn,
-    wait_counter,
+    wait_until,
 )
-from support import LONG, PROMPT, check_rounds, event_keys, make_client, wait_for
 
 import pyprocsync
 import pyprocsync.asyncio
@@ -139,7 +141,7 @@ def test_sync_rounds_with_tasks(server: EmbeddedServer, run_id: str) -> None:
         finally:
             await closing(*syncs)
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 @pytest.mark.timeout(30)
@@ -160,7 +162,7 @@ def test_one_instance_serves_many_tasks(server: EmbeddedServer, run_id: str) -> 
             for generation, results in enumerate(zip(*group, strict=True)):
                 check_round(list(results), 2, generation)
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 @pytest.mark.timeout(30)
@@ -194,19 +196,21 @@ def test_waiting_does_not_block_the_loop(server: EmbeddedServer, run_id: str) ->
                 task.cancel()
                 assert ticks >= 10
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 @pytest.mark.timeout(90)
-def test_processes_mix_blocking_and_asyncio_in_one_round(procs: HelperRunner) -> None:
+def test_processes_mix_blocking_and_asyncio_in_one_round(participants: Participants) -> None:
     """Two blocking and two asyncio processes sync one name for 20 rounds (delay 30 ms):
     per round one generation, one instant, indices 0..3; everyone returns at the
     instant with a small ``late_by``."""
     nodes = [
-        procs.launch("sync", "mix", parties=4, rounds=20, delay=0.03, timeout=20, flavour=flavour)
+        participants.launch(
+            "sync", "mix", parties=4, rounds=20, delay=0.03, timeout=20, flavour=flavour
+        )
         for flavour in ("blocking", "asyncio", "blocking", "asyncio")
     ]
-    procs.wait(nodes, timeout=80)
+    participants.wait(nodes, timeout=80)
     for group in check_rounds(nodes, rounds=20, count=4):
         for record in group:
             assert record["returned_ns"] / 1e9 >= record["release_at"] - 0.001
@@ -215,20 +219,20 @@ def test_processes_mix_blocking_and_asyncio_in_one_round(procs: HelperRunner) ->
 
 @pytest.mark.timeout(90)
 def test_processes_mix_blocking_and_asyncio_barriers(
-    procs: HelperRunner, client: redis.Redis, run_id: str
+    participants: Participants, client: redis.Redis, run_id: str
 ) -> None:
     """Two blocking and two asyncio processes (``async def`` action there) pass one
     Barrier 30 times (delay 5 ms, ``on_late="proceed"``): indices 0..3 per round; the
     action ran exactly once per round and ended before anyone of its round returned."""
     actions = f"{run_id}:actions"
     nodes = [
-        procs.launch(
+        participants.launch(
             "barrier", "mixb", parties=4, rounds=30, delay=0.005, on_late="proceed",
             timeout=20, action="record", action_key=actions, flavour=flavour,
         )
         for flavour in ("blocking", "asyncio", "blocking", "asyncio")
     ]  # fmt: skip
-    procs.wait(nodes, timeout=80)
+    participants.wait(nodes, timeout=80)
     per_node = [node.results() for node in nodes]
     recorded = [json.loads(entry) for entry in client.lrange(actions, 0, -1)]
     client.delete(actions)
@@ -273,18 +277,18 @@ def test_event_set_clear_wait_timeout(server: EmbeddedServer, run_id: str) -> No
         finally:
             await closing(setter, *waiters)
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 @pytest.mark.timeout(60)
 def test_event_set_then_clear_wakes_processes_of_both_flavours(
-    procs: HelperRunner, client: redis.Redis, server: EmbeddedServer, run_id: str
+    participants: Participants, client: redis.Redis, server: EmbeddedServer, run_id: str
 ) -> None:
     """Two asyncio and one blocking waiting process: an asyncio ``set()`` followed at once
     by ``clear()`` wakes them all (True)."""
     ready = f"{run_id}:ready"
     nodes = [
-        procs.launch("event-wait", "cross", flavour=f, ready_key=ready, timeout=LONG)
+        participants.launch("event-wait", "cross", flavour=f, ready_key=ready, timeout=LONG)
         for f in ("asyncio", "asyncio", "blocking")
     ]
     wait_counter(client, ready, 3)
@@ -294,8 +298,8 @@ def test_event_set_then_clear_wakes_processes_of_both_flavours(
             await event.set()
             await event.clear()
 
-    arun(server, body)
-    for record in procs.finish(nodes, timeout=30):
+    arun(body, async_client(server))
+    for record in participants.finish(nodes, timeout=30):
         assert record["ok"] is True, record
         assert record["value"] is True
 
@@ -331,7 +335,7 @@ def test_event_delay_releases_waiters_together(server: EmbeddedServer, run_id: s
         assert max(returned) < after + 0.2 + PROMPT
         assert max(returned) - min(returned) < 0.05
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 # -- Barrier --------------------------------------------------------------------------------------
@@ -370,7 +374,7 @@ def test_barrier_indices_and_action(server: EmbeddedServer, run_id: str, kind: s
         finally:
             await closing(*barriers)
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 class ActionError(Exception):
@@ -402,7 +406,7 @@ def test_barrier_failing_async_action(server: EmbeddedServer, run_id: str) -> No
         finally:
             await closing(*barriers)
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 @pytest.mark.timeout(30)
@@ -439,7 +443,7 @@ def test_barrier_abort_reset_and_shared_state(server: EmbeddedServer, run_id: st
         finally:
             await closing(*barriers)
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 @pytest.mark.timeout(30)
@@ -468,7 +472,7 @@ def test_barrier_timeout_breaks_every_waiter(server: EmbeddedServer, run_id: str
         finally:
             await closing(impatient, patient)
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 # -- cancellation ---------------------------------------------------------------------------------
@@ -506,7 +510,7 @@ def test_cancelled_sync_withdraws_its_arrival(server: EmbeddedServer, run_id: st
         finally:
             await closing(*syncs)
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 @pytest.mark.timeout(30)
@@ -552,7 +556,7 @@ def test_cancel_while_the_arrival_reply_is_in_flight_withdraws_it(
                 await closing(far, *near)
                 await far_client.aclose()
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 @pytest.mark.timeout(30)
@@ -602,7 +606,7 @@ def test_cancel_of_the_last_arrival_before_its_action_withdraws_it(
                 await closing(far, near, late)
                 await far_client.aclose()
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 @pytest.mark.timeout(30)
@@ -639,7 +643,7 @@ def test_cancelled_barrier_wait_withdraws_its_arrival(server: EmbeddedServer, ru
         finally:
             await closing(*barriers)
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 @pytest.mark.timeout(30)
@@ -674,7 +678,7 @@ def test_cancel_during_the_release_wait_leaves_the_round_released(
         finally:
             await closing(a, b)
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 @pytest.mark.timeout(30)
@@ -700,7 +704,7 @@ def test_cancel_barrier_during_the_release_wait(server: EmbeddedServer, run_id: 
         finally:
             await closing(a, b)
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 @pytest.mark.timeout(30)
@@ -733,7 +737,7 @@ def test_cancel_during_the_action_breaks_the_round(server: EmbeddedServer, run_i
         finally:
             await closing(*barriers)
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 @pytest.mark.timeout(30)
@@ -755,7 +759,7 @@ def test_cancelled_event_wait(server: EmbeddedServer, run_id: str) -> None:
             await event.set()
             assert await event.wait(LONG) is True
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 # -- lifecycle, validation ------------------------------------------------------------------------
@@ -782,8 +786,8 @@ def test_from_url_async_with_and_aclose(server: EmbeddedServer, run_id: str) -> 
         return [sync, event, barrier]
 
     try:
-        closed = arun(server, body)
-        wait_for(lambda: len(admin.client_list()) <= baseline, 5, "connections to close")
+        closed = arun(body, async_client(server))
+        wait_until(lambda: len(admin.client_list()) <= baseline, 5, "connections to close")
 
         async def after(_: aioredis.Redis) -> None:
             sync, event, barrier = closed
@@ -797,7 +801,7 @@ def test_from_url_async_with_and_aclose(server: EmbeddedServer, run_id: str) -> 
                 await instance.aclose()
                 await instance.close()
 
-        arun(server, after)
+        arun(after, async_client(server))
     finally:
         admin.close()
 
@@ -814,7 +818,7 @@ def test_aclose_leaves_the_callers_client_usable(server: EmbeddedServer, run_id:
         with pytest.raises(ProcSyncError):
             await sync.reset("own")
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 @pytest.mark.timeout(30)
@@ -834,7 +838,7 @@ def test_aclose_while_a_call_waits(server: EmbeddedServer, run_id: str) -> None:
             result = await partner.sync("closing", 2, LONG)
             assert (await waiting).release_at == result.release_at
 
-    arun(server, body)
+    arun(body, async_client(server))
 
 
 @pytest.mark.parametrize("flavour", ["blocking", "asyncio"])
@@ -883,4 +887,4 @@ def test_validation_before_any_io() -> None:
         finally:
             await client.aclose()
 
-    asyncio.run(asyncio.wait_for(body(), 20))
+    arun(body, timeout=20)

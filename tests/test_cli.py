@@ -42,8 +42,8 @@ from support import (
     run_command,
     server_pids,
     start_thread,
-    wait_for,
     wait_gone,
+    wait_until,
     waiting_members,
     watch_args,
 )
@@ -228,7 +228,7 @@ def server_child(command: Background, timeout: float = 15.0) -> int:
         found[:] = sorted(children(command.pid) & server_pids())
         return bool(found) or command.poll() is not None
 
-    wait_for(look, timeout, "the server child process")
+    wait_until(look, timeout, "the server child process")
     assert found, f"no server child; exit {command.poll()}: {command.stderr}"
     return found[0]
 
@@ -465,7 +465,7 @@ def test_sync_nodes_mismatch_exits_5_for_both(
     ParameterMismatchError (mapped to "broken"), the waiting one because its round broke
     (reason "mismatch"), long before its timeout."""
     first = background(*sync_args("pick", 2, run_id, "--redis", server.url, "--timeout", "20"))
-    wait_for(lambda: waiting_members(client, run_id, "pick"), 15, "the first arrival")
+    wait_until(lambda: waiting_members(client, run_id, "pick"), 15, "the first arrival")
     second = run(*sync_args("pick", 3, run_id, "--redis", server.url, "--timeout", "20"))
     assert second.returncode == ExitCode.BROKEN, second.stderr
     assert_one_line_error(second.stderr, "nodes=2", "nodes=3")
@@ -485,7 +485,7 @@ def test_sync_too_late_exits_4(
     participant arrives and is released, and resuming it 0.5 s later."""
     args = sync_args("late", 2, run_id, "--redis", server.url, "--delay", "0.05")
     waiter = background(*args, "--timeout", "20")
-    wait_for(lambda: waiting_members(client, run_id, "late"), 15, "the first arrival")
+    wait_until(lambda: waiting_members(client, run_id, "late"), 15, "the first arrival")
     os.kill(waiter.pid, signal.SIGSTOP)
     try:
         last = run(*args, "--timeout", "20")
@@ -525,7 +525,7 @@ def test_sync_ctrl_c_exits_130_and_withdraws(
     """Ctrl-C (SIGINT) on a waiting ``sync`` exits 130 with a one-line note and no
     traceback, and withdraws its arrival: the round is again empty, not broken."""
     waiter = background(*sync_args("cancel", 2, run_id, "--redis", server.url))
-    wait_for(lambda: waiting_members(client, run_id, "cancel"), 15, "the arrival")
+    wait_until(lambda: waiting_members(client, run_id, "cancel"), 15, "the arrival")
     # Let it take in the reply of its arrival and wait (an interruption before that is
     # the case of test_interrupt_as_the_arrival_returns_withdraws_it).
     time.sleep(0.3)
@@ -584,7 +584,7 @@ def test_interrupt_as_the_arrival_returns_withdraws_it(
 
 def wait_listening(command: Background, port: int) -> None:
     """Wait until the foreground server announced itself and accepts connections."""
-    wait_for(
+    wait_until(
         lambda: ("listening" in command.stdout and listening(port)) or command.poll() is not None,
         15,
         "the server to listen",
@@ -678,7 +678,7 @@ def test_status_lists_events_with_generation_counts_and_state(
     with pytest.raises(TimeOutError):
         node.sync("broken", 2, 0.2)
     waiter = background(*sync_args("filling", 2, run_id, "--redis", server.url, "--delay", "0.05"))
-    wait_for(lambda: waiting_members(client, run_id, "filling"), 15, "the waiting process")
+    wait_until(lambda: waiting_members(client, run_id, "filling"), 15, "the waiting process")
 
     done = run("status", "--run", run_id, "--redis", server.url)
     assert done.returncode == 0, done.stderr
@@ -723,7 +723,7 @@ def test_read_status_reports_each_state(
     thread = threading.Thread(target=wait, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: waiting_members(client, run_id, "wait"), 15, "the waiting thread")
+        wait_until(lambda: waiting_members(client, run_id, "wait"), 15, "the waiting thread")
         statuses = read_status(client, run_id)
         assert [s.event for s in statuses] == ["broke", "done", "wait"]
         broke, done, waiting = statuses
@@ -963,7 +963,7 @@ def test_bench_ctrl_c_exits_130_and_leaves_nothing_running(
         workers[:] = [p for p in group if "spawn_main" in command_line(p) and ignores_sigint(p)]
         return (len(workers) >= 2 and bool(group & server_pids())) or command.poll() is not None
 
-    wait_for(running, 30, "the benchmark workers and server")
+    wait_until(running, 30, "the benchmark workers and server")
     assert command.poll() is None, command.stderr
     time.sleep(0.3)
     os.killpg(command.pid, signal.SIGINT)
@@ -1215,7 +1215,7 @@ def test_reset_breaks_the_waiting_round_and_prints_the_next_generation(
     command prints the generation the next arrival joins and exits 0, and the next
     rounds run; resetting the idle point prints the same generation."""
     waiter = background(*sync_args("gate", 2, run_id, "--redis", server.url, "--timeout", "30"))
-    wait_for(lambda: waiting_members(client, run_id, "gate"), 15, "the waiting process")
+    wait_until(lambda: waiting_members(client, run_id, "gate"), 15, "the waiting process")
     done = run("reset", "gate", "--run", run_id, "--redis", server.url)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "1\n"
@@ -1275,7 +1275,7 @@ def test_status_shows_who_waits_who_is_missing_and_for_how_long(
     cell_b.reset("elsewhere")  # its first call registers it
     before = server_seconds(client)
     thread, outcome = start_thread(lambda: cell_a.sync("start", 3, 30))
-    wait_for(lambda: waiting_members(client, run_id, "start"), 15, "cell-a waiting")
+    wait_until(lambda: waiting_members(client, run_id, "start"), 15, "cell-a waiting")
     done = run("status", "--run", run_id, "--redis", server.url)
     waited_bound = server_seconds(client) - before
     cell_a.reset("start")
@@ -1332,10 +1332,10 @@ def test_status_watch_refreshes_until_ctrl_c(
     terminal escapes; a change (a participant arriving) shows in a later block; SIGINT
     ends it with exit 130 and one line."""
     watcher = background(*watch_args(run_id, server.url), session=True)
-    wait_for(lambda: len(watch_blocks(watcher.stdout)) >= 2 or watcher.poll() is not None, 15)
+    wait_until(lambda: len(watch_blocks(watcher.stdout)) >= 2 or watcher.poll() is not None, 15)
     assert f"no events of run {run_id!r}" in watch_blocks(watcher.stdout)[0]
     waiter = background(*sync_args("start", 2, run_id, "--redis", server.url, "--timeout", "30"))
-    wait_for(lambda: "filling" in watcher.stdout or watcher.poll() is not None, 15, "a refresh")
+    wait_until(lambda: "filling" in watcher.stdout or watcher.poll() is not None, 15, "a refresh")
     assert watcher.poll() is None, watcher.stderr
     os.killpg(watcher.pid, signal.SIGINT)
     assert watcher.wait(20) == ExitCode.INTERRUPTED
@@ -1390,7 +1390,7 @@ def test_read_status_refuses_a_first_arrival_time_it_did_not_write(
     value pyprocsync does not write raises ProtocolError naming the event."""
     node = make_sync(0.05)
     thread, _outcome = start_thread(lambda: node.sync("held", 2, 30))
-    wait_for(lambda: waiting_members(client, run_id, "held"), 15, "the waiting participant")
+    wait_until(lambda: waiting_members(client, run_id, "held"), 15, "the waiting participant")
     assert read_status(client, run_id)[0].waited is not None
     client.hset(event_keys(run_id, "held").state, "t", value)
     with pytest.raises(ProtocolError, match="'held'"):

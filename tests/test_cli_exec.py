@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import redis
 import test_cli
-from support import assert_one_line_error, run_command, wait_for
+from support import assert_one_line_error, run_command, wait_until
 from test_cli import Background, run, sync_args, wait_all
 
 from pyprocsync import ProcSync, ProcSyncError, SyncResult, TimeOutError
@@ -235,7 +235,7 @@ def test_ctrl_c_while_waiting_for_the_instant(
     args = sync_args("slow", 1, run_id, "--redis", server.url, "--delay", "30")
     waiter = cli_background(*args, "--", "sh", "-c", f"touch {shlex.quote(str(marker))}")
     cmdline = Path(f"/proc/{waiter.pid}/cmdline")
-    wait_for(lambda: b"handoff.py" in cmdline.read_bytes(), 20, "the hand-off")
+    wait_until(lambda: b"handoff.py" in cmdline.read_bytes(), 20, "the hand-off")
     os.kill(waiter.pid, signal.SIGINT)
     assert waiter.wait(15) == ExitCode.INTERRUPTED, waiter.stderr
     assert waiter.stderr.strip() == "pyprocsync: interrupted"
@@ -328,4 +328,4 @@ def test_sync_until_instant_closes_the_node_when_it_raises(
         sync_until_instant(node, "alone", 2, 0.3)
     with pytest.raises(ProcSyncError, match="closed"):
         node.sync("alone", 1)
-    wait_for(lambda: listener_ended(node), 10, "the listener thread to end")
+    wait_until(lambda: listener_ended(node), 10, "the listener thread to end")

@@ -46,14 +46,16 @@ from hypothesis import strategies as st
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
+from runner import Node, Participants, arguments
 from support import (
+    arun,
     assert_one_line_error,
     event_keys,
     in_threads,
     make_client,
     run_command,
     start_thread,
-    wait_for,
+    wait_until,
     waiting_members,
 )
 from support import make_settings as support_settings
@@ -688,7 +690,7 @@ def test_the_last_arrivals_mode_decides(
     clock offset; wall-clock instant: neither does)."""
     early, late = make_sync(0.05, clock=first), make_sync(0.05, clock=last)
     thread, waiting = start_thread(lambda: early.sync("mix", 2, 20))
-    wait_for(lambda: waiting_members(client, run_id, "mix"), what="the first arrival")
+    wait_until(lambda: waiting_members(client, run_id, "mix"), what="the first arrival")
     closing = late.sync("mix", 2, 20)
     thread.join(20)
     results = [waiting.result(), closing]
@@ -707,7 +709,7 @@ def test_event_with_server_clock_and_delay(client: redis.Redis, run_id: str) -> 
     channel = FlagKeys.of("pyprocsync", run_id, "flag").channel
     try:
         thread, woken = start_thread(lambda: waiter.wait(20))
-        wait_for(lambda: client.pubsub_numsub(channel)[0][1] > 0, what="the waiter")
+        wait_until(lambda: client.pubsub_numsub(channel)[0][1] > 0, what="the waiter")
         set_at = time.monotonic()
         setter.set()
         thread.join(20)
@@ -762,7 +764,7 @@ def test_asyncio_server_clock_round(server: EmbeddedServer, run_id: str) -> None
                 await node.aclose()
             await client.aclose()
 
-    results = asyncio.run(body())
+    results = arun(body)
     assert all(r.clock_offset is not None for r in results)
     instants = [server_instant_us(r) for r in results]
     assert max(instants) - min(instants) <= 3
@@ -814,7 +816,7 @@ def test_system_mode_warns_before_the_first_arrival(
 
     assert warnings_after(make_sync(0.05), 3) == 1
     assert "ahead of" in clock_records(caplog, logging.WARNING)[0].getMessage()
-    assert warnings_after(make_sync("auto", auto_floor=0.002), 2) == 1
+    assert warnings_after(make_sync("auto", auto_floor=0.002, on_late="proceed"), 2) == 1
     assert warnings_after(make_sync(0), 2) == 0
     assert warnings_after(make_sync(0.05, clock="server"), 2) == 0
 
@@ -978,30 +980,26 @@ MECHANISMS = ["injected", *(["libfaketime"] if LIBFAKETIME else [])]
 
 
 @dataclass
-class SkewedNode:
-    process: subprocess.Popen[bytes]
-    skew: float
-    stdout_path: Path
-    stderr_path: Path
+class SkewedNode(Node):
+    """A ``clock_helper.py sync`` participant: its first line is the clock probe."""
+
+    skew: float = 0.0
     probe: dict[str, Any] = field(default_factory=dict)
-    records: list[dict[str, Any]] = field(default_factory=list)
-    stderr: str = ""
 
     def collect(self) -> None:
-        lines = [json.loads(x) for x in self.stdout_path.read_text().splitlines() if x.strip()]
-        assert lines, f"no output\n{self.stderr_path.read_text()}"
-        assert lines[0].get("probe"), f"no probe line\n{self.stderr_path.read_text()}"
-        self.probe, self.records = lines[0], lines[1:]
-        self.stderr = self.stderr_path.read_text()
+        super().collect()
+        assert self.records, f"no output\n{self.stderr}"
+        assert self.records[0].get("probe"), f"no probe line\n{self.stderr}"
+        self.probe, self.records = self.records[0], self.records[1:]
 
 
-class SkewRunner:
+class SkewRunner(Participants):
     """Starts ``tests/clock_helper.py`` participants whose wall clock is ``skew`` seconds
-    off, by ``mechanism``; kills any that outlive the test."""
+    off, by ``mechanism``."""
 
     def __init__(self, url: str, run_id: str, tmp_path: Path, mechanism: str) -> None:
-        self.url, self.run_id, self.tmp_path, self.mechanism = url, run_id, tmp_path, mechanism
-        self.nodes: list[SkewedNode] = []
+        super().__init__(url, run_id, tmp_path)
+        self.mechanism = mechanism
 
     def command(self, skew: float, *args: str) -> tuple[list[str], dict[str, str]]:
         """argv and environment of ``clock_helper.py args`` with the clock ``skew`` off."""
@@ -1022,37 +1020,13 @@ class SkewRunner:
             )
         return argv, env
 
-    def start(self, skew: float, event: str, **options: Any) -> SkewedNode:
+    def start_skewed(self, skew: float, event: str, **options: Any) -> SkewedNode:
+        """Start one ``clock_helper.py sync`` participant ``skew`` seconds off."""
         args = ["sync", "--url", self.url, "--run-id", self.run_id, "--event", event]
-        for name, value in options.items():
-            args += ["--" + name.replace("_", "-"), str(value)]
-        argv, env = self.command(skew, *args)
-        number = len(self.nodes)
-        out, err = self.tmp_path / f"skewed{number}.out", self.tmp_path / f"skewed{number}.err"
-        with out.open("wb") as stdout, err.open("wb") as stderr:
-            process = subprocess.Popen(argv, stdout=stdout, stderr=stderr, env=env)
-        node = SkewedNode(process, skew, out, err)
-        self.nodes.append(node)
+        argv, env = self.command(skew, *args, *arguments(options))
+        node = self.spawn(argv, env=env, make=lambda *files: SkewedNode(*files, skew=skew))
+        assert isinstance(node, SkewedNode)
         return node
-
-    def wait(self, timeout: float) -> list[SkewedNode]:
-        deadline = time.monotonic() + timeout
-        for node in self.nodes:
-            try:
-                node.process.wait(max(0.01, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.kill_all()
-                pytest.fail(f"skewed participants still running after {timeout} s")
-        for node in self.nodes:
-            node.collect()
-            assert node.process.returncode == 0, node.stderr
-        return self.nodes
-
-    def kill_all(self) -> None:
-        for node in self.nodes:
-            if node.process.poll() is None:
-                node.process.kill()
-            node.process.wait()
 
 
 @pytest.fixture(params=MECHANISMS)
@@ -1098,9 +1072,9 @@ def test_skewed_clocks_server_mode_return_together(skewed: SkewRunner) -> None:
     the truth by no more than ``clock_uncertainty``) and a ``release_at`` on its own
     clock (0.35 s apart) for one server-time instant; nobody is late and nobody warns."""
     started = time.monotonic_ns()
-    ahead = skewed.start(SKEW_AHEAD, "srv", clock="server", rounds=3)
-    behind = skewed.start(SKEW_BEHIND, "srv", clock="server", rounds=3)
-    skewed.wait(40)
+    ahead = skewed.start_skewed(SKEW_AHEAD, "srv", clock="server", rounds=3)
+    behind = skewed.start_skewed(SKEW_BEHIND, "srv", clock="server", rounds=3)
+    skewed.finish(skewed.nodes, 40)
     check_skew_in_effect([ahead, behind], started)
     assert len(ahead.records) == len(behind.records) == 3
     for a, b in zip(ahead.records, behind.records, strict=True):
@@ -1129,10 +1103,10 @@ def start_in_order(
 ) -> tuple[SkewedNode, SkewedNode]:
     """Start a participant with clock ``first`` off, wait until its arrival is counted,
     then start the one with clock ``last`` off (so that it decides the instant)."""
-    early = skewed.start(first, event, delay=0.05)
-    wait_for(lambda: waiting_members(client, skewed.run_id, event), 20, "the first arrival")
-    late = skewed.start(last, event, delay=0.05)
-    skewed.wait(40)
+    early = skewed.start_skewed(first, event, delay=0.05)
+    wait_until(lambda: waiting_members(client, skewed.run_id, event), 20, "the first arrival")
+    late = skewed.start_skewed(last, event, delay=0.05)
+    skewed.finish(skewed.nodes, 40)
     return early, late
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from support import make_client, wait_for
+from support import arun, make_client, wait_until
 
 import pyprocsync
 import pyprocsync.asyncio
@@ -191,7 +191,7 @@ def attempt(
         await close(instance, client)
         return result, took
 
-    outcome, took = asyncio.run(asyncio.wait_for(main(), 30))
+    outcome, took = arun(main, timeout=30)
     if helper is not None:
         helper.join()
     return outcome, took
@@ -267,7 +267,7 @@ def stop_once_waiting(server: EmbeddedServer, primitive: str, run_id: str) -> Ca
     def stop() -> None:
         admin = make_client(server)
         channel = channel_of(primitive, run_id)
-        wait_for(lambda: admin.pubsub_numsub(channel)[0][1] > 0, 10, "the subscription")
+        wait_until(lambda: admin.pubsub_numsub(channel)[0][1] > 0, 10, "the subscription")
         admin.close()
         assert server.process is not None
         os.kill(server.process.pid, signal.SIGSTOP)
@@ -347,7 +347,7 @@ def test_connections_dropped_after_the_first_call(
         second_call(started, result)
         await close(instance, client)
 
-    asyncio.run(asyncio.wait_for(main(), 30))
+    arun(main, timeout=30)
 
 
 # -- polls: wait(0) and negative timeouts, as threading -------------------------------------
@@ -409,7 +409,7 @@ def test_polls_behave_as_threading(shell: str, server: EmbeddedServer, run_id: s
         finally:
             await settled(client.aclose() if shell == "asyncio" else client.close())
 
-    got = asyncio.run(run())
+    got = arun(run)
     assert got == expected
 
 
@@ -427,7 +427,7 @@ def test_a_poll_that_fills_the_barrier_releases_it(
             waiting: list[int] = []
             thread = threading.Thread(target=lambda: waiting.append(first.wait(30)))
             thread.start()
-            wait_for(lambda: last.n_waiting == 1, 10, "the first party")
+            wait_until(lambda: last.n_waiting == 1, 10, "the first party")
             indices = [last.wait(0)]
             thread.join()
             first.close()
@@ -449,7 +449,7 @@ def test_a_poll_that_fills_the_barrier_releases_it(
         await client.aclose()
         return indices
 
-    indices = blocking() if shell == "blocking" else asyncio.run(asynchronous())
+    indices = blocking() if shell == "blocking" else arun(asynchronous)
     assert sorted(indices) == [0, 1]
 
 
@@ -518,14 +518,14 @@ def test_cancellation_stress(server: EmbeddedServer, run_id: str) -> None:
         await client.aclose()
         return counts
 
-    counts = asyncio.run(asyncio.wait_for(main(), 100))
+    counts = arun(main, timeout=100)
     assert counts["cancelled"] > CANCELLATIONS // 2, counts
     channels = [
         EventKeys.of("pyprocsync", run_id, "s").channel,
         EventKeys.of("pyprocsync", run_id, "b").channel,
         FlagKeys.of("pyprocsync", run_id, "e").channel,
     ]
-    wait_for(
+    wait_until(
         lambda: all(count == 0 for _, count in admin.pubsub_numsub(*channels)),
         10,
         "the subscriptions to go",

@@ -40,8 +40,17 @@ from typing import Any, TypeVar
 import pytest
 import redis
 import redis.asyncio as aioredis
-from primitive_support import arun, flag_keys, spawn
-from support import PROMPT, event_keys, start_thread, wait_for, waiting_members
+from primitive_support import flag_keys
+from support import (
+    PROMPT,
+    arun,
+    async_client,
+    event_keys,
+    spawn,
+    start_thread,
+    wait_until,
+    waiting_members,
+)
 
 import pyprocsync
 import pyprocsync.asyncio as aps
@@ -396,7 +405,7 @@ def round_of_three(
     nodes = [ProcSync(client, run_id, 0, liveness=LIVENESS) for _ in range(3)]
     try:
         first = start_thread(lambda: nodes[0].sync(event, 3, 4 * OP_TIMEOUT))
-        wait_for(lambda: waiting_members(client, run_id, event), 5, "the first arrival")
+        wait_until(lambda: waiting_members(client, run_id, event), 5, "the first arrival")
         member = waiting_members(client, run_id, event)[0]
         corruption.apply(client, keys.state if corruption.key == "state" else keys.leases, member)
         second = start_thread(lambda: nodes[1].sync(event, 3, 2 * OP_TIMEOUT))
@@ -487,7 +496,7 @@ def waiter_and_setter(
         setter.clear()
         key = flag_keys(run_id, name).state
         waiting = start_thread(lambda: waiter.wait(4 * OP_TIMEOUT))
-        wait_for(lambda: client.pubsub_numsub(key)[0][1] >= 1, 5, "the waiter")
+        wait_until(lambda: client.pubsub_numsub(key)[0][1] >= 1, 5, "the waiter")
         time.sleep(0.1)  # it read the flag
         corruption.apply(client, key)
         setting = start_thread(setter.set)
@@ -638,7 +647,7 @@ def test_garbage_published_while_waiting(
                 await closing
         return mine, returned_us, at_us
 
-    mine, returned_us, at_us = arun(server, body)
+    mine, returned_us, at_us = arun(body, async_client(server))
     if kind == "sync":
         assert abs(mine.release_at * 1e6 - at_us) <= 1
         assert mine.late_by < 0.05

@@ -2,7 +2,7 @@
 threads and processes, the common release instant, faults, validation, lifecycle.
 
 "Waiting" participants are counted as waiting only once their first read of the flag
-is done (``primitive_helper.announce_first_check``): a set that happens before a wait
+is done (``participant.announce_first_check``): a set that happens before a wait
 has looked at the flag is, as in threading, a set that happened before the wait.
 Timing bounds are generous semantic bounds, never speed measurements.
 """
@@ -18,18 +18,9 @@ from typing import Any
 
 import pytest
 import redis
-from primitive_support import HelperRunner, flag_keys, ready_counter, wait_counter
-from support import (
-    LONG,
-    PROMPT,
-    Node,
-    Outcome,
-    event_keys,
-    join,
-    make_client,
-    start_thread,
-    wait_for,
-)
+from primitive_support import flag_keys, ready_counter, wait_counter
+from runner import Node, Participants
+from support import LONG, PROMPT, Outcome, event_keys, join, make_client, start_thread, wait_until
 
 from pyprocsync import (
     ArgumentTypeError,
@@ -60,13 +51,13 @@ def make_event(client: redis.Redis, run_id: str) -> Iterator[Callable[..., Event
 
 
 def start_waiters(
-    procs: HelperRunner, client: redis.Redis, name: str, count: int, **options: Any
+    participants: Participants, client: redis.Redis, name: str, count: int, **options: Any
 ) -> list[Node]:
     """Start ``count`` processes waiting on ``name``; return once every one of them is
     waiting (has read the flag)."""
-    ready = f"{procs.run_id}:ready:{name}"
+    ready = f"{participants.run_id}:ready:{name}"
     nodes = [
-        procs.launch("event-wait", name, ready_key=ready, timeout=LONG, **options)
+        participants.launch("event-wait", name, ready_key=ready, timeout=LONG, **options)
         for _ in range(count)
     ]
     wait_counter(client, ready, count)
@@ -107,16 +98,16 @@ def test_threads_wait_until_set(
 
 @pytest.mark.timeout(60)
 def test_processes_wait_until_set(
-    procs: HelperRunner, make_event: Callable[..., Event], client: redis.Redis
+    participants: Participants, make_event: Callable[..., Event], client: redis.Redis
 ) -> None:
     """Three processes wait; none returns before the test process sets the flag; each
     returns True promptly once it does."""
-    nodes = start_waiters(procs, client, "go", 3)
+    nodes = start_waiters(participants, client, "go", 3)
     time.sleep(0.3)
     assert all(node.process.poll() is None for node in nodes)
     set_ns = time.time_ns()
     make_event("go").set()
-    for record in procs.finish(nodes, timeout=30):
+    for record in participants.finish(nodes, timeout=30):
         assert record["ok"] is True, record
         assert record["value"] is True
         assert 0 <= (record["returned_ns"] - set_ns) / 1e9 < PROMPT
@@ -124,17 +115,17 @@ def test_processes_wait_until_set(
 
 @pytest.mark.timeout(60)
 def test_set_then_clear_at_once_wakes_every_waiting_process(
-    procs: HelperRunner, make_event: Callable[..., Event], client: redis.Redis
+    participants: Participants, make_event: Callable[..., Event], client: redis.Redis
 ) -> None:
     """The sets are numbered: ``set()`` immediately followed by ``clear()`` still wakes
     every process that was already waiting (all return True), and the flag reads as
     cleared afterwards."""
-    nodes = start_waiters(procs, client, "blink", 3)
+    nodes = start_waiters(participants, client, "blink", 3)
     event = make_event("blink")
     event.set()
     event.clear()
     assert event.is_set() is False
-    for record in procs.finish(nodes, timeout=30):
+    for record in participants.finish(nodes, timeout=30):
         assert record["ok"] is True, record
         assert record["value"] is True
     assert event.is_set() is False
@@ -219,20 +210,26 @@ def test_set_twice_and_clear_twice(
 
 @pytest.mark.timeout(60)
 def test_is_set_reads_the_shared_state(
-    procs: HelperRunner, make_event: Callable[..., Event]
+    participants: Participants, make_event: Callable[..., Event]
 ) -> None:
     """``is_set`` reads the flag in Redis: a set by another process is seen here, a clear
     here is seen there, and a fresh instance agrees."""
     event = make_event("shared")
     assert event.is_set() is False
-    (record,) = procs.finish([procs.launch("event-op", "shared", op="set")], timeout=30)
+    (record,) = participants.finish(
+        [participants.launch("event-op", "shared", op="set")], timeout=30
+    )
     assert record["ok"] is True, record
     assert event.is_set() is True
     assert make_event("shared").is_set() is True
-    (record,) = procs.finish([procs.launch("event-op", "shared", op="is_set")], timeout=30)
+    (record,) = participants.finish(
+        [participants.launch("event-op", "shared", op="is_set")], timeout=30
+    )
     assert record["value"] is True
     event.clear()
-    (record,) = procs.finish([procs.launch("event-op", "shared", op="is_set")], timeout=30)
+    (record,) = participants.finish(
+        [participants.launch("event-op", "shared", op="is_set")], timeout=30
+    )
     assert record["value"] is False
 
 
@@ -241,17 +238,17 @@ def test_is_set_reads_the_shared_state(
 
 @pytest.mark.timeout(60)
 def test_delay_releases_the_waiters_of_one_set_together(
-    procs: HelperRunner, make_event: Callable[..., Event], client: redis.Redis
+    participants: Participants, make_event: Callable[..., Event], client: redis.Redis
 ) -> None:
     """``delay=0.3``: the processes woken by one set return at one instant, the setter's
     clock plus the delay: none before it (1 ms tolerance), all within a spread far below
     the delay."""
-    nodes = start_waiters(procs, client, "tick", 3)
+    nodes = start_waiters(participants, client, "tick", 3)
     before_ns = time.time_ns()
     make_event("tick", delay=0.3).set()
     after_ns = time.time_ns()
     returned = []
-    for record in procs.finish(nodes, timeout=30):
+    for record in participants.finish(nodes, timeout=30):
         assert record["ok"] is True, record
         assert record["value"] is True
         returned.append(record["returned_ns"])
@@ -329,7 +326,7 @@ def test_event_and_sync_point_of_the_same_name_are_apart(
         Barrier(client, "x", 2, run_id=run_id, delay=0) as partner,
     ):
         thread, waited = start_thread(lambda: barrier.wait(LONG))
-        wait_for(lambda: partner.n_waiting == 1, 10, "the barrier waiter")
+        wait_until(lambda: partner.n_waiting == 1, 10, "the barrier waiter")
         event.set()
         time.sleep(0.2)
         assert thread.is_alive()
@@ -556,7 +553,7 @@ def test_from_url_and_context_manager(server: EmbeddedServer, run_id: str) -> No
             event.set()
             assert event.is_set() is True
             assert event.wait(5) is True
-        wait_for(lambda: client_count(admin) <= baseline, 5, "connections to close")
+        wait_until(lambda: client_count(admin) <= baseline, 5, "connections to close")
         with pytest.raises(ProcSyncError):
             event.wait(1)
         event.close()  # closing twice is harmless

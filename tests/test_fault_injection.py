@@ -30,18 +30,16 @@ import redis
 from netproxy import Delay, NetProxy
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from runner import Node, Participants, check_rounds
 from support import (
     LONG,
     PROMPT,
-    Node,
-    NodeRunner,
     Outcome,
-    check_rounds,
     event_keys,
     join,
     make_client,
     start_thread,
-    wait_for,
+    wait_until,
     waiting_members,
 )
 
@@ -102,7 +100,7 @@ def lease_expiry(client: redis.Redis, run_id: str, event: str, node_id: str) -> 
 
 def wait_waiting(client: redis.Redis, run_id: str, event: str, count: int, timeout: float) -> None:
     """Wait until ``count`` participants wait in ``event``."""
-    wait_for(
+    wait_until(
         lambda: len(waiting_members(client, run_id, event)) == count,
         timeout,
         f"{count} participants waiting in {event!r}",
@@ -119,10 +117,10 @@ def start_syncs(
 def wait_for_renewal(client: redis.Redis, run_id: str, event: str, node_id: str) -> None:
     """Wait until ``node_id`` waits in ``event`` and has renewed its lease once: it is in
     its waiting loop (heartbeats), not just arrived."""
-    wait_for(lambda: lease_expiry(client, run_id, event, node_id), 20, f"{node_id} to arrive")
+    wait_until(lambda: lease_expiry(client, run_id, event, node_id), 20, f"{node_id} to arrive")
     first = lease_expiry(client, run_id, event, node_id)
     assert first is not None
-    wait_for(
+    wait_until(
         lambda: (lease_expiry(client, run_id, event, node_id) or 0) > first,
         5,
         f"{node_id} to renew its lease",
@@ -130,7 +128,7 @@ def wait_for_renewal(client: redis.Redis, run_id: str, event: str, node_id: str)
 
 
 def error_class(record: dict[str, Any]) -> type[BaseException]:
-    """The pyprocsync exception class a node_helper record names."""
+    """The pyprocsync exception class a participant record names."""
     found = getattr(pyprocsync, record["error"], None)
     assert isinstance(found, type), record
     assert issubclass(found, BaseException), record
@@ -155,7 +153,7 @@ def finished_after(outcome: Outcome, began: float) -> float:
 
 @pytest.mark.timeout(60)
 def test_sigkill_of_a_waiting_participant_breaks_the_round_as_lost(
-    run_nodes: NodeRunner, make_sync: Callable[..., ProcSync], client: redis.Redis, run_id: str
+    participants: Participants, make_sync: Callable[..., ProcSync], client: redis.Redis, run_id: str
 ) -> None:
     """Three processes wait in a round of four; one of them, well into its wait (it
     renewed its lease), is SIGKILLed from outside. The two others raise
@@ -163,15 +161,15 @@ def test_sigkill_of_a_waiting_participant_breaks_the_round_as_lost(
     heartbeat after the kill (not before its lease could lapse, not at their 30 s
     timeout); a later arrival is refused the same way at once."""
     survivors = [
-        run_nodes.start("k", 4, sync_timeout=LONG, liveness=LIVENESS, node_id=f"alive-{i}")
+        participants.start("k", 4, sync_timeout=LONG, liveness=LIVENESS, node_id=f"alive-{i}")
         for i in range(2)
     ]
-    victim = run_nodes.start("k", 4, sync_timeout=LONG, liveness=LIVENESS, node_id="victim")
+    victim = participants.start("k", 4, sync_timeout=LONG, liveness=LIVENESS, node_id="victim")
     wait_waiting(client, run_id, "k", 3, 20)
     wait_for_renewal(client, run_id, "k", "victim")
     victim.process.kill()
     killed_ns = time.time_ns()
-    run_nodes.wait([victim, *survivors], timeout=LOST_BOUND + 20)
+    participants.wait([victim, *survivors], timeout=LOST_BOUND + 20)
     assert victim.returncode == -signal.SIGKILL
     assert victim.records == []
     latencies = []
@@ -197,7 +195,7 @@ def test_sigkill_of_a_waiting_participant_breaks_the_round_as_lost(
 
 @pytest.mark.timeout(60)
 def test_sigkill_before_arrival_leaves_the_others_to_their_timeout(
-    run_nodes: NodeRunner, make_sync: Callable[..., ProcSync], client: redis.Redis, run_id: str
+    participants: Participants, make_sync: Callable[..., ProcSync], client: redis.Redis, run_id: str
 ) -> None:
     """Two participants wait in a round of three; the third process subscribes and is
     SIGKILLed just before its arrival would be sent. Nothing of it is counted, so the
@@ -209,8 +207,8 @@ def test_sigkill_before_arrival_leaves_the_others_to_their_timeout(
     began = time.monotonic()
     threads = [*start_syncs([patient], "b", 3, LONG), *start_syncs([impatient], "b", 3, timeout)]
     wait_waiting(client, run_id, "b", 2, 5)
-    dying = run_nodes.start("b", 3, sync_timeout=LONG, node_id="dying", die_before_arrival=True)
-    run_nodes.wait([dying], timeout=20)
+    dying = participants.start("b", 3, sync_timeout=LONG, node_id="dying", die_before_arrival=True)
+    participants.wait([dying], timeout=20)
     died = time.monotonic() - began
     assert dying.returncode == -signal.SIGKILL
     assert died < timeout, f"the process took {died:.1f} s to die; the test needs it earlier"
@@ -445,7 +443,7 @@ def test_server_restart_while_participants_wait(
     admin = make_client(instance)
     with NetProxy(instance.bind, instance.port) as proxy:
         url = proxy.url if stalled else instance.url
-        nodes = NodeRunner(url, run_id, tmp_path)
+        nodes = Participants(url, run_id, tmp_path)
         local_client = redis.Redis.from_url(url)
         local = ProcSync(local_client, run_id, 0.05, liveness=LIVENESS)
         try:
@@ -584,7 +582,7 @@ def test_server_frozen_past_the_timeout(
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_latency_and_jitter_with_auto_delay(
-    run_nodes: NodeRunner, server: EmbeddedServer, run_id: str
+    participants: Participants, server: EmbeddedServer, run_id: str
 ) -> None:
     """Three processes reach the server through a proxy that delays every chunk by
     10-30 ms (uniformly random) in each direction, keeping the order of each direction.
@@ -607,7 +605,7 @@ def test_latency_and_jitter_with_auto_delay(
             for warmer in warmers:
                 warmer.close()
             warm_client.close()
-        nodes = run_nodes.run(
+        nodes = participants.run(
             3, "j", 3, timeout=60, url=proxy.url, delay="auto", rounds=rounds, sync_timeout=10
         )
     grouped = check_rounds(nodes, rounds, 3, first_generation=warm_up)
@@ -651,7 +649,7 @@ def stall_link(node: Node, proxy: NetProxy) -> Iterator[None]:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("freeze", [freeze_process, stall_link], ids=["sigstop", "link-stall"])
 def test_frozen_participant_is_lost_and_told_when_it_thaws(
-    run_nodes: NodeRunner,
+    participants: Participants,
     make_sync: Callable[..., ProcSync],
     server: EmbeddedServer,
     client: redis.Redis,
@@ -666,7 +664,7 @@ def test_frozen_participant_is_lost_and_told_when_it_thaws(
     (SIGCONT, or the link resumes), it raises a typed error promptly (the round was
     broken without it): no hang, and no release."""
     with NetProxy(server.bind, server.port) as proxy:
-        frozen_one = run_nodes.start(
+        frozen_one = participants.start(
             "s", 4, url=proxy.url, sync_timeout=LONG, liveness=LIVENESS, node_id="frozen"
         )
         wait_for_renewal(client, run_id, "s", "frozen")
@@ -682,7 +680,7 @@ def test_frozen_participant_is_lost_and_told_when_it_thaws(
             time.sleep(0.2)
             assert frozen_one.process.poll() is None
             thawed_ns = time.time_ns()
-        run_nodes.wait([frozen_one], timeout=PROMPT + 10)
+        participants.wait([frozen_one], timeout=PROMPT + 10)
     record = frozen_one.last()
     told = (record["returned_ns"] - thawed_ns) / 1e9
     figure(

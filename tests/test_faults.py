@@ -17,16 +17,16 @@ from typing import Any
 
 import pytest
 import redis
+from runner import Participants
 from support import (
     LONG,
     PROMPT,
-    NodeRunner,
     event_keys,
     in_threads,
     join,
     make_client,
     start_thread,
-    wait_for,
+    wait_until,
     waiting_members,
 )
 
@@ -48,12 +48,12 @@ from pyprocsync.tools.server import EmbeddedServer
 
 
 @pytest.mark.timeout(60)
-def test_timeout_breaks_the_round_for_all_processes(run_nodes: NodeRunner) -> None:
+def test_timeout_breaks_the_round_for_all_processes(participants: Participants) -> None:
     """Defect 3: one process times out (1 s); the two others, waiting with a 30 s
     timeout, raise BrokenBarrierError promptly instead of at their own timeout."""
-    patient = [run_nodes.start("t", 4, sync_timeout=LONG, node_id=f"p{i}") for i in range(2)]
-    impatient = run_nodes.start("t", 4, sync_timeout=1.0, node_id="impatient")
-    nodes = run_nodes.wait([*patient, impatient], timeout=50)
+    patient = [participants.start("t", 4, sync_timeout=LONG, node_id=f"p{i}") for i in range(2)]
+    impatient = participants.start("t", 4, sync_timeout=1.0, node_id="impatient")
+    nodes = participants.wait([*patient, impatient], timeout=50)
     gave_up = impatient.last()
     assert gave_up["error"] == "TimeOutError"
     assert gave_up["attrs"]["arrived"] == 3
@@ -139,14 +139,16 @@ def test_timeout_racing_the_last_arrival_is_all_or_nothing(
 
 
 @pytest.mark.timeout(60)
-def test_nodes_mismatch_processes(run_nodes: NodeRunner, client: redis.Redis, run_id: str) -> None:
+def test_nodes_mismatch_processes(
+    participants: Participants, client: redis.Redis, run_id: str
+) -> None:
     """Two processes wait for 3 nodes; a third says 2: it raises ParameterMismatchError
     (expected 3, given 2), the waiters BrokenBarrierError("mismatch") promptly; nobody
     hangs and nobody is released."""
-    waiters = [run_nodes.start("m", 3, sync_timeout=LONG) for _ in range(2)]
-    wait_for(lambda: len(waiting_members(client, run_id, "m")) == 2, 20, "two waiters")
-    dissenter = run_nodes.start("m", 2, sync_timeout=LONG)
-    run_nodes.wait([*waiters, dissenter], timeout=40)
+    waiters = [participants.start("m", 3, sync_timeout=LONG) for _ in range(2)]
+    wait_until(lambda: len(waiting_members(client, run_id, "m")) == 2, 20, "two waiters")
+    dissenter = participants.start("m", 2, sync_timeout=LONG)
+    participants.wait([*waiters, dissenter], timeout=40)
     mismatch = dissenter.last()
     assert mismatch["error"] == "ParameterMismatchError", mismatch
     assert (mismatch["attrs"]["expected"], mismatch["attrs"]["given"]) == (3, 2)
@@ -191,7 +193,7 @@ def test_stale_messages_do_not_poison_a_waiter(
     for _ in range(2):  # rounds 0 and 1 happen normally first
         in_threads(lambda: waiter.sync("s", 2, 10), lambda: last.sync("s", 2, 10))
     thread, waited = start_thread(lambda: waiter.sync("s", 2, 10))
-    wait_for(lambda: waiting_members(client, run_id, "s"), 5, "the waiter")
+    wait_until(lambda: waiting_members(client, run_id, "s"), 5, "the waiter")
     past_us = (time.time_ns() // 1000) - 10_000_000
     publish(
         client, run_id, "s",
@@ -239,7 +241,7 @@ def test_hostile_announcement_is_checked_not_trusted_to_parse(
     not crash the waiter with RecursionError."""
     waiter, last = make_sync(0.05), make_sync(0.05)
     thread, waited = start_thread(lambda: waiter.sync("deep", 2, 10))
-    wait_for(lambda: waiting_members(client, run_id, "deep"), 5, "the waiter")
+    wait_until(lambda: waiting_members(client, run_id, "deep"), 5, "the waiter")
     publish(client, run_id, "deep", "B 0 timeout 1 2 " + "[" * 100_000 + "]" * 100_000)
     time.sleep(0.2)
     result = last.sync("deep", 2, 10)
@@ -307,7 +309,7 @@ def test_killed_pubsub_connection_while_waiting(
             last = ProcSync(client, run_id, 0.05, liveness=0.5, on_late="proceed")
             try:
                 thread, waited = start_thread(lambda w=waiter, n=name: w.sync(n, 2, 10))
-                wait_for(lambda n=name: waiting_members(client, run_id, n), 5, "the waiter")
+                wait_until(lambda n=name: waiting_members(client, run_id, n), 5, "the waiter")
                 assert client.client_kill_filter(_type="pubsub") >= 1
                 try:
                     result: Any = last.sync(name, 2, 5)
@@ -330,21 +332,21 @@ def test_killed_pubsub_connection_while_waiting(
 
 @pytest.mark.timeout(60)
 def test_crashed_waiter_breaks_the_round_as_lost(
-    run_nodes: NodeRunner, client: redis.Redis, run_id: str
+    participants: Participants, client: redis.Redis, run_id: str
 ) -> None:
     """A participant SIGKILLed right after arriving (third of four) stops renewing its
     lease (0.5 s): the live waiters raise BrokenBarrierError(reason="lost") naming it in
     ``missing``, about a lease after the crash (far below their 30 s timeout)."""
     survivors = [
-        run_nodes.start("c", 4, sync_timeout=LONG, liveness=0.5, node_id=f"alive-{i}")
+        participants.start("c", 4, sync_timeout=LONG, liveness=0.5, node_id=f"alive-{i}")
         for i in range(2)
     ]
-    wait_for(lambda: len(waiting_members(client, run_id, "c")) == 2, 20, "two survivors")
-    crasher = run_nodes.start("c", 4, liveness=0.5, node_id="crasher", die_after_arrival=True)
+    wait_until(lambda: len(waiting_members(client, run_id, "c")) == 2, 20, "two survivors")
+    crasher = participants.start("c", 4, liveness=0.5, node_id="crasher", die_after_arrival=True)
     crasher.process.wait(20)
     crashed_ns = time.time_ns()
     assert crasher.process.returncode == -signal.SIGKILL
-    run_nodes.wait(survivors, timeout=40)
+    participants.wait(survivors, timeout=40)
     for node in survivors:
         record = node.last()
         assert record["error"] == "BrokenBarrierError", record
@@ -355,20 +357,20 @@ def test_crashed_waiter_breaks_the_round_as_lost(
 
 @pytest.mark.timeout(60)
 def test_paused_participant_is_declared_lost(
-    run_nodes: NodeRunner, client: redis.Redis, run_id: str
+    participants: Participants, client: redis.Redis, run_id: str
 ) -> None:
     """A waiting process frozen (SIGSTOP) for longer than its lease is declared lost: the
     live waiter raises BrokenBarrierError("lost") naming it; once resumed (SIGCONT), the
     frozen one raises the same error instead of hanging or passing."""
-    alive = run_nodes.start("p", 3, sync_timeout=LONG, liveness=0.5, node_id="alive")
-    frozen = run_nodes.start("p", 3, sync_timeout=LONG, liveness=0.5, node_id="frozen")
-    wait_for(lambda: len(waiting_members(client, run_id, "p")) == 2, 20, "two waiters")
+    alive = participants.start("p", 3, sync_timeout=LONG, liveness=0.5, node_id="alive")
+    frozen = participants.start("p", 3, sync_timeout=LONG, liveness=0.5, node_id="frozen")
+    wait_until(lambda: len(waiting_members(client, run_id, "p")) == 2, 20, "two waiters")
     frozen.process.send_signal(signal.SIGSTOP)
     try:
-        run_nodes.wait([alive], timeout=20)
+        participants.wait([alive], timeout=20)
     finally:
         frozen.process.send_signal(signal.SIGCONT)
-    run_nodes.wait([frozen], timeout=20)
+    participants.wait([frozen], timeout=20)
     for node in (alive, frozen):
         record = node.last()
         assert record["error"] == "BrokenBarrierError", record
@@ -378,13 +380,13 @@ def test_paused_participant_is_declared_lost(
 
 @pytest.mark.timeout(60)
 def test_crashed_arrival_does_not_count_for_a_later_run(
-    run_nodes: NodeRunner, make_sync: Callable[..., ProcSync], client: redis.Redis, run_id: str
+    participants: Participants, make_sync: Callable[..., ProcSync], client: redis.Redis, run_id: str
 ) -> None:
     """Defect 5: in 0.1.0 a crashed waiter left a counter without TTL, and the next run
     (same run id) passed with too few nodes. Here its arrival expires with its lease:
     a later lone participant is refused (reason "lost", the crasher named) instead of
     being released, the keys keep a TTL, and after a reset a full round works."""
-    crasher = run_nodes.start("c5", 2, liveness=0.5, node_id="crasher", die_after_arrival=True)
+    crasher = participants.start("c5", 2, liveness=0.5, node_id="crasher", die_after_arrival=True)
     crasher.process.wait(20)
     assert crasher.process.returncode == -signal.SIGKILL
     keys = event_keys(run_id, "c5")
@@ -472,7 +474,7 @@ def test_corruption_while_waiting_raises_protocol_error(
     ProtocolError (liveness 0.5 s, so within about 0.1 s)."""
     waiter = make_sync(0.01, liveness=0.5)
     thread, waited = start_thread(lambda: waiter.sync("under", 2, LONG))
-    wait_for(lambda: waiting_members(client, run_id, "under"), 5, "the waiter")
+    wait_until(lambda: waiting_members(client, run_id, "under"), 5, "the waiter")
     client.hset(event_keys(run_id, "under").state, "g", "garbage")
     join([thread], PROMPT + 1)
     assert isinstance(waited.error, ProtocolError), waited.error
@@ -487,12 +489,12 @@ def run_keys(client: redis.Redis, run_id: str) -> list[bytes]:
 
 @pytest.mark.timeout(90)
 def test_every_key_always_has_a_ttl(
-    run_nodes: NodeRunner, client: redis.Redis, run_id: str
+    participants: Participants, client: redis.Redis, run_id: str
 ) -> None:
     """Defects 5 and 10: 0.1.0 could leave keys without a TTL. Three processes loop
     (300 rounds) while this test samples PTTL of every key of the run: none is ever -1
     (no TTL) nor above the retention; afterwards each event holds at most two keys."""
-    nodes = [run_nodes.start("ttl", 3, rounds=300, delay=0, sync_timeout=20) for _ in range(3)]
+    nodes = [participants.start("ttl", 3, rounds=300, delay=0, sync_timeout=20) for _ in range(3)]
     samples = 0
     while any(node.process.poll() is None for node in nodes):
         for key in run_keys(client, run_id):
@@ -500,7 +502,7 @@ def test_every_key_always_has_a_ttl(
             assert ttl != -1, f"{key!r} has no TTL"
             assert ttl <= 60_000
             samples += ttl >= 0
-    run_nodes.wait(nodes, timeout=60)
+    participants.wait(nodes, timeout=60)
     for node in nodes:
         assert len(node.results()) == 300
     assert samples > 0
@@ -539,7 +541,7 @@ def test_ttl_after_timeout_withdraw_and_reset(
 
 @pytest.mark.timeout(60)
 def test_sigint_withdraws_the_arrival(
-    run_nodes: NodeRunner, make_sync: Callable[..., ProcSync], client: redis.Redis, run_id: str
+    participants: Participants, make_sync: Callable[..., ProcSync], client: redis.Redis, run_id: str
 ) -> None:
     """A process interrupted with SIGINT (KeyboardInterrupt) while waiting withdraws its
     arrival: of a round of 3, one thread and the interrupted process had arrived; after
@@ -547,16 +549,16 @@ def test_sigint_withdraws_the_arrival(
     interrupted arrival stayed counted); a further one does, with indices 0..2."""
     first, second, third = (make_sync(0.01) for _ in range(3))
     t1, o1 = start_thread(lambda: first.sync("int", 3, LONG))
-    wait_for(lambda: len(waiting_members(client, run_id, "int")) == 1, 5, "the first waiter")
-    child = run_nodes.start("int", 3, sync_timeout=LONG, node_id="interrupted")
-    wait_for(
+    wait_until(lambda: len(waiting_members(client, run_id, "int")) == 1, 5, "the first waiter")
+    child = participants.start("int", 3, sync_timeout=LONG, node_id="interrupted")
+    wait_until(
         lambda: any(m.endswith(":interrupted") for m in waiting_members(client, run_id, "int")),
         20,
         "the child to arrive",
     )
     time.sleep(0.2)  # let it settle into waiting
     child.process.send_signal(signal.SIGINT)
-    run_nodes.wait([child], timeout=20)
+    participants.wait([child], timeout=20)
     assert child.last()["error"] == "KeyboardInterrupt"
     assert not any(m.endswith(":interrupted") for m in waiting_members(client, run_id, "int"))
     assert client.hget(event_keys(run_id, "int").state, "n") == b"1"
@@ -610,7 +612,7 @@ def test_too_late_when_the_clock_is_ahead(
     clocks = SkewedClocks(monkeypatch)
     ahead, on_time = make_sync(0.05), make_sync(0.05)
     thread, waited = start_thread(clocks.call(1_000_000_000, lambda: ahead.sync("late", 2, 10)))
-    wait_for(lambda: waiting_members(client, run_id, "late"), 5, "the waiter")
+    wait_until(lambda: waiting_members(client, run_id, "late"), 5, "the waiter")
     result = on_time.sync("late", 2, 10)
     join([thread], 10)
     assert isinstance(waited.error, TooLateError), waited.error
@@ -630,7 +632,7 @@ def test_on_late_proceed_returns_instead(
     clocks = SkewedClocks(monkeypatch)
     ahead, on_time = make_sync(0.05, on_late="proceed"), make_sync(0.05)
     thread, waited = start_thread(clocks.call(1_000_000_000, lambda: ahead.sync("late", 2, 10)))
-    wait_for(lambda: waiting_members(client, run_id, "late"), 5, "the waiter")
+    wait_until(lambda: waiting_members(client, run_id, "late"), 5, "the waiter")
     result = on_time.sync("late", 2, 10)
     join([thread], 10)
     late = waited.result()
@@ -651,7 +653,7 @@ def test_last_arrival_behind_makes_the_others_late(
     clocks = SkewedClocks(monkeypatch)
     waiter = make_sync(0.005, late_tolerance=0.0001)
     thread, waited = start_thread(lambda: waiter.sync("behind", 2, 10))
-    wait_for(lambda: waiting_members(client, run_id, "behind"), 5, "the waiter")
+    wait_until(lambda: waiting_members(client, run_id, "behind"), 5, "the waiter")
     behind = make_sync(0.005, late_tolerance=0.0001)
     last_thread, last = start_thread(
         clocks.call(-500_000_000, lambda: behind.sync("behind", 2, 10))
@@ -688,7 +690,7 @@ def test_server_restart_while_waiting(
     try:
         started = time.monotonic()
         thread, waited = start_thread(lambda: sync.sync("restart", 2, sync_timeout))
-        wait_for(lambda: waiting_members(admin, run_id, "restart"), 5, "the waiter")
+        wait_until(lambda: waiting_members(admin, run_id, "restart"), 5, "the waiter")
         port = instance.port
         instance.stop()
         if restart:
@@ -723,9 +725,9 @@ def test_tiny_timeout_never_leaks_an_arrival(
     assert state.get(b"n", b"0") == b"0"
 
 
-def test_error_records_are_json(run_nodes: NodeRunner) -> None:
+def test_error_records_are_json(participants: Participants) -> None:
     """The helper reports exceptions as JSON with their attributes (used by the tests above)."""
-    (node,) = run_nodes.run(1, "helper", 2, timeout=30, sync_timeout=0.2)
+    (node,) = participants.run(1, "helper", 2, timeout=30, sync_timeout=0.2)
     record = node.last()
     assert record["error"] == "TimeOutError"
     assert record["is_procsync_error"] is True
@@ -747,7 +749,7 @@ def test_state_that_went_back_in_time_is_refused(
     client.delete(*keys.all)  # what a failover that lost the writes looks like
     other = make_sync(0.01)
     thread, outcome = start_thread(lambda: other.sync("e", 2, 1.5))
-    wait_for(lambda: len(waiting_members(client, run_id, "e")) == 1, 10, "the other arrival")
+    wait_until(lambda: len(waiting_members(client, run_id, "e")) == 1, 10, "the other arrival")
     with pytest.raises(BrokenBarrierError) as caught:
         sync.sync("e", 2, 5)
     assert caught.value.reason == "state-lost"

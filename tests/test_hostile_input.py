@@ -51,7 +51,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
-from support import start_thread
+from support import arun, start_thread
 
 import pyprocsync
 import pyprocsync.asyncio as aps
@@ -520,7 +520,7 @@ def attempt(
             await driver.close()
 
     try:
-        asyncio.run(main())
+        arun(main)
     except (ValueError, TypeError) as exc:
         return recorder, exc
     return recorder, None

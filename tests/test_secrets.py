@@ -40,6 +40,7 @@ import pytest
 import redis
 from support import (
     LONG,
+    arun,
     assert_one_line_error,
     children,
     command_line,
@@ -47,7 +48,7 @@ from support import (
     listening,
     run_command,
     start_thread,
-    wait_for,
+    wait_until,
     waiting_members,
     watch_args,
 )
@@ -241,7 +242,7 @@ def attempt(
     }
     if api == "blocking":
         return _attempt_blocking(kind, **how)
-    return asyncio.run(asyncio.wait_for(_attempt_async(kind, **how), LONG))
+    return arun(lambda: _attempt_async(kind, **how), timeout=LONG)
 
 
 def _attempt_blocking(
@@ -263,7 +264,7 @@ def _attempt_blocking(
         started = time.monotonic()
         thread, outcome = start_thread(lambda: wait_call(kind, participant))
         if while_waiting is not None:
-            wait_for(lambda: waiting is None or waiting() or not thread.is_alive(), 10, "a wait")
+            wait_until(lambda: waiting is None or waiting() or not thread.is_alive(), 10, "a wait")
             while_waiting()
         join([thread], LONG)
         assert outcome.finished_at is not None
@@ -583,7 +584,7 @@ def test_cli_sync_server_stops_while_waiting(own_server: EmbeddedServer, run_id:
     )
     try:
         with own_server.client(socket_timeout=5) as admin:
-            wait_for(
+            wait_until(
                 lambda: waiting_members(admin, run_id, "point") or waiter.poll() is not None, 15
             )
         own_server.stop()
@@ -672,7 +673,7 @@ class Command:
         return self.err_path.read_text()
 
     def wait_output(self, text: str, what: str) -> None:
-        wait_for(lambda: text in self.stdout or self.process.poll() is not None, 15, what)
+        wait_until(lambda: text in self.stdout or self.process.poll() is not None, 15, what)
         assert text in self.stdout, f"exit {self.process.poll()}: {self.stderr}"
 
     def stop(self) -> int:
@@ -707,7 +708,7 @@ def assert_not_on_command_lines(pids: set[int], password: str) -> None:
 
 def type_password_at_prompt(command: Command, terminal: int, password: str) -> None:
     """Answer the prompt of ``--ask-password`` on the terminal whose master is ``terminal``."""
-    wait_for(
+    wait_until(
         lambda: "password:" in command.stderr or command.process.poll() is not None,
         15,
         "the password prompt",

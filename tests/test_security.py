@@ -36,7 +36,7 @@ from unittest import mock
 import pytest
 import redis
 from cluster_support import Cluster
-from support import ACL_PASSWORD, in_threads, user_url
+from support import ACL_PASSWORD, arun, in_threads, user_url
 
 import pyprocsync.asyncio as aio
 from pyprocsync import Barrier, Event, ProcSync
@@ -134,7 +134,7 @@ def workload(url: str, run_id: str) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await waiting
 
-    asyncio.run(twin())
+    arun(twin)
     with ProcSync.from_url(url, run_id, 0) as sync:
         for number in range(IDLE_LIMIT + 2):  # the listener unsubscribes idle channels
             sync.sync(f"many-{number}", 1, 5)

@@ -26,7 +26,7 @@ import pytest
 import redis
 from cluster_support import SentinelSetup, assert_one_round
 from redis.sentinel import Sentinel
-from support import LONG, Outcome, event_keys, in_threads, join, start_thread, wait_for
+from support import LONG, Outcome, event_keys, in_threads, join, start_thread, wait_until
 
 import pyprocsync
 from pyprocsync import ProcSync
@@ -77,7 +77,7 @@ def test_harness_master_replica_and_failover(
     master.set(key, "before", ex=60)
     replica = sentinel.slave_for(sentinel_setup.name)  # type: ignore[no-untyped-call]
     try:
-        wait_for(lambda: replica.get(key) == b"before", what="the replica to copy the key")
+        wait_until(lambda: replica.get(key) == b"before", what="the replica to copy the key")
     finally:
         replica.close()
     old = sentinel_setup.master()
@@ -158,7 +158,7 @@ def test_failover_while_participants_wait(
         started = [time.monotonic()] * 2
         early = [start_thread(call) for call in calls[:2]]
         admin = sentinel_setup.admin(sentinel_setup.master())
-        wait_for(lambda: admin.zcard(keys.leases) == 2, 10, "two participants waiting")
+        wait_until(lambda: admin.zcard(keys.leases) == 2, 10, "two participants waiting")
         admin.wait(1, 2000)  # the replica holds their arrivals too
 
         sentinel_setup.failover()
