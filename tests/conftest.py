@@ -3,8 +3,12 @@
 * ``server`` (session): one embedded valkey server shared by every test; tests stay apart
   through ``run_id``, which is unique per test.
 * ``fresh_server``: a factory for servers of a test's own (to stop or restart them).
-* ``client`` / ``decoded_client``: redis-py clients of ``server``.
+* ``client`` / ``decoded_client``: redis-py clients of ``server``; ``admin``: one per module.
 * ``make_sync``: ProcSync instances bound to the test's ``run_id``, closed at teardown.
+* ``background``: starts ``pyprocsync`` commands in the background (``cli_support.py``);
+  none outlives the test.
+* ``world``: a fake world (``clock_support.FakeWorld``) that pyprocsync's clock readings
+  and ``time.sleep`` follow.
 * ``participants``: runs ``tests/participant.py`` participants as subprocesses, with a
   hard deadline after which every child is killed and the test fails (``runner.py``).
 
@@ -13,6 +17,9 @@ Helper functions and classes are in ``support.py``.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,10 +27,12 @@ from typing import Any
 
 import pytest
 import redis
+from cli_support import Background
+from clock_support import FakeWorld
 from runner import Participants
 from support import ACL_PASSWORD, make_client
 
-from pyprocsync import ProcSync
+from pyprocsync import ProcSync, clock
 from pyprocsync.tools.server import EmbeddedServer
 
 
@@ -67,6 +76,15 @@ def client(server: EmbeddedServer) -> Iterator[redis.Redis]:
     instance = make_client(server)
     yield instance
     instance.close()
+
+
+@pytest.fixture(scope="module")
+def admin(server: EmbeddedServer) -> Iterator[redis.Redis]:
+    """A bytes client of the session server shared by a module's tests (hypothesis
+    examples cannot use function-scoped fixtures), to look at what they stored."""
+    client = redis.Redis(host=server.bind, port=server.port)
+    yield client
+    client.close()
 
 
 @pytest.fixture
@@ -120,3 +138,31 @@ def participants(server: EmbeddedServer, run_id: str, tmp_path: Path) -> Iterato
     runner = Participants(server.url, run_id, tmp_path)
     yield runner
     runner.kill_all()
+
+
+@pytest.fixture
+def background(tmp_path: Path) -> Iterator[Callable[..., Background]]:
+    """Factory of :class:`Background` commands; none outlives the test."""
+    started: list[Background] = []
+
+    def start(*args: str, **options: Any) -> Background:
+        command = Background(tmp_path, *args, **options)
+        started.append(command)
+        return command
+
+    yield start
+    for command in started:
+        if command.process.poll() is None:
+            os.kill(command.pid, signal.SIGCONT)  # a stopped process cannot die of SIGTERM
+        command.kill()
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch) -> FakeWorld:
+    """A fake world: pyprocsync's clock readings and ``time.sleep`` follow it."""
+    fake = FakeWorld()
+    monkeypatch.setattr(clock, "monotonic_ns", fake.monotonic_ns)
+    monkeypatch.setattr(clock, "monotonic", fake.monotonic)
+    monkeypatch.setattr(clock, "time_ns", fake.time_ns)
+    monkeypatch.setattr(time, "sleep", fake.sleep)
+    return fake
