@@ -4,11 +4,14 @@
   through ``run_id``, which is unique per test.
 * ``fresh_server``: a factory for servers of a test's own (to stop or restart them).
 * ``client`` / ``decoded_client``: redis-py clients of ``server``; ``admin``: one per module.
-* ``make_sync``: ProcSync instances bound to the test's ``run_id``, closed at teardown.
+* ``make_sync`` / ``make_event`` / ``make_barrier``: ProcSync, Event and Barrier instances
+  bound to the test's ``run_id``, closed at teardown.
 * ``background``: starts ``pyprocsync`` commands in the background (``cli_support.py``);
   none outlives the test.
 * ``world``: a fake world (``clock_support.FakeWorld``) that pyprocsync's clock readings
   and ``time.sleep`` follow.
+* ``locked_server`` (module) / ``own_server``: servers with a password (``secrets_support``).
+* ``fake_clock``: the fake clock of the I/O-free flow tests (``protocol_support``).
 * ``participants``: runs ``tests/participant.py`` participants as subprocesses, with a
   hard deadline after which every child is killed and the test fails (``runner.py``).
 
@@ -29,10 +32,12 @@ import pytest
 import redis
 from cli_support import Background
 from clock_support import FakeWorld
+from protocol_support import FakeClock
 from runner import Participants
+from secrets_support import SECRET, SERVER_SECRET
 from support import ACL_PASSWORD, make_client
 
-from pyprocsync import ProcSync, clock
+from pyprocsync import Barrier, Event, ProcSync, clock
 from pyprocsync.tools.server import EmbeddedServer
 
 
@@ -133,6 +138,39 @@ def make_sync(client: redis.Redis, run_id: str) -> Iterator[Callable[..., ProcSy
 
 
 @pytest.fixture
+def make_event(client: redis.Redis, run_id: str) -> Iterator[Callable[..., Event]]:
+    """Factory of Events in this test's run (``make_event(name, **options)``); all are
+    closed at teardown."""
+    made: list[Event] = []
+
+    def make(name: str, **options: Any) -> Event:
+        event = Event(client, name, run_id=run_id, **options)
+        made.append(event)
+        return event
+
+    yield make
+    for event in made:
+        event.close()
+
+
+@pytest.fixture
+def make_barrier(client: redis.Redis, run_id: str) -> Iterator[Callable[..., Barrier]]:
+    """Factory of Barriers in this test's run (``make_barrier(name, parties, ...)``,
+    default ``delay=0.01``); all are closed at teardown."""
+    made: list[Barrier] = []
+
+    def make(name: str, parties: int, *args: Any, **options: Any) -> Barrier:
+        options.setdefault("delay", 0.01)
+        barrier = Barrier(client, name, parties, *args, run_id=run_id, **options)
+        made.append(barrier)
+        return barrier
+
+    yield make
+    for barrier in made:
+        barrier.close()
+
+
+@pytest.fixture
 def participants(server: EmbeddedServer, run_id: str, tmp_path: Path) -> Iterator[Participants]:
     """Runs participant subprocesses against the session server in this test's run."""
     runner = Participants(server.url, run_id, tmp_path)
@@ -165,4 +203,27 @@ def world(monkeypatch: pytest.MonkeyPatch) -> FakeWorld:
     monkeypatch.setattr(clock, "monotonic", fake.monotonic)
     monkeypatch.setattr(clock, "time_ns", fake.time_ns)
     monkeypatch.setattr(time, "sleep", fake.sleep)
+    return fake
+
+
+@pytest.fixture(scope="module")
+def locked_server() -> Iterator[EmbeddedServer]:
+    """A server with the password ``SERVER_SECRET``, for the wrong-password cases."""
+    with EmbeddedServer(password=SERVER_SECRET) as instance:
+        yield instance
+
+
+@pytest.fixture
+def own_server() -> Iterator[EmbeddedServer]:
+    """A server of this test's own with the password ``SECRET`` (stopped at teardown)."""
+    with EmbeddedServer(password=SECRET) as instance:
+        yield instance
+
+
+@pytest.fixture
+def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """A fake clock (``protocol_support.FakeClock``) that pyprocsync's clock readings follow."""
+    fake = FakeClock()
+    monkeypatch.setattr(clock, "monotonic", lambda: fake.mono)
+    monkeypatch.setattr(clock, "time_ns", lambda: fake.wall_ns)
     return fake

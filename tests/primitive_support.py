@@ -1,17 +1,22 @@
 """Helpers of the Event, Barrier and asyncio tests (``from primitive_support import ...``).
 
-* :func:`ready_counter` tells when Event waiters (threads or tasks) have read the flag.
+* :func:`ready_counter` tells when Event waiters (threads or tasks) have read the flag;
+  :func:`start_waiting_thread` starts a thread that waits on an Event.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+import uuid
 from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
 from participant import announce_first_check
-from support import await_until, wait_until
+from support import LONG, Outcome, await_until, start_thread, wait_until
 
+from pyprocsync import Event
 from pyprocsync.core.keys import FlagKeys
 
 T = TypeVar("T")
@@ -49,3 +54,14 @@ async def await_counter(client: aioredis.Redis, key: str, value: int, timeout: f
         return int(await client.get(key) or 0) >= value
 
     await await_until(reached, timeout, f"{key} to reach {value}")
+
+
+def start_waiting_thread(
+    event: Event, client: redis.Redis, run_id: str, timeout: float = LONG
+) -> tuple[threading.Thread, Outcome]:
+    """Start ``event.wait(timeout)`` in a thread; return once it is waiting."""
+    ready = f"{run_id}:ready:{uuid.uuid4().hex}"
+    ready_counter(event, client, ready)
+    thread, outcome = start_thread(lambda: (event.wait(timeout), time.time()))
+    wait_counter(client, ready, 1)
+    return thread, outcome

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import socket
@@ -65,11 +66,17 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str
 
 
 async def await_until(
-    predicate: Callable[[], Awaitable[object]], timeout: float = 10.0, what: str = ""
+    predicate: Callable[[], object], timeout: float = 10.0, what: str = ""
 ) -> None:
-    """:func:`wait_until` for a coroutine function ``predicate``, yielding to the loop."""
+    """:func:`wait_until` inside a running loop, yielding to it between polls;
+    ``predicate`` may be a plain or a coroutine function."""
     deadline = time.monotonic() + timeout
-    while not await predicate():
+
+    async def holds() -> object:
+        value = predicate()
+        return await value if inspect.isawaitable(value) else value
+
+    while not await holds():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
         await asyncio.sleep(0.002)

@@ -28,7 +28,17 @@ from primitive_support import flag_keys
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from runner import Node, Participants, check_rounds
-from support import LONG, arun, event_keys, in_threads, join, spawn, start_thread, wait_until
+from support import (
+    LONG,
+    arun,
+    await_until,
+    event_keys,
+    in_threads,
+    join,
+    spawn,
+    start_thread,
+    wait_until,
+)
 
 import pyprocsync
 import pyprocsync.asyncio as aps
@@ -266,10 +276,9 @@ def test_asyncio_event_and_barrier(cluster: Cluster, run_id: str) -> None:
             aps.Barrier(client, barrier_name, 3, run_id=run_id) as barrier,
         ):
             waits = [spawn(waiter.wait(LONG)) for _ in range(2)]
-            deadline = asyncio.get_running_loop().time() + 10
-            while owner.shard_subscribers(channel) < 1:
-                assert asyncio.get_running_loop().time() < deadline, "no sharded subscription"
-                await asyncio.sleep(0.01)
+            await await_until(
+                lambda: owner.shard_subscribers(channel) >= 1, 10, "a sharded subscription"
+            )
             await setter.set()
             woken = list(await asyncio.gather(*waits))
             indices = list(await asyncio.gather(*(barrier.wait(LONG) for _ in range(3))))

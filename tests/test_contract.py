@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from support import arun, make_client, wait_until
+from support import arun, await_until, make_client, wait_until
 
 import pyprocsync
 import pyprocsync.asyncio
@@ -439,10 +439,11 @@ def test_a_poll_that_fills_the_barrier_releases_it(
         first = pyprocsync.asyncio.Barrier(client, "fill", 2, run_id=run_id, delay=0)
         last = pyprocsync.asyncio.Barrier(client, "fill", 2, run_id=run_id, delay=0)
         waiting = asyncio.ensure_future(first.wait(30))
-        deadline = time.monotonic() + 10
-        while await last.n_waiting() != 1:
-            assert time.monotonic() < deadline, "the first party"
-            await asyncio.sleep(0.005)
+
+        async def first_waits() -> bool:
+            return await last.n_waiting() == 1
+
+        await await_until(first_waits, 10, "the first party")
         indices = [await last.wait(0), await waiting]
         await first.aclose()
         await last.aclose()
