@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 from support import arun, in_threads, run_command, user_url
 
 import pyprocsync
@@ -146,4 +145,3 @@ def test_prefixes_keep_applications_apart(
 
 def test_rule_is_exported() -> None:
     assert pyprocsync.tools.acl.acl_rule is acl_rule
-    assert isinstance(aioredis.Redis, type)

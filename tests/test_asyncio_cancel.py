@@ -84,7 +84,7 @@ def test_cancelled_sync_withdraws_its_arrival(server: EmbeddedServer, run_id: st
             assert await client.zcard(keys.leases) == 1
             third = spawn(c.sync("cx", 3, LONG))
             await await_until(lambda: _equals(client.zcard(keys.leases), 2), 10, "the third")
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # a window in which nobody may be released
             assert not first.done(), "released with a cancelled participant"
             assert not third.done(), "released with a cancelled participant"
             last = await d.sync("cx", 3, LONG)
@@ -133,7 +133,7 @@ def test_cancel_while_the_arrival_reply_is_in_flight_withdraws_it(
                 assert await client.hget(keys.state, "n") == b"1"
                 third = spawn(near[1].sync("far", 3, LONG))
                 await await_until(lambda: _equals(client.zcard(keys.leases), 2), 10, "the third")
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(0.3)  # a window in which nobody may be released
                 assert not first.done(), "released with a cancelled participant"
                 assert not third.done(), "released with a cancelled participant"
                 last = await near[2].sync("far", 3, LONG)
@@ -220,7 +220,7 @@ def test_cancelled_barrier_wait_withdraws_its_arrival(server: EmbeddedServer, ru
             assert await observer.broken() is False
             third = spawn(barriers[2].wait(LONG))
             await await_until(lambda: _equals(observer.n_waiting(), 2), 10, "the third")
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # a window in which nobody may be released
             assert not first.done()
             assert not third.done()
             last = await observer.wait(LONG)
@@ -304,7 +304,7 @@ def test_cancel_during_the_action_breaks_the_round(server: EmbeddedServer, run_i
 
         async def slow() -> None:
             acting.set()
-            await asyncio.sleep(LONG)
+            await asyncio.sleep(LONG)  # the action runs until it is cancelled
 
         barriers = [Barrier(client, "ca", 2, slow, run_id=run_id) for _ in range(2)]
         try:

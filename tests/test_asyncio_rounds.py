@@ -104,7 +104,7 @@ def test_waiting_does_not_block_the_loop(server: EmbeddedServer, run_id: str) ->
                 async def ticker() -> None:
                     nonlocal ticks
                     while True:
-                        await asyncio.sleep(0.01)
+                        await asyncio.sleep(0.01)  # the ticker's period
                         ticks += 1
 
                 task = spawn(ticker())
@@ -177,7 +177,7 @@ def test_event_set_clear_wait_timeout(server: EmbeddedServer, run_id: str) -> No
                 async_ready_counter(waiter, client, ready)
             tasks = [spawn(w.wait(LONG)) for w in waiters]
             await await_counter(client, ready, 2)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # a window in which no waiter may return
             assert not any(task.done() for task in tasks)
             await setter.set()
             await setter.clear()
@@ -272,7 +272,7 @@ def test_barrier_indices_and_action(server: EmbeddedServer, run_id: str, kind: s
             ended.append(time.time())
 
         async def coroutine() -> None:
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # an action that takes a while
             ended.append(time.time())
 
         action = plain if kind == "plain" else coroutine
@@ -305,7 +305,7 @@ def test_barrier_failing_async_action(server: EmbeddedServer, run_id: str) -> No
 
     async def body(client: aioredis.Redis) -> None:
         async def fail() -> None:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # the action yields to the loop once before it fails
             raise ActionError("boom")
 
         barriers = [Barrier(client, "f", 3, fail, run_id=run_id) for _ in range(3)]

@@ -106,7 +106,7 @@ def test_threads_release_together_after_the_action(
     ran: list[tuple[threading.Thread, float]] = []
 
     def action() -> None:
-        time.sleep(0.05)
+        time.sleep(0.05)  # an action that takes a while
         ran.append((threading.current_thread(), time.time()))
 
     barriers = [make_barrier("together", 3, action, delay=0.2) for _ in range(3)]
@@ -203,7 +203,7 @@ def test_arrival_while_the_action_runs_joins_the_next_round(
 
     def slow() -> None:
         acting.set()
-        time.sleep(0.5)
+        time.sleep(0.5)  # an action long enough for an arrival while it runs
         ran.append(time.time())
 
     barriers = [make_barrier("busy", 2, slow) for _ in range(4)]
@@ -215,7 +215,7 @@ def test_arrival_while_the_action_runs_joins_the_next_round(
     join([first, second], PROMPT + 5)
     round_zero = [first_out.result(), second_out.result()]
     assert sorted(index for index, _ in round_zero) == [0, 1]
-    time.sleep(0.3)
+    time.sleep(0.3)  # a window in which the third must keep waiting
     assert third.is_alive(), third_out.error or third_out.value
     assert barriers[3].broken is False
     wait_until(lambda: barriers[3].n_waiting == 1, 10, "the third, in the next round")

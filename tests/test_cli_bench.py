@@ -196,7 +196,7 @@ def test_bench_ctrl_c_exits_130_and_leaves_nothing_running(
 
     wait_until(running, 30, "the benchmark workers and server")
     assert command.poll() is None, command.stderr
-    time.sleep(0.3)
+    time.sleep(0.3)  # let the bench run some rounds before the Ctrl-C
     os.killpg(command.pid, signal.SIGINT)
     assert command.wait(30) == ExitCode.INTERRUPTED, command.stderr
     assert "Traceback" not in command.stderr

@@ -129,7 +129,7 @@ def test_sync_too_late_exits_4(
     try:
         last = run(*args, "--timeout", "20")
         assert last.returncode == 0, last.stderr
-        time.sleep(0.5)
+        time.sleep(0.5)  # it stays stopped well past the release instant
     finally:
         os.kill(waiter.pid, signal.SIGCONT)
     assert waiter.wait(15) == ExitCode.TOO_LATE, waiter.stderr
@@ -167,7 +167,7 @@ def test_sync_ctrl_c_exits_130_and_withdraws(
     wait_until(lambda: waiting_members(client, run_id, "cancel"), 15, "the arrival")
     # Let it take in the reply of its arrival and wait (an interruption before that is
     # the case of test_interrupt_as_the_arrival_returns_withdraws_it).
-    time.sleep(0.3)
+    time.sleep(0.3)  # no outside sign tells that it read the reply
     os.kill(waiter.pid, signal.SIGINT)
     assert waiter.wait(15) == ExitCode.INTERRUPTED, waiter.stderr
     assert "Traceback" not in waiter.stderr

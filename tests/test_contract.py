@@ -493,7 +493,7 @@ def test_cancellation_stress(server: EmbeddedServer, run_id: str) -> None:
                 task = asyncio.ensure_future(event.wait(5))
                 other = event.set() if with_partner else None
             helper = None if other is None else asyncio.ensure_future(other)
-            await asyncio.sleep(rng.uniform(0, 0.004))
+            await asyncio.sleep(rng.uniform(0, 0.004))  # cancel at a random point of the call
             requested = task.cancel()
             done, _ = await asyncio.wait({task}, timeout=5)
             assert done, f"a cancelled {kind} hangs"

@@ -51,7 +51,7 @@ def test_threads_wait_until_set(
     """Three threads wait (one Event instance each); none returns before ``set()``; each
     returns True once it happens."""
     started = [start_waiting_thread(make_event("go"), client, run_id) for _ in range(3)]
-    time.sleep(0.2)
+    time.sleep(0.2)  # a window in which no waiter may return
     assert all(thread.is_alive() for thread, _ in started)
     set_at = time.time()
     make_event("go").set()
@@ -69,7 +69,7 @@ def test_processes_wait_until_set(
     """Three processes wait; none returns before the test process sets the flag; each
     returns True promptly once it does."""
     nodes = start_waiters(participants, client, "go", 3)
-    time.sleep(0.3)
+    time.sleep(0.3)  # a window in which no waiter may return
     assert all(node.process.poll() is None for node in nodes)
     set_ns = time.time_ns()
     make_event("go").set()
@@ -167,7 +167,7 @@ def test_set_twice_and_clear_twice(
     event.clear()
     assert event.is_set() is False
     thread, waited = start_waiting_thread(make_event("idem"), client, run_id)
-    time.sleep(0.2)
+    time.sleep(0.2)  # a window in which the waiter may not return
     assert thread.is_alive()
     event.set()
     join([thread], PROMPT + 5)
@@ -248,7 +248,7 @@ def test_wait_after_the_instant_passed_returns_at_once(make_event: Callable[...,
     """A wait that begins while the flag is set and its release instant is past returns
     True at once (no TooLateError: it was not waiting when the set happened)."""
     make_event("past", delay=0.1).set()
-    time.sleep(0.3)
+    time.sleep(0.3)  # the release instant (0.1 s after the set) passes
     late = make_event("past")
     began = time.monotonic()
     assert late.wait(LONG) is True
@@ -294,7 +294,7 @@ def test_event_and_sync_point_of_the_same_name_are_apart(
         thread, waited = start_thread(lambda: barrier.wait(LONG))
         wait_until(lambda: partner.n_waiting == 1, 10, "the barrier waiter")
         event.set()
-        time.sleep(0.2)
+        time.sleep(0.2)  # a window in which the barrier waiter may not return
         assert thread.is_alive()
         assert partner.n_waiting == 1
         assert partner.broken is False

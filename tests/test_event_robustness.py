@@ -66,7 +66,7 @@ def test_garbage_on_the_flag_channel_neither_wakes_nor_hangs(
         f"S 1 {past_us} 50000", f"S 2 {past_us} 50000",
     ):  # fmt: skip
         client.publish(channel, text)
-    time.sleep(0.3)
+    time.sleep(0.3)  # a window in which the garbage may not wake the waiter
     assert thread.is_alive(), waited.error or waited.value
     began = time.time()
     setter.set()
@@ -209,7 +209,7 @@ def test_flag_does_not_expire_under_a_waiter(
     setter.clear()
     waiter = make_event("kept", liveness=0.5, retention=1.0)
     thread, waited = start_waiting_thread(waiter, client, run_id)
-    time.sleep(1.5)
+    time.sleep(1.5)  # longer than the retention (1 s)
     assert thread.is_alive()
     assert client.exists(flag_keys(run_id, "kept").state)
     setter.set()

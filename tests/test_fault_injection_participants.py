@@ -207,7 +207,7 @@ def test_frozen_participant_is_lost_and_told_when_it_thaws(
             detected = [finished_after(outcome, froze) for _, outcome in threads]
             for _, outcome in threads:
                 assert_lost(outcome.error, "frozen")
-            time.sleep(0.2)
+            time.sleep(0.2)  # a window in which the frozen one stays frozen
             assert frozen_one.process.poll() is None
             thawed_ns = time.time_ns()
         participants.wait([frozen_one], timeout=PROMPT + 10)

@@ -96,7 +96,7 @@ def test_server_restart_while_participants_wait(
                 proxy.pause()
             stopped, stopped_ns = time.monotonic(), time.time_ns()
             instance.stop()
-            time.sleep(down)
+            time.sleep(down)  # the server stays down this long
             fresh_server(port=port)
             restarted = time.monotonic() - stopped
             proxy.resume()

@@ -68,7 +68,7 @@ def test_stale_messages_do_not_poison_a_waiter(
         f"R 99 {past_us} 50000", "B 99 timeout 1 2 []",
         'B 2 timeout 1 2 {"not": "a list"}',
     )  # fmt: skip
-    time.sleep(0.2)
+    time.sleep(0.2)  # a window in which the garbage may not release the waiter
     assert thread.is_alive()
     result = last.sync("s", 2, 10)
     join([thread], 10)
@@ -88,9 +88,9 @@ def test_stale_messages_buffered_between_rounds(
     in_threads(lambda: a.sync("buf", 2, 10), lambda: b.sync("buf", 2, 10))
     past_us = (time.time_ns() // 1000) - 10_000_000
     publish(client, run_id, "buf", f"R 0 {past_us} 50000", f"R 1 {past_us} 50000", "junk")
-    time.sleep(0.1)
+    time.sleep(0.1)  # the stale messages reach a's listener (nothing outside shows it)
     thread, waited = start_thread(lambda: a.sync("buf", 2, 10))
-    time.sleep(0.3)
+    time.sleep(0.3)  # a window in which it may not pass alone
     assert thread.is_alive(), waited.error or waited.value  # did not pass alone
     result = b.sync("buf", 2, 10)
     join([thread], 10)
@@ -109,7 +109,7 @@ def test_hostile_announcement_is_checked_not_trusted_to_parse(
     thread, waited = start_thread(lambda: waiter.sync("deep", 2, 10))
     wait_until(lambda: waiting_members(client, run_id, "deep"), 5, "the waiter")
     publish(client, run_id, "deep", "B 0 timeout 1 2 " + "[" * 100_000 + "]" * 100_000)
-    time.sleep(0.2)
+    time.sleep(0.2)  # the waiter reads the deep message before the release
     result = last.sync("deep", 2, 10)
     join([thread], 10)
     assert waited.result().release_at == result.release_at

@@ -112,6 +112,7 @@ def test_timeout_racing_the_last_arrival_is_all_or_nothing(
         name = f"race-{attempt}"
         waiter, last = make_sync(0.01), make_sync(0.01)
         thread, waited = start_thread(lambda w=waiter, n=name: w.sync(n, 2, 0.2))
+        # Arrive just before, at or just after the waiter's 0.2 s timeout.
         time.sleep(0.2 + (attempt % 6 - 3) * 0.002)
         try:
             arrived: Any = last.sync(name, 2, 5)
@@ -278,7 +279,7 @@ def test_sigint_withdraws_the_arrival(
     assert not any(m.endswith(":interrupted") for m in waiting_members(client, run_id, "int"))
     assert client.hget(event_keys(run_id, "int").state, "n") == b"1"
     t2, o2 = start_thread(lambda: second.sync("int", 3, LONG))
-    time.sleep(0.5)
+    time.sleep(0.5)  # a window in which nobody may be released
     assert t1.is_alive(), "released with an interrupted participant"
     assert t2.is_alive(), "released with an interrupted participant"
     result = third.sync("int", 3, 10)

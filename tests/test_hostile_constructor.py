@@ -68,6 +68,7 @@ from hostile_values import (
 )
 from hypothesis import example, given
 from hypothesis import strategies as st
+from support import await_until
 
 import pyprocsync
 import pyprocsync.clock
@@ -107,10 +108,9 @@ async def pass_in_pair(driver: Driver, instance: Any, use: Use, admin: redis.Red
     else:
         waiter = asyncio.ensure_future(driver(instance.wait, BOUND))
     leases = state_key(use.prefix, use.run_id, use.name, "ProcSync") + ":leases"
-    deadline = time.monotonic() + BOUND
-    while not admin.zrange(leases, 0, -1) and not waiter.done():
-        assert time.monotonic() < deadline, "the waiter never arrived"
-        await asyncio.sleep(0.005)
+    await await_until(
+        lambda: admin.zrange(leases, 0, -1) or waiter.done(), BOUND, "the waiter's arrival"
+    )
     members = admin.zrange(leases, 0, -1)
     partner_client = redis.Redis(host=driver.server.bind, port=driver.server.port)
     try:

@@ -94,7 +94,7 @@ def test_status_lists_live_and_lapsed_members(
     gone.sync("e", 1, 5)
     assert gone._membership is not None
     gone._membership._stopped.set()
-    time.sleep(LIVENESS * 3)
+    time.sleep(LIVENESS * 3)  # the registration of "gone-one" lapses
     done = run_command(
         [sys.executable, "-m", "pyprocsync", "status", "--redis", server.url, "--run", run_id]
     )
@@ -119,7 +119,7 @@ def test_waiting_participant_logs_who_arrived(
     thread, outcome = start_thread(lambda: sync.sync("slow", 2, 20))
     wait_until(lambda: len(waiting_members(client, run_id, "slow")) == 1, 10, "the arrival")
     waited = time.monotonic()
-    time.sleep(1.2)
+    time.sleep(1.2)  # longer than the report interval (0.3 s)
     make_sync(0).sync("slow", 2, 10)
     waited = time.monotonic() - waited
     thread.join(10)

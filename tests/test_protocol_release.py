@@ -9,8 +9,6 @@ subscription is re-established, when its timeout expires, and when it is interru
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -358,9 +356,14 @@ def test_parse_outcome_never_raises_anything_else(text: str) -> None:
 
 @given(st.from_regex(r"\A[RB] [0-9]{1,4} .{0,40}\Z"))
 def test_parse_outcome_near_misses(text: str) -> None:
-    """Property, aimed closer to the format: still only outcomes or ProtocolError."""
-    with contextlib.suppress(ProtocolError):
-        parse_outcome(text)
+    """Property, aimed closer to the format: still only outcomes or ProtocolError, and
+    an outcome is of the kind its first letter names, with the generation written."""
+    try:
+        outcome = parse_outcome(text)
+    except ProtocolError:
+        return
+    assert isinstance(outcome, Released if text[0] == "R" else Broken)
+    assert outcome.generation == int(text.split(" ")[1])
 
 
 # -- reset --------------------------------------------------------------------------------------

@@ -277,7 +277,7 @@ def test_server_stopped(
 def stop(server: EmbeddedServer) -> None:
     """Stop ``server`` and give the background renewals (every 0.2 s) time to fail."""
     server.stop()
-    time.sleep(0.5)
+    time.sleep(0.5)  # the background renewals (every 0.2 s) fail meanwhile
 
 
 @pytest.mark.timeout(60)

@@ -129,6 +129,7 @@ def workload(url: str, run_id: str) -> None:
         async with aio.ProcSync.from_url(url, run_id, 0, liveness=0.25) as sync:
             await asyncio.gather(*(sync.sync("async", 2, 5) for _ in range(2)))
             waiting = asyncio.ensure_future(sync.sync("cancelled", 2, 5))
+            # Time for the arrival before the cancel (this user cannot read the leases).
             await asyncio.sleep(0.1)
             waiting.cancel()  # it withdraws its arrival
             with contextlib.suppress(asyncio.CancelledError):
@@ -204,7 +205,8 @@ def test_rule_is_accepted_by_every_server(
             "ACL", "SETUSER", "app", "on", f">{ACL_PASSWORD}", *acl_rule(cluster=cluster).split()
         )
     with ProcSync.from_url(user_url(any_server, "app"), run_id, 0.005) as sync:
-        sync.sync("e", 1, 5)
+        result = sync.sync("e", 1, 5)
+    assert (result.generation, result.index, result.nodes) == (0, 0, 1)
 
 
 @pytest.mark.timeout(120)

@@ -85,7 +85,7 @@ def test_first_arrival_really_waits(make_sync: Callable[..., ProcSync]) -> None:
     """A participant does not return before the last one arrives."""
     first, second = make_sync(0.01), make_sync(0.01)
     thread, outcome = start_thread(lambda: first.sync("gate", 2, 20))
-    time.sleep(0.3)
+    time.sleep(0.3)  # a window in which the first may not return
     assert thread.is_alive()
     arrived_last_at = time.time()
     second.sync("gate", 2, 20)

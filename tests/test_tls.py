@@ -384,7 +384,7 @@ def test_shared_listener_over_tls(tls_server: TlsServer, run_id: str) -> None:
         wait_until(lambda: any_subscriber(tls_server), 10, "a subscriber on the TLS port")
         assert admin.client_kill_filter(_type="pubsub") >= 1
         wait_until(lambda: any_subscriber(tls_server), 10, "the listener's new connection")
-        time.sleep(0.2)
+        time.sleep(0.2)  # a window in which the waiter may not return
         assert thread.is_alive()
         second = node.sync("late", 2, LONG)
         join([thread], LONG)
