@@ -1,17 +1,17 @@
 """Fixtures of the Redis Cluster and Redis Sentinel tests, a plugin of their own.
 
 Test modules name it as a plugin, ``pytest_plugins = ("cluster_fixtures",)``, and import
-helpers from ``cluster_support`` only, so ``conftest.py`` stays as it is. (The fixtures
-cannot live in ``cluster_support`` itself: a module that a test module imports before
-pytest registers it as a plugin cannot have its asserts rewritten, which pytest reports
-as an error.)
+helpers from ``cluster_support`` and ``sentinel_support`` only, so ``conftest.py`` stays
+as it is. (The fixtures cannot live in those modules themselves: a module that a test
+module imports before pytest registers it as a plugin cannot have its asserts
+rewritten, which pytest reports as an error.)
 
 * ``cluster`` (session): one running three-master :class:`~cluster_support.Cluster` for
   the whole session; tests stay apart through their ``run_id``.
 * ``cluster_client``: a :class:`redis.cluster.RedisCluster` of it, closed at teardown.
 * ``cluster_participants``: a :class:`runner.Participants` whose participants connect
   with ``--cluster``.
-* ``sentinel_setup``: a :class:`~cluster_support.SentinelSetup` of the test's own.
+* ``sentinel_setup``: a :class:`~sentinel_support.SentinelSetup` of the test's own.
 * ``sentinel``: a :class:`redis.sentinel.Sentinel` client of it, closed at teardown;
   ``master_client``: a factory of ``sentinel.master_for(...)`` clients.
 """
@@ -24,16 +24,11 @@ from typing import Any
 
 import pytest
 import redis
-from cluster_support import (
-    Cluster,
-    SentinelSetup,
-    close_sentinel,
-    start_cluster,
-    start_sentinel_setup,
-)
+from cluster_support import Cluster, start_cluster
 from redis.cluster import RedisCluster
 from redis.sentinel import Sentinel
 from runner import Participants
+from sentinel_support import SentinelSetup, close_sentinel, start_sentinel_setup
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@
   and ``time.sleep`` follow.
 * ``locked_server`` (module) / ``own_server``: servers with a password (``secrets_support``).
 * ``fake_clock``: the fake clock of the I/O-free flow tests (``protocol_support``).
+* ``short_limits``: short connection limits of the listeners (``contract_support``).
 * ``participants``: runs ``tests/participant.py`` participants as subprocesses, with a
   hard deadline after which every child is killed and the test fails (``runner.py``).
 
@@ -32,12 +33,14 @@ import pytest
 import redis
 from cli_support import Background
 from clock_support import FakeWorld
+from contract_support import CONNECT_LIMIT, REPLY_LIMIT
 from protocol_support import FakeClock
 from runner import Participants
 from secrets_support import SECRET, SERVER_SECRET
 from support import ACL_PASSWORD, make_client
 
 from pyprocsync import Barrier, Event, ProcSync, clock
+from pyprocsync.shells import listeners
 from pyprocsync.tools.server import EmbeddedServer
 
 
@@ -227,3 +230,11 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     monkeypatch.setattr(clock, "monotonic", lambda: fake.mono)
     monkeypatch.setattr(clock, "time_ns", lambda: fake.wall_ns)
     return fake
+
+
+@pytest.fixture
+def short_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connection limits short enough for a quick test of calls without a timeout
+    (``contract_support.CONNECT_LIMIT`` and ``REPLY_LIMIT``)."""
+    monkeypatch.setattr(listeners, "CONNECT_TIMEOUT", CONNECT_LIMIT)
+    monkeypatch.setattr(listeners, "REPLY_TIMEOUT", REPLY_LIMIT)

@@ -1,6 +1,6 @@
 """Redis Sentinel (issue 6): participants on ``Sentinel.master_for`` clients, and failovers.
 
-Each test gets a set-up of its own (``cluster_support.start_sentinel_setup``): a master,
+Each test gets a set-up of its own (``sentinel_support.start_sentinel_setup``): a master,
 its replica and three sentinels, all real processes. ``failover()`` asks a sentinel for
 ``SENTINEL FAILOVER`` and returns once the replica is the master everyone names and the
 old master replicates it (the sentinels close the old master's client connections when
@@ -24,8 +24,9 @@ from typing import TypeVar
 
 import pytest
 import redis
-from cluster_support import SentinelSetup, assert_one_round
+from cluster_support import assert_one_round
 from redis.sentinel import Sentinel
+from sentinel_support import SentinelSetup
 from support import LONG, Outcome, event_keys, in_threads, join, start_thread, wait_until
 
 import pyprocsync
