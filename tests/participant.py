@@ -7,7 +7,8 @@ Every kind of participant the tests run as a subprocess is one ``MODE`` of this 
   seconds after each round. ``--die-after-arrival`` makes the process SIGKILL itself as
   soon as its arrival is counted in Redis, before it starts waiting (a crashed
   participant that leaves an arrival behind); ``--die-before-arrival`` just before its
-  arrival is sent (it has subscribed, nothing is counted).
+  arrival is sent (it has subscribed, nothing is counted). ``--say-arrived`` prints
+  ``{"arrived": true}`` once the reply to its arrival came back: from then on it waits.
 * ``event-wait``: call ``Event.wait(--timeout)`` ``--rounds`` times; each record holds
   ``value`` (what ``wait`` returned). With ``--ready-key``, the process INCRs that Redis
   key once its first wait has read the flag (from then on it is "already waiting").
@@ -104,6 +105,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--think", type=float, default=0.0, help="seconds idle after a round")
     parser.add_argument("--die-after-arrival", action="store_true")
     parser.add_argument("--die-before-arrival", action="store_true")
+    parser.add_argument("--say-arrived", action="store_true")
     parser.add_argument("--op", default=None)
     parser.add_argument("--action", choices=("none", "record", "raise"), default="none")
     parser.add_argument("--action-key", default=None, help="Redis list the action appends to")
@@ -111,9 +113,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ready-key", default=None)
     parser.add_argument("--cluster", type=flag, nargs="?", const=True, default=False)
     args = parser.parse_args(argv)
-    dies = args.die_after_arrival or args.die_before_arrival
-    if dies and (args.mode != "sync" or args.flavour != "blocking"):
-        parser.error("--die-* needs mode sync with the blocking flavour")
+    watched = args.die_after_arrival or args.die_before_arrival or args.say_arrived
+    if watched and (args.mode != "sync" or args.flavour != "blocking"):
+        parser.error("--die-* and --say-arrived need mode sync with the blocking flavour")
     return args
 
 
@@ -210,20 +212,24 @@ def announce_first_check(shell: Any, client: Any, key: str, *, is_async: bool) -
         shell._execute = execute_blocking
 
 
-def install_suicide(sync: pyprocsync.ProcSync, *, before: bool) -> None:
-    """Make ``sync`` SIGKILL this process right before (or after) its ARRIVE script runs."""
+def watch_arrival(sync: pyprocsync.ProcSync, args: argparse.Namespace) -> None:
+    """Make ``sync`` act around its ARRIVE script: SIGKILL this process right before
+    (``--die-before-arrival``) or after it (``--die-after-arrival``), or print
+    ``{"arrived": true}`` once its reply is in (``--say-arrived``)."""
     execute = sync._execute
 
-    def execute_and_die(op: object) -> object:
+    def execute_and_act(op: object) -> object:
         arriving = isinstance(op, Call) and op.script is Script.ARRIVE
-        if arriving and before:
+        if arriving and args.die_before_arrival:
             os.kill(os.getpid(), signal.SIGKILL)
         reply = execute(op)  # type: ignore[arg-type]
-        if arriving:
+        if arriving and args.die_after_arrival:
             os.kill(os.getpid(), signal.SIGKILL)
+        if arriving and args.say_arrived:
+            print(json.dumps({"arrived": True}), flush=True)
         return reply
 
-    sync._execute = execute_and_die  # type: ignore[method-assign]
+    sync._execute = execute_and_act  # type: ignore[method-assign]
 
 
 def emit(record: dict[str, Any], number: int) -> None:
@@ -258,8 +264,8 @@ def make_call(args: argparse.Namespace, client: Any, module: Any) -> tuple[Any, 
             return barrier, getattr(barrier, args.op)
         return barrier, lambda: barrier.wait(args.timeout)
     sync = module.ProcSync(client, **options(args))
-    if args.die_after_arrival or args.die_before_arrival:
-        install_suicide(sync, before=args.die_before_arrival)
+    if args.die_after_arrival or args.die_before_arrival or args.say_arrived:
+        watch_arrival(sync, args)
     return sync, lambda: sync.sync(args.name, args.parties, args.timeout)
 
 

@@ -39,9 +39,19 @@ class Node:
         return self.process.returncode
 
     def collect(self) -> None:
-        text = self.stdout_path.read_text()
-        self.records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        """Read the records and stderr of a participant that ended (announcements,
+        one-key lines like ``{"arrived": true}``, are not records)."""
+        self.records = [r for r in self.printed() if list(r.values()) != [True]]
         self.stderr = self.stderr_path.read_text()
+
+    def printed(self) -> list[dict[str, Any]]:
+        """Every complete JSON line printed so far (the process may still run)."""
+        text = self.stdout_path.read_text()
+        return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+
+    def said(self, key: str) -> bool:
+        """Whether the participant printed an announcement ``{key: true}`` so far."""
+        return any(line.get(key) is True for line in self.printed())
 
     def results(self) -> list[dict[str, Any]]:
         """The records of all rounds; fails the test if any round raised."""

@@ -266,13 +266,9 @@ def test_sigint_withdraws_the_arrival(
     first, second, third = (make_sync(0.01) for _ in range(3))
     t1, o1 = start_thread(lambda: first.sync("int", 3, LONG))
     wait_until(lambda: len(waiting_members(client, run_id, "int")) == 1, 5, "the first waiter")
-    child = participants.start("int", 3, sync_timeout=LONG, node_id="interrupted")
-    wait_until(
-        lambda: any(m.endswith(":interrupted") for m in waiting_members(client, run_id, "int")),
-        20,
-        "the child to arrive",
-    )
-    time.sleep(0.2)  # let it settle into waiting
+    child = participants.start("int", 3, sync_timeout=LONG, node_id="interrupted", say_arrived=True)
+    wait_until(lambda: child.said("arrived"), 20, "the child to arrive and wait")
+    assert any(m.endswith(":interrupted") for m in waiting_members(client, run_id, "int"))
     child.process.send_signal(signal.SIGINT)
     participants.wait([child], timeout=20)
     assert child.last()["error"] == "KeyboardInterrupt"
