@@ -16,7 +16,7 @@ participants' return instants on it.
   effect. Then one JSON line per round: ``{"round": i, "ok": true, <SyncResult fields>,
   "returned_mono_ns": ..., "returned_wall_ns": ...}`` (``CLOCK_MONOTONIC`` and the
   skewed wall clock right after ``sync`` returned), or on an exception ``ok: false``
-  with its class and attributes as ``node_helper.py`` writes them; the helper then
+  with its class and attributes as ``participant.py`` writes them; the helper then
   stops with exit status 0, so that the test judges the outcome.
 * ``cli``: run ``pyprocsync ARGS...`` (everything after ``--``) in this process, with
   the skew applied, and exit with its status.
@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Any
 
-from node_helper import error_record
+from participant import error_record
 
 from pyprocsync import clock
 from pyprocsync.shells.blocking import ProcSync

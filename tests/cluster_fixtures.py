@@ -1,17 +1,17 @@
 """Fixtures of the Redis Cluster and Redis Sentinel tests, a plugin of their own.
 
 Test modules name it as a plugin, ``pytest_plugins = ("cluster_fixtures",)``, and import
-helpers from ``cluster_support`` only, so ``conftest.py`` stays as it is. (The fixtures
-cannot live in ``cluster_support`` itself: a module that a test module imports before
-pytest registers it as a plugin cannot have its asserts rewritten, which pytest reports
-as an error.)
+helpers from ``cluster_support`` and ``sentinel_support`` only, so ``conftest.py`` stays
+as it is. (The fixtures cannot live in those modules themselves: a module that a test
+module imports before pytest registers it as a plugin cannot have its asserts
+rewritten, which pytest reports as an error.)
 
 * ``cluster`` (session): one running three-master :class:`~cluster_support.Cluster` for
   the whole session; tests stay apart through their ``run_id``.
 * ``cluster_client``: a :class:`redis.cluster.RedisCluster` of it, closed at teardown.
-* ``cluster_run_nodes`` / ``cluster_procs``: the runners of ``support.NodeRunner`` and
-  ``primitive_support.HelperRunner``, whose participants connect with ``--cluster``.
-* ``sentinel_setup``: a :class:`~cluster_support.SentinelSetup` of the test's own.
+* ``cluster_participants``: a :class:`runner.Participants` whose participants connect
+  with ``--cluster``.
+* ``sentinel_setup``: a :class:`~sentinel_support.SentinelSetup` of the test's own.
 * ``sentinel``: a :class:`redis.sentinel.Sentinel` client of it, closed at teardown;
   ``master_client``: a factory of ``sentinel.master_for(...)`` clients.
 """
@@ -24,19 +24,11 @@ from typing import Any
 
 import pytest
 import redis
-from cluster_support import (
-    Cluster,
-    ClusterHelperRunner,
-    ClusterNodeRunner,
-    SentinelSetup,
-    close_sentinel,
-    start_cluster,
-    start_sentinel_setup,
-)
-from primitive_support import HelperRunner
+from cluster_support import Cluster, start_cluster
 from redis.cluster import RedisCluster
 from redis.sentinel import Sentinel
-from support import NodeRunner
+from runner import Participants
+from sentinel_support import SentinelSetup, close_sentinel, start_sentinel_setup
 
 
 @pytest.fixture(scope="session")
@@ -62,17 +54,9 @@ def cluster_client(cluster: Cluster) -> Iterator[RedisCluster]:
 
 
 @pytest.fixture
-def cluster_run_nodes(cluster: Cluster, run_id: str, tmp_path: Path) -> Iterator[NodeRunner]:
-    """``node_helper.py --cluster`` participants against the session cluster."""
-    runner = ClusterNodeRunner(cluster.url, run_id, tmp_path)
-    yield runner
-    runner.kill_all()
-
-
-@pytest.fixture
-def cluster_procs(cluster: Cluster, run_id: str, tmp_path: Path) -> Iterator[HelperRunner]:
-    """``primitive_helper.py --cluster`` participants against the session cluster."""
-    runner = ClusterHelperRunner(cluster.url, run_id, tmp_path)
+def cluster_participants(cluster: Cluster, run_id: str, tmp_path: Path) -> Iterator[Participants]:
+    """``participant.py --cluster`` participants against the session cluster."""
+    runner = Participants(cluster.url, run_id, tmp_path, cluster=True)
     yield runner
     runner.kill_all()
 

@@ -3,16 +3,27 @@
 * ``server`` (session): one embedded valkey server shared by every test; tests stay apart
   through ``run_id``, which is unique per test.
 * ``fresh_server``: a factory for servers of a test's own (to stop or restart them).
-* ``client`` / ``decoded_client``: redis-py clients of ``server``.
-* ``make_sync``: ProcSync instances bound to the test's ``run_id``, closed at teardown.
-* ``run_nodes``: runs ``tests/node_helper.py`` participants as subprocesses, with a hard
-  deadline after which every child is killed and the test fails.
+* ``client`` / ``decoded_client``: redis-py clients of ``server``; ``admin``: one per module.
+* ``make_sync`` / ``make_event`` / ``make_barrier``: ProcSync, Event and Barrier instances
+  bound to the test's ``run_id``, closed at teardown.
+* ``background``: starts ``pyprocsync`` commands in the background (``cli_support.py``);
+  none outlives the test.
+* ``world``: a fake world (``clock_support.FakeWorld``) that pyprocsync's clock readings
+  and ``time.sleep`` follow.
+* ``locked_server`` (module) / ``own_server``: servers with a password (``secrets_support``).
+* ``fake_clock``: the fake clock of the I/O-free flow tests (``protocol_support``).
+* ``short_limits``: short connection limits of the listeners (``contract_support``).
+* ``participants``: runs ``tests/participant.py`` participants as subprocesses, with a
+  hard deadline after which every child is killed and the test fails (``runner.py``).
 
 Helper functions and classes are in ``support.py``.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,10 +31,16 @@ from typing import Any
 
 import pytest
 import redis
-from primitive_support import HelperRunner
-from support import ACL_PASSWORD, NodeRunner, make_client
+from cli_support import Background
+from clock_support import FakeWorld
+from contract_support import CONNECT_LIMIT, REPLY_LIMIT
+from protocol_support import FakeClock
+from runner import Participants
+from secrets_support import SECRET, SERVER_SECRET
+from support import ACL_PASSWORD, make_client
 
-from pyprocsync import ProcSync
+from pyprocsync import Barrier, Event, ProcSync, clock
+from pyprocsync.shells import listeners
 from pyprocsync.tools.server import EmbeddedServer
 
 
@@ -67,6 +84,15 @@ def client(server: EmbeddedServer) -> Iterator[redis.Redis]:
     instance = make_client(server)
     yield instance
     instance.close()
+
+
+@pytest.fixture(scope="module")
+def admin(server: EmbeddedServer) -> Iterator[redis.Redis]:
+    """A bytes client of the session server shared by a module's tests (hypothesis
+    examples cannot use function-scoped fixtures), to look at what they stored."""
+    client = redis.Redis(host=server.bind, port=server.port)
+    yield client
+    client.close()
 
 
 @pytest.fixture
@@ -115,16 +141,100 @@ def make_sync(client: redis.Redis, run_id: str) -> Iterator[Callable[..., ProcSy
 
 
 @pytest.fixture
-def run_nodes(server: EmbeddedServer, run_id: str, tmp_path: Path) -> Iterator[NodeRunner]:
+def make_event(client: redis.Redis, run_id: str) -> Iterator[Callable[..., Event]]:
+    """Factory of Events in this test's run (``make_event(name, **options)``); all are
+    closed at teardown."""
+    made: list[Event] = []
+
+    def make(name: str, **options: Any) -> Event:
+        event = Event(client, name, run_id=run_id, **options)
+        made.append(event)
+        return event
+
+    yield make
+    for event in made:
+        event.close()
+
+
+@pytest.fixture
+def make_barrier(client: redis.Redis, run_id: str) -> Iterator[Callable[..., Barrier]]:
+    """Factory of Barriers in this test's run (``make_barrier(name, parties, ...)``,
+    default ``delay=0.01``); all are closed at teardown."""
+    made: list[Barrier] = []
+
+    def make(name: str, parties: int, *args: Any, **options: Any) -> Barrier:
+        options.setdefault("delay", 0.01)
+        barrier = Barrier(client, name, parties, *args, run_id=run_id, **options)
+        made.append(barrier)
+        return barrier
+
+    yield make
+    for barrier in made:
+        barrier.close()
+
+
+@pytest.fixture
+def participants(server: EmbeddedServer, run_id: str, tmp_path: Path) -> Iterator[Participants]:
     """Runs participant subprocesses against the session server in this test's run."""
-    runner = NodeRunner(server.url, run_id, tmp_path)
+    runner = Participants(server.url, run_id, tmp_path)
     yield runner
     runner.kill_all()
 
 
 @pytest.fixture
-def procs(server: EmbeddedServer, run_id: str, tmp_path: Path) -> Iterator[HelperRunner]:
-    """Runs ``primitive_helper.py`` participants in this test's run."""
-    runner = HelperRunner(server.url, run_id, tmp_path)
-    yield runner
-    runner.kill_all()
+def background(tmp_path: Path) -> Iterator[Callable[..., Background]]:
+    """Factory of :class:`Background` commands; none outlives the test."""
+    started: list[Background] = []
+
+    def start(*args: str, **options: Any) -> Background:
+        command = Background(tmp_path, *args, **options)
+        started.append(command)
+        return command
+
+    yield start
+    for command in started:
+        if command.process.poll() is None:
+            os.kill(command.pid, signal.SIGCONT)  # a stopped process cannot die of SIGTERM
+        command.kill()
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch) -> FakeWorld:
+    """A fake world: pyprocsync's clock readings and ``time.sleep`` follow it."""
+    fake = FakeWorld()
+    monkeypatch.setattr(clock, "monotonic_ns", fake.monotonic_ns)
+    monkeypatch.setattr(clock, "monotonic", fake.monotonic)
+    monkeypatch.setattr(clock, "time_ns", fake.time_ns)
+    monkeypatch.setattr(time, "sleep", fake.sleep)
+    return fake
+
+
+@pytest.fixture(scope="module")
+def locked_server() -> Iterator[EmbeddedServer]:
+    """A server with the password ``SERVER_SECRET``, for the wrong-password cases."""
+    with EmbeddedServer(password=SERVER_SECRET) as instance:
+        yield instance
+
+
+@pytest.fixture
+def own_server() -> Iterator[EmbeddedServer]:
+    """A server of this test's own with the password ``SECRET`` (stopped at teardown)."""
+    with EmbeddedServer(password=SECRET) as instance:
+        yield instance
+
+
+@pytest.fixture
+def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """A fake clock (``protocol_support.FakeClock``) that pyprocsync's clock readings follow."""
+    fake = FakeClock()
+    monkeypatch.setattr(clock, "monotonic", lambda: fake.mono)
+    monkeypatch.setattr(clock, "time_ns", lambda: fake.wall_ns)
+    return fake
+
+
+@pytest.fixture
+def short_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connection limits short enough for a quick test of calls without a timeout
+    (``contract_support.CONNECT_LIMIT`` and ``REPLY_LIMIT``)."""
+    monkeypatch.setattr(listeners, "CONNECT_TIMEOUT", CONNECT_LIMIT)
+    monkeypatch.setattr(listeners, "REPLY_TIMEOUT", REPLY_LIMIT)

@@ -1,4 +1,4 @@
-"""Helpers shared by the test modules: threads, subprocess participants, polling, key names.
+"""Helpers shared by the test modules: threads, event loops, polling, key names.
 
 Fixtures live in ``conftest.py``; this module holds the plain functions and classes they
 and the tests use (``from support import ...``).
@@ -6,34 +6,33 @@ and the tests use (``from support import ...``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
+import inspect
 import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from pyprocsync.core import params
 from pyprocsync.core.keys import EventKeys
 from pyprocsync.tools.server import EmbeddedServer
 
+T = TypeVar("T")
+
 #: "Promptly": far below the timeouts (``LONG``) the other participants wait with.
 PROMPT = 2.0
 #: A timeout no test expects to expire.
 LONG = 30
-
-
-HELPER = Path(__file__).with_name("node_helper.py")
 
 
 def make_client(instance: EmbeddedServer, **kwargs: Any) -> redis.Redis:
@@ -56,13 +55,31 @@ def event_keys(run_id: str, event: str) -> EventKeys:
     return EventKeys.of("pyprocsync", run_id, event)
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    """Poll ``predicate`` (every 2 ms) until it is true; fail the test after ``timeout``
+    seconds, naming ``what`` it waited for."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
         time.sleep(0.002)
+
+
+async def await_until(
+    predicate: Callable[[], object], timeout: float = 10.0, what: str = ""
+) -> None:
+    """:func:`wait_until` inside a running loop, yielding to it between polls;
+    ``predicate`` may be a plain or a coroutine function."""
+    deadline = time.monotonic() + timeout
+
+    async def holds() -> object:
+        value = predicate()
+        return await value if inspect.isawaitable(value) else value
+
+    while not await holds():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
+        await asyncio.sleep(0.002)
 
 
 def waiting_members(client: redis.Redis, run_id: str, event: str) -> list[str]:
@@ -71,6 +88,51 @@ def waiting_members(client: redis.Redis, run_id: str, event: str) -> list[str]:
         m.decode() if isinstance(m, bytes) else m
         for m in client.zrange(event_keys(run_id, event).leases, 0, -1)
     ]
+
+
+# -- event loops ---------------------------------------------------------------------------
+
+#: Tasks started with :func:`spawn` and not yet cancelled by :func:`cancel_spawned`.
+_spawned: list[asyncio.Task[Any]] = []
+
+
+def spawn(coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """Start ``coroutine`` as a task that :func:`cancel_spawned` (and :func:`arun` at its
+    end) cancels if it is still running: a failing test leaves nothing pending."""
+    task = asyncio.create_task(coroutine)
+    _spawned.append(task)
+    return task
+
+
+async def cancel_spawned() -> None:
+    """Cancel the tasks started with :func:`spawn` that still run, and await them all."""
+    tasks = list(_spawned)
+    _spawned.clear()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def async_client(instance: EmbeddedServer) -> aioredis.Redis:
+    """A ``redis.asyncio`` client of ``instance`` (it connects on its first command)."""
+    return aioredis.Redis(host=instance.bind, port=instance.port)
+
+
+def arun(body: Callable[..., Awaitable[T]], client: Any = None, *, timeout: float = 30) -> T:
+    """Run ``body()`` in a new event loop, or ``body(client)`` when an asyncio ``client``
+    is given (closed at the end); fail (``TimeoutError``) after ``timeout`` seconds.
+    Tasks it started with :func:`spawn` are cancelled before the client is closed."""
+
+    async def main() -> T:
+        try:
+            call = body() if client is None else body(client)
+            return await asyncio.wait_for(call, timeout)
+        finally:
+            await cancel_spawned()
+            if client is not None:
+                await client.aclose()
+
+    return asyncio.run(main())
 
 
 # -- threads ------------------------------------------------------------------------------
@@ -121,128 +183,6 @@ def in_threads(*calls: Callable[[], Any], timeout: float = 30.0) -> list[Outcome
     started = [start_thread(call) for call in calls]
     join([thread for thread, _ in started], timeout)
     return [outcome for _, outcome in started]
-
-
-# -- subprocess participants ----------------------------------------------------------------
-
-
-@dataclass
-class Node:
-    """One participant subprocess and, once it ended, the JSON records it printed."""
-
-    process: subprocess.Popen[bytes]
-    stdout_path: Path
-    stderr_path: Path
-    records: list[dict[str, Any]] = field(default_factory=list)
-    stderr: str = ""
-
-    @property
-    def returncode(self) -> int | None:
-        return self.process.returncode
-
-    def collect(self) -> None:
-        text = self.stdout_path.read_text()
-        self.records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        self.stderr = self.stderr_path.read_text()
-
-    def results(self) -> list[dict[str, Any]]:
-        """The records of all rounds; fails the test if any round raised."""
-        failed = [r for r in self.records if not r["ok"]]
-        assert not failed, f"node failed: {failed[0]}\nstderr:\n{self.stderr}"
-        assert self.returncode == 0, f"exit status {self.returncode}\nstderr:\n{self.stderr}"
-        return self.records
-
-    def last(self) -> dict[str, Any]:
-        """The last record; fails the test if there is none."""
-        assert self.records, f"no output (exit status {self.returncode})\n{self.stderr}"
-        return self.records[-1]
-
-
-class NodeRunner:
-    """Starts ``tests/node_helper.py`` participants; none of them outlives the test.
-
-    Each child writes to its own file (a pipe that nobody reads would block it).
-    """
-
-    def __init__(self, url: str, run_id: str, tmp_path: Path) -> None:
-        self.url = url
-        self.run_id = run_id
-        self.tmp_path = tmp_path
-        self.nodes: list[Node] = []
-
-    def start(self, event: str, nodes: int, *, url: str | None = None, **options: Any) -> Node:
-        """Start one participant; ``options`` become ``--option value`` arguments.
-
-        ``True`` becomes a bare flag; ``False`` and ``None`` are left out.
-        ``sync_timeout`` is the helper's ``--timeout`` (the ``timeout`` of each ``sync``).
-        """
-        argv = [sys.executable, str(HELPER), "--url", url or self.url]
-        argv += ["--run-id", self.run_id, "--event", event, "--nodes", str(nodes)]
-        for name, value in options.items():
-            flag = "--timeout" if name == "sync_timeout" else "--" + name.replace("_", "-")
-            if value is True:
-                argv.append(flag)
-            elif value is not None and value is not False:
-                argv += [flag, str(value)]
-        number = len(self.nodes)
-        stdout_path = self.tmp_path / f"node{number}.out"
-        stderr_path = self.tmp_path / f"node{number}.err"
-        with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-            process = subprocess.Popen(argv, stdout=out, stderr=err)
-        node = Node(process, stdout_path, stderr_path)
-        self.nodes.append(node)
-        return node
-
-    def wait(self, nodes: Sequence[Node], timeout: float) -> list[Node]:
-        """Wait for ``nodes`` to exit; kill every child and fail if one is still running."""
-        deadline = time.monotonic() + timeout
-        for node in nodes:
-            try:
-                node.process.wait(max(0.01, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.kill_all()
-                for other in nodes:
-                    other.collect()
-                tails = "\n".join(f"node {i}: {n.records[-2:]}" for i, n in enumerate(nodes))
-                pytest.fail(f"participant processes still running after {timeout} s\n{tails}")
-        for node in nodes:
-            node.collect()
-        return list(nodes)
-
-    def run(
-        self, count: int, event: str, nodes: int, *, timeout: float, **options: Any
-    ) -> list[Node]:
-        """Start ``count`` identical participants and wait for all of them."""
-        started = [self.start(event, nodes, **options) for _ in range(count)]
-        return self.wait(started, timeout)
-
-    def kill_all(self) -> None:
-        """Kill every child still running and reap all of them."""
-        for node in self.nodes:
-            if node.process.poll() is None:
-                node.process.kill()
-            node.process.wait()
-
-
-def check_rounds(
-    nodes: Sequence[Node], rounds: int, count: int, first_generation: int = 0
-) -> list[list[dict[str, Any]]]:
-    """Check that ``nodes`` passed ``rounds`` rounds of ``count`` participants together.
-
-    Per round: one generation (``first_generation``, the next, ... in order), one
-    ``release_at`` for everyone, indices exactly ``0 .. count-1``. Returns the records
-    grouped by round.
-    """
-    per_node = [node.results() for node in nodes]
-    for records in per_node:
-        assert len(records) == rounds
-    grouped = [list(group) for group in zip(*per_node, strict=True)]
-    for number, group in enumerate(grouped, first_generation):
-        assert {r["generation"] for r in group} == {number}, group
-        assert len({r["release_at"] for r in group}) == 1, group
-        assert sorted(r["index"] for r in group) == list(range(count)), group
-        assert all(r["nodes"] == count for r in group), group
-    return grouped
 
 
 # -- processes on this machine (Linux /proc) -----------------------------------------------

@@ -15,8 +15,7 @@ from collections.abc import Callable
 
 import pytest
 import redis
-import redis.asyncio as aioredis
-from support import in_threads, run_command, user_url
+from support import arun, in_threads, run_command, user_url
 
 import pyprocsync
 import pyprocsync.asyncio as aio
@@ -68,7 +67,7 @@ def test_user_with_exactly_the_rule_runs_everything(
         async with aio.ProcSync.from_url(url, run_id, 0.02) as sync:
             await asyncio.gather(*(sync.sync("a", 2, 10) for _ in range(2)))
 
-    asyncio.run(twin())
+    arun(twin)
     done = run_command(  # the URL holds the user's password: not on the command line
         [sys.executable, "-m", "pyprocsync", "status", "--run", run_id],
         env={**os.environ, URL_ENV: url},
@@ -146,4 +145,3 @@ def test_prefixes_keep_applications_apart(
 
 def test_rule_is_exported() -> None:
     assert pyprocsync.tools.acl.acl_rule is acl_rule
-    assert isinstance(aioredis.Redis, type)

@@ -9,68 +9,42 @@ Timing bounds are generous semantic bounds ("promptly" = far below the waiters' 
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
-from primitive_support import HelperRunner
+from runner import Node, Participants
 from support import (
     LONG,
     PROMPT,
-    Node,
-    event_keys,
     in_threads,
     join,
-    make_client,
     start_thread,
-    wait_for,
+    wait_until,
 )
 
 from pyprocsync import (
-    ArgumentTypeError,
     Barrier,
     BrokenBarrierError,
-    InvalidArgumentError,
     ParameterMismatchError,
     ProcSync,
-    ProcSyncError,
 )
-from pyprocsync.core.keys import encode
-from pyprocsync.tools.server import EmbeddedServer
-
-
-@pytest.fixture
-def make_barrier(client: redis.Redis, run_id: str) -> Iterator[Callable[..., Barrier]]:
-    """Factory of Barriers in this test's run (``make_barrier(name, parties, ...)``,
-    default ``delay=0.01``); all are closed at teardown."""
-    made: list[Barrier] = []
-
-    def make(name: str, parties: int, *args: Any, **options: Any) -> Barrier:
-        options.setdefault("delay", 0.01)
-        barrier = Barrier(client, name, parties, *args, run_id=run_id, **options)
-        made.append(barrier)
-        return barrier
-
-    yield make
-    for barrier in made:
-        barrier.close()
 
 
 def start_process_waiters(
-    procs: HelperRunner, observer: Barrier, count: int, **options: Any
+    participants: Participants, observer: Barrier, count: int, **options: Any
 ) -> list[Node]:
     """Start ``count`` processes waiting on ``observer``'s barrier (same name and parties,
     a 30 s timeout); return once all of them wait (``n_waiting`` reads ``count``)."""
     options.setdefault("timeout", LONG)
     nodes = [
-        procs.launch("barrier", observer.name, parties=observer.parties, **options)
+        participants.launch("barrier", observer.name, parties=observer.parties, **options)
         for _ in range(count)
     ]
-    wait_for(lambda: observer.n_waiting == count, 20, f"{count} waiting processes")
+    wait_until(lambda: observer.n_waiting == count, 20, f"{count} waiting processes")
     return nodes
 
 
@@ -92,7 +66,7 @@ def check_broken(record: dict[str, Any], reason: str) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_four_processes_hundred_rounds(
-    procs: HelperRunner, client: redis.Redis, run_id: str
+    participants: Participants, client: redis.Redis, run_id: str
 ) -> None:
     """Four processes pass one barrier 100 times (delay 5 ms; ``on_late="proceed"`` so that
     a descheduled process on a loaded machine is not an error here). Every round hands
@@ -101,13 +75,13 @@ def test_four_processes_hundred_rounds(
     participant of its round returned."""
     actions = f"{run_id}:actions"
     nodes = [
-        procs.launch(
+        participants.launch(
             "barrier", "loop", parties=4, rounds=100, delay=0.005, on_late="proceed",
             timeout=20, action="record", action_key=actions,
         )
         for _ in range(4)
     ]  # fmt: skip
-    procs.wait(nodes, timeout=100)
+    participants.wait(nodes, timeout=100)
     per_node = [node.results() for node in nodes]
     assert all(len(records) == 100 for records in per_node)
     recorded = [json.loads(entry) for entry in client.lrange(actions, 0, -1)]
@@ -132,12 +106,12 @@ def test_threads_release_together_after_the_action(
     ran: list[tuple[threading.Thread, float]] = []
 
     def action() -> None:
-        time.sleep(0.05)
+        time.sleep(0.05)  # an action that takes a while
         ran.append((threading.current_thread(), time.time()))
 
     barriers = [make_barrier("together", 3, action, delay=0.2) for _ in range(3)]
     started = [start_thread(lambda b=b: (b.wait(LONG), time.time())) for b in barriers[:2]]
-    wait_for(lambda: barriers[2].n_waiting == 2, 10, "two waiters")
+    wait_until(lambda: barriers[2].n_waiting == 2, 10, "two waiters")
     last = (barriers[2].wait(LONG), time.time())
     join([thread for thread, _ in started], PROMPT + 5)
     results = [outcome.result() for _, outcome in started] + [last]
@@ -182,7 +156,7 @@ class ActionError(Exception):
 
 @pytest.mark.timeout(60)
 def test_failing_action_breaks_the_round(
-    procs: HelperRunner, make_barrier: Callable[..., Barrier]
+    participants: Participants, make_barrier: Callable[..., Barrier]
 ) -> None:
     """The last arrival's action raises: that participant gets the action's exception
     itself; the two processes waiting get BrokenBarrierError(reason="action") promptly;
@@ -192,11 +166,11 @@ def test_failing_action_breaks_the_round(
         raise ActionError("boom")
 
     last = make_barrier("act", 3, fail)
-    nodes = start_process_waiters(procs, last, 2, action="raise")
+    nodes = start_process_waiters(participants, last, 2, action="raise")
     began = time.time_ns()
     with pytest.raises(ActionError, match="boom"):
         last.wait(LONG)
-    for record in procs.finish(nodes, timeout=30):
+    for record in participants.finish(nodes, timeout=30):
         check_broken(record, "action")
         assert (record["returned_ns"] - began) / 1e9 < PROMPT
     observer = make_barrier("act", 3)
@@ -229,22 +203,22 @@ def test_arrival_while_the_action_runs_joins_the_next_round(
 
     def slow() -> None:
         acting.set()
-        time.sleep(0.5)
+        time.sleep(0.5)  # an action long enough for an arrival while it runs
         ran.append(time.time())
 
     barriers = [make_barrier("busy", 2, slow) for _ in range(4)]
     first, first_out = start_thread(lambda: (barriers[0].wait(LONG), time.time()))
-    wait_for(lambda: barriers[3].n_waiting == 1, 10, "the first waiter")
+    wait_until(lambda: barriers[3].n_waiting == 1, 10, "the first waiter")
     second, second_out = start_thread(lambda: (barriers[1].wait(LONG), time.time()))
     assert acting.wait(10)
     third, third_out = start_thread(lambda: (barriers[2].wait(LONG), time.time()))
     join([first, second], PROMPT + 5)
     round_zero = [first_out.result(), second_out.result()]
     assert sorted(index for index, _ in round_zero) == [0, 1]
-    time.sleep(0.3)
+    time.sleep(0.3)  # a window in which the third must keep waiting
     assert third.is_alive(), third_out.error or third_out.value
     assert barriers[3].broken is False
-    wait_for(lambda: barriers[3].n_waiting == 1, 10, "the third, in the next round")
+    wait_until(lambda: barriers[3].n_waiting == 1, 10, "the third, in the next round")
     fourth = (barriers[3].wait(LONG), time.time())
     join([third], PROMPT + 5)
     round_one = [third_out.result(), fourth]
@@ -259,14 +233,14 @@ def test_arrival_while_the_action_runs_joins_the_next_round(
 
 @pytest.mark.timeout(60)
 def test_timeout_breaks_the_barrier_for_every_waiter(
-    procs: HelperRunner, make_barrier: Callable[..., Barrier]
+    participants: Participants, make_barrier: Callable[..., Barrier]
 ) -> None:
     """Of four parties, two processes wait with 30 s and the test process with the
     barrier's default timeout (0.5 s): it raises BrokenBarrierError(reason="timeout") (a
     threading.BrokenBarrierError) after its timeout, the processes the same error
     promptly; the barrier is broken for later waits until reset."""
     impatient = make_barrier("t", 4, timeout=0.5)
-    nodes = start_process_waiters(procs, impatient, 2)
+    nodes = start_process_waiters(participants, impatient, 2)
     began = time.monotonic()
     with pytest.raises(threading.BrokenBarrierError) as info:
         impatient.wait()
@@ -275,7 +249,7 @@ def test_timeout_breaks_the_barrier_for_every_waiter(
     assert isinstance(info.value, BrokenBarrierError)
     assert info.value.reason == "timeout"
     assert (info.value.arrived, info.value.expected) == (3, 4)
-    for record in procs.finish(nodes, timeout=30):
+    for record in participants.finish(nodes, timeout=30):
         check_broken(record, "timeout")
         assert abs(record["returned_ns"] - gave_up_ns) / 1e9 < PROMPT
     assert impatient.broken is True
@@ -307,21 +281,23 @@ def test_wait_timeout_overrides_the_default(make_barrier: Callable[..., Barrier]
 
 @pytest.mark.timeout(60)
 def test_abort_from_a_third_process(
-    procs: HelperRunner, make_barrier: Callable[..., Barrier]
+    participants: Participants, make_barrier: Callable[..., Barrier]
 ) -> None:
     """Two processes wait; the test process calls ``abort()``: both raise
     BrokenBarrierError(reason="abort") promptly; later waits (in another process and
     here) raise at once until ``reset()``; then a full round works."""
     aborter = make_barrier("ab", 3)
-    nodes = start_process_waiters(procs, aborter, 2)
+    nodes = start_process_waiters(participants, aborter, 2)
     aborted_ns = time.time_ns()
     aborter.abort()
-    for record in procs.finish(nodes, timeout=30):
+    for record in participants.finish(nodes, timeout=30):
         check_broken(record, "abort")
         assert (record["returned_ns"] - aborted_ns) / 1e9 < PROMPT
     assert aborter.broken is True
     assert aborter.n_waiting == 0
-    (later,) = procs.finish([procs.launch("barrier", "ab", parties=3, timeout=LONG)], 30)
+    (later,) = participants.finish(
+        [participants.launch("barrier", "ab", parties=3, timeout=LONG)], 30
+    )
     check_broken(later, "abort")
     began = time.monotonic()
     with pytest.raises(BrokenBarrierError) as info:
@@ -351,15 +327,17 @@ def test_abort_with_nobody_waiting_breaks_later_waits(
 
 @pytest.mark.timeout(60)
 def test_reset_from_a_third_process(
-    procs: HelperRunner, make_barrier: Callable[..., Barrier]
+    participants: Participants, make_barrier: Callable[..., Barrier]
 ) -> None:
     """Two threads wait; another process calls ``reset()``: both raise
     BrokenBarrierError(reason="reset") promptly, the barrier is not broken afterwards,
     and a full round (the same instances) works."""
     barriers = [make_barrier("rs", 3) for _ in range(3)]
     started = [start_thread(lambda b=b: b.wait(LONG)) for b in barriers[:2]]
-    wait_for(lambda: barriers[2].n_waiting == 2, 10, "two waiters")
-    (record,) = procs.finish([procs.launch("barrier-op", "rs", parties=3, op="reset")], 30)
+    wait_until(lambda: barriers[2].n_waiting == 2, 10, "two waiters")
+    (record,) = participants.finish(
+        [participants.launch("barrier-op", "rs", parties=3, op="reset")], 30
+    )
     assert record["ok"] is True, record
     reset_done = time.monotonic()
     join([thread for thread, _ in started], PROMPT + 5)
@@ -387,13 +365,13 @@ def test_n_waiting_and_broken_read_the_shared_state(
     started = []
     for count in (1, 2):
         started.append(start_thread(lambda b=waiters[count - 1]: b.wait(LONG)))
-        wait_for(lambda c=count: observer.n_waiting == c, 10, f"{count} waiting")
+        wait_until(lambda c=count: observer.n_waiting == c, 10, f"{count} waiting")
         assert observer.broken is False
     waiters[2].wait(LONG)
     join([thread for thread, _ in started], PROMPT + 5)
     assert observer.n_waiting == 0
     thread, waited = start_thread(lambda: waiters[0].wait(LONG))
-    wait_for(lambda: observer.n_waiting == 1, 10, "a waiter")
+    wait_until(lambda: observer.n_waiting == 1, 10, "a waiter")
     observer.abort()
     join([thread], PROMPT + 5)
     assert isinstance(waited.error, BrokenBarrierError)
@@ -409,7 +387,7 @@ def test_parties_mismatch(make_barrier: Callable[..., Barrier]) -> None:
     BrokenBarrierError(reason="mismatch") promptly; nobody is released."""
     waiter = make_barrier("mm", 3)
     thread, waited = start_thread(lambda: waiter.wait(LONG))
-    wait_for(lambda: waiter.n_waiting == 1, 10, "the waiter")
+    wait_until(lambda: waiter.n_waiting == 1, 10, "the waiter")
     with pytest.raises(ParameterMismatchError) as info:
         make_barrier("mm", 2).wait(LONG)
     assert (info.value.expected, info.value.given) == (3, 2)
@@ -417,107 +395,3 @@ def test_parties_mismatch(make_barrier: Callable[..., Barrier]) -> None:
     assert isinstance(waited.error, BrokenBarrierError), waited.error or waited.value
     assert waited.error.reason == "mismatch"
     assert waiter.broken is True
-
-
-# -- validation ------------------------------------------------------------------------------
-
-
-def unreachable_client() -> redis.Redis:
-    """A client of a port nobody listens on: any I/O raises ConnectionError."""
-    return redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
-
-
-@pytest.mark.parametrize(
-    ("args", "kwargs", "error"),
-    [
-        (("b", 0), {}, InvalidArgumentError),
-        (("b", -1), {}, InvalidArgumentError),
-        (("b", True), {}, ArgumentTypeError),
-        (("b", False), {}, ArgumentTypeError),
-        (("b", 1.5), {}, ArgumentTypeError),
-        (("b", "2"), {}, ArgumentTypeError),
-        (("", 2), {}, InvalidArgumentError),
-        ((None, 2), {}, ArgumentTypeError),
-        (("b", 2, "not callable"), {}, ArgumentTypeError),
-        (("b", 2, 42), {}, ArgumentTypeError),
-        (("b", 2), {"timeout": math.nan}, InvalidArgumentError),
-        (("b", 2), {"timeout": "1"}, ArgumentTypeError),
-        (("b", 2), {"delay": -0.1}, InvalidArgumentError),
-        (("b", 2), {"prefix": "a{b}"}, InvalidArgumentError),
-    ],
-)
-def test_constructor_validation(args: tuple, kwargs: dict, error: type[Exception]) -> None:
-    """Invalid arguments raise before anything is sent (the client reaches no server)."""
-    with pytest.raises(error):
-        Barrier(unreachable_client(), *args, **kwargs)
-
-
-@pytest.mark.parametrize(
-    ("timeout", "error"),
-    [
-        (math.nan, InvalidArgumentError),
-        (1e12, InvalidArgumentError),
-        (True, ArgumentTypeError),
-        ("5", ArgumentTypeError),
-    ],
-)
-def test_wait_timeout_validation(timeout: object, error: type[Exception]) -> None:
-    """A bad ``wait(timeout)`` raises before any I/O."""
-    barrier = Barrier(unreachable_client(), "b", 2)
-    with pytest.raises(error):
-        barrier.wait(timeout)  # type: ignore[arg-type]
-
-
-def test_valid_numbers_are_accepted() -> None:
-    """``parties`` accepts any integer type; the action may be any callable."""
-    numpy = pytest.importorskip("numpy")
-    barrier = Barrier(unreachable_client(), "b", numpy.int64(3), action=print, timeout=1)
-    assert barrier.parties == 3
-    assert type(barrier.parties) is int
-    assert barrier.name == "b"
-    assert "parties=3" in repr(barrier)
-
-
-# -- keys, lifecycle -----------------------------------------------------------------------------
-
-
-@pytest.mark.timeout(30)
-def test_keys_have_ttls(
-    make_barrier: Callable[..., Barrier], client: redis.Redis, run_id: str
-) -> None:
-    """After rounds, an abort and a reset, every key of the barrier has the retention
-    lifetime (20 s here)."""
-    barrier = make_barrier("ttl", 1, lambda: None, retention=20, liveness=1)
-
-    def check() -> None:
-        keys = list(client.scan_iter(match=f"pyprocsync:{{{encode(run_id)}:*", count=1000))
-        assert keys
-        for key in keys:
-            assert 0 < client.pttl(key) <= 20_000, key
-
-    barrier.wait(5)
-    check()
-    barrier.abort()
-    check()
-    barrier.reset()
-    check()
-    assert client.exists(event_keys(run_id, "ttl").state)
-
-
-@pytest.mark.timeout(30)
-def test_from_url_and_context_manager(server: EmbeddedServer, run_id: str) -> None:
-    """``Barrier.from_url`` owns its client: inside ``with`` it works; leaving the block
-    closes its connections, and later calls raise ProcSyncError."""
-    admin = make_client(server)
-    try:
-        baseline = len(admin.client_list())
-        with Barrier.from_url(server.url, "url", 1, run_id=run_id, delay=0) as barrier:
-            assert barrier.parties == 1
-            assert [barrier.wait(5), barrier.wait(5)] == [0, 0]
-            assert barrier.n_waiting == 0
-        wait_for(lambda: len(admin.client_list()) <= baseline, 5, "connections to close")
-        with pytest.raises(ProcSyncError):
-            barrier.wait(1)
-        barrier.close()
-    finally:
-        admin.close()

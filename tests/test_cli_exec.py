@@ -23,9 +23,8 @@ from pathlib import Path
 
 import pytest
 import redis
-import test_cli
-from support import assert_one_line_error, run_command, wait_for
-from test_cli import Background, run, sync_args, wait_all
+from cli_support import Background, run, sync_args, wait_all
+from support import assert_one_line_error, run_command, wait_until
 
 from pyprocsync import ProcSync, ProcSyncError, SyncResult, TimeOutError
 from pyprocsync.core.keys import EventKeys
@@ -37,9 +36,6 @@ from pyprocsync.tools.cli import ExitCode
 from pyprocsync.tools.credentials import PASSWORD_ENV, URL_ENV
 from pyprocsync.tools.server import EmbeddedServer
 from pyprocsync.tools.status import read_status
-
-#: test_cli's fixture of background commands, under this name here.
-cli_background = test_cli.background
 
 #: A COMMAND that prints its pid and its wall clock when it starts.
 STAMP = [sys.executable, "-c", "import os, time; print(os.getpid(), time.time_ns())"]
@@ -63,14 +59,14 @@ def test_commands_run_together_in_the_same_process_after_the_instant(
     server: EmbeddedServer,
     run_id: str,
     client: redis.Redis,
-    cli_background: Callable[..., Background],
+    background: Callable[..., Background],
     delay: str,
 ) -> None:
     """Three ``sync ... -- COMMAND`` processes: each exits 0 with COMMAND's output, which
     was printed by the process the test started (same pid), not before the release
     instant, and the three within half a second of each other."""
     args = sync_args("go", 3, run_id, "--redis", server.url, "--delay", delay, "--timeout", "30")
-    trio = [cli_background(*args, "--", *STAMP) for _ in range(3)]
+    trio = [background(*args, "--", *STAMP) for _ in range(3)]
     wait_all(trio, 60)
     at_ns = release_ns(client, run_id, "go")
     started = []
@@ -226,16 +222,16 @@ def test_command_does_not_run_on_timeout_or_broken_round(
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
 def test_ctrl_c_while_waiting_for_the_instant(
-    server: EmbeddedServer, run_id: str, tmp_path: Path, cli_background: Callable[..., Background]
+    server: EmbeddedServer, run_id: str, tmp_path: Path, background: Callable[..., Background]
 ) -> None:
     """Ctrl-C after the release but before the instant (the wait in the hand-off
     interpreter) exits 130 with the usual note; COMMAND does not run. SIGINT is sent as
     soon as the hand-off's interpreter shows, while it may still be starting."""
     marker = tmp_path / "ran"
     args = sync_args("slow", 1, run_id, "--redis", server.url, "--delay", "30")
-    waiter = cli_background(*args, "--", "sh", "-c", f"touch {shlex.quote(str(marker))}")
+    waiter = background(*args, "--", "sh", "-c", f"touch {shlex.quote(str(marker))}")
     cmdline = Path(f"/proc/{waiter.pid}/cmdline")
-    wait_for(lambda: b"handoff.py" in cmdline.read_bytes(), 20, "the hand-off")
+    wait_until(lambda: b"handoff.py" in cmdline.read_bytes(), 20, "the hand-off")
     os.kill(waiter.pid, signal.SIGINT)
     assert waiter.wait(15) == ExitCode.INTERRUPTED, waiter.stderr
     assert waiter.stderr.strip() == "pyprocsync: interrupted"
@@ -328,4 +324,4 @@ def test_sync_until_instant_closes_the_node_when_it_raises(
         sync_until_instant(node, "alone", 2, 0.3)
     with pytest.raises(ProcSyncError, match="closed"):
         node.sync("alone", 1)
-    wait_for(lambda: listener_ended(node), 10, "the listener thread to end")
+    wait_until(lambda: listener_ended(node), 10, "the listener thread to end")

@@ -18,25 +18,26 @@ import pytest
 from cluster_support import (
     Cluster,
     ClusterNode,
-    arun_cluster,
     assert_one_round,
+    async_cluster_client,
     migrate_slot,
     names_on_shards,
     slot_of,
 )
-from primitive_support import HelperRunner, flag_keys, spawn
+from primitive_support import flag_keys
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
+from runner import Node, Participants, check_rounds
 from support import (
     LONG,
-    Node,
-    NodeRunner,
-    check_rounds,
+    arun,
+    await_until,
     event_keys,
     in_threads,
     join,
+    spawn,
     start_thread,
-    wait_for,
+    wait_until,
 )
 
 import pyprocsync
@@ -118,7 +119,7 @@ def test_harness_serves_keys_and_shard_channels_on_every_node(
     pubsub = cluster_client.pubsub()  # type: ignore[no-untyped-call]
     try:
         pubsub.ssubscribe(channel)
-        wait_for(lambda: owner.shard_subscribers(channel) == 1, what="the shard subscription")
+        wait_until(lambda: owner.shard_subscribers(channel) == 1, what="the shard subscription")
         assert_sharded_only(cluster, owner, channel, 1)
         cluster_client.spublish(channel, "hello")
         messages = [pubsub.get_sharded_message(timeout=2.0) for _ in range(2)]
@@ -142,7 +143,7 @@ def test_harness_migrates_a_slot_with_its_keys(
     try:
         assert stale.get(key) == b"value"
         pubsub.ssubscribe(key)
-        wait_for(lambda: source.shard_subscribers(key) == 1, what="the shard subscription")
+        wait_until(lambda: source.shard_subscribers(key) == 1, what="the shard subscription")
 
         assert migrate_slot(cluster, slot, target) is source
 
@@ -167,7 +168,7 @@ def test_harness_migrates_a_slot_with_its_keys(
 
 @pytest.mark.slow
 def test_processes_sync_on_every_shard_over_sharded_pubsub(
-    cluster: Cluster, cluster_client: RedisCluster, cluster_run_nodes: NodeRunner, run_id: str
+    cluster: Cluster, cluster_client: RedisCluster, cluster_participants: Participants, run_id: str
 ) -> None:
     """Three processes per event, one event on each master, two rounds each; while two
     of each wait, their subscriptions are sharded ones on the event's master."""
@@ -178,17 +179,17 @@ def test_processes_sync_on_every_shard_over_sharded_pubsub(
     started: dict[str, list[Node]] = {name: [] for name in names}
     for name in names:
         for _ in range(2):
-            started[name].append(cluster_run_nodes.start(name, 3, rounds=2, sync_timeout=LONG))
+            started[name].append(cluster_participants.start(name, 3, rounds=2, sync_timeout=LONG))
     for node, name in zip(cluster.nodes, names, strict=True):
-        wait_for(
+        wait_until(
             subscribed_waiters(cluster_client, node, run_id, name, 2),
             PROCESS_DEADLINE / 2,
             f"two participants of {name} waiting on {node}",
         )
         assert_sharded_only(cluster, node, event_keys(run_id, name).channel, 2)
     for name in names:
-        started[name].append(cluster_run_nodes.start(name, 3, rounds=2, sync_timeout=LONG))
-    cluster_run_nodes.wait([n for nodes in started.values() for n in nodes], PROCESS_DEADLINE)
+        started[name].append(cluster_participants.start(name, 3, rounds=2, sync_timeout=LONG))
+    cluster_participants.wait([n for nodes in started.values() for n in nodes], PROCESS_DEADLINE)
 
     for node, name in zip(cluster.nodes, names, strict=True):
         check_rounds(started[name], rounds=2, count=3)
@@ -199,7 +200,7 @@ def test_processes_sync_on_every_shard_over_sharded_pubsub(
 def test_event_set_in_one_process_wakes_waiters_in_others(
     cluster: Cluster,
     cluster_client: RedisCluster,
-    cluster_procs: HelperRunner,
+    cluster_participants: Participants,
     run_id: str,
 ) -> None:
     owner = cluster.nodes[-1]  # not the node the clients are seeded with
@@ -207,18 +208,19 @@ def test_event_set_in_one_process_wakes_waiters_in_others(
     keys = flag_keys(run_id, name)
     ready = f"ready:{{{run_id}}}"
     waiters = [
-        cluster_procs.launch("event-wait", name, timeout=LONG, ready_key=ready) for _ in range(2)
+        cluster_participants.launch("event-wait", name, timeout=LONG, ready_key=ready)
+        for _ in range(2)
     ]
-    wait_for(
+    wait_until(
         lambda: int(cluster_client.get(ready) or 0) >= 2,
         PROCESS_DEADLINE / 2,
         "both waiters to read the flag",
     )
-    wait_for(lambda: owner.shard_subscribers(keys.channel) >= 2, what="sharded subscriptions")
+    wait_until(lambda: owner.shard_subscribers(keys.channel) >= 2, what="sharded subscriptions")
     assert_sharded_only(cluster, owner, keys.channel, 2)
-    setter = cluster_procs.launch("event-op", name, op="set")
+    setter = cluster_participants.launch("event-op", name, op="set")
 
-    records = cluster_procs.finish([*waiters, setter], PROCESS_DEADLINE)
+    records = cluster_participants.finish([*waiters, setter], PROCESS_DEADLINE)
     assert [r["ok"] for r in records] == [True, True, True], records
     assert [r["value"] for r in records[:2]] == [True, True]
     assert owner.exists(keys.state)
@@ -227,7 +229,7 @@ def test_event_set_in_one_process_wakes_waiters_in_others(
 @pytest.mark.slow
 @pytest.mark.parametrize("flavour", ["blocking", "asyncio"])
 def test_barrier_across_processes(
-    cluster: Cluster, cluster_procs: HelperRunner, run_id: str, flavour: str
+    cluster: Cluster, cluster_participants: Participants, run_id: str, flavour: str
 ) -> None:
     """Three processes pass two rounds; ``asyncio`` ones use ``redis.asyncio`` cluster
     clients."""
@@ -235,8 +237,8 @@ def test_barrier_across_processes(
     name = event_on(cluster, run_id, owner, "barrier")
     assert_one_slot(cluster, owner, run_id, name)
     options = {"parties": 3, "rounds": 2, "timeout": LONG, "flavour": flavour}
-    nodes = [cluster_procs.launch("barrier", name, **options) for _ in range(3)]
-    cluster_procs.wait(nodes, PROCESS_DEADLINE)
+    nodes = [cluster_participants.launch("barrier", name, **options) for _ in range(3)]
+    cluster_participants.wait(nodes, PROCESS_DEADLINE)
     per_node = [node.results() for node in nodes]
     for number in range(2):
         assert sorted(records[number]["index"] for records in per_node) == [0, 1, 2]
@@ -254,7 +256,7 @@ def test_asyncio_tasks_sync_on_every_shard(cluster: Cluster, run_id: str) -> Non
             calls = [sync.sync(name, 3, timeout=LONG) for name in names for _ in range(3)]
             return await asyncio.gather(*calls)
 
-    grouped = rounds_by_name(arun_cluster(cluster, body, timeout=LONG))
+    grouped = rounds_by_name(arun(body, async_cluster_client(cluster), timeout=LONG))
     assert sorted(grouped) == sorted(names)
     for node, name in zip(cluster.nodes, names, strict=True):
         assert_one_round(grouped[name], 3)
@@ -274,16 +276,15 @@ def test_asyncio_event_and_barrier(cluster: Cluster, run_id: str) -> None:
             aps.Barrier(client, barrier_name, 3, run_id=run_id) as barrier,
         ):
             waits = [spawn(waiter.wait(LONG)) for _ in range(2)]
-            deadline = asyncio.get_running_loop().time() + 10
-            while owner.shard_subscribers(channel) < 1:
-                assert asyncio.get_running_loop().time() < deadline, "no sharded subscription"
-                await asyncio.sleep(0.01)
+            await await_until(
+                lambda: owner.shard_subscribers(channel) >= 1, 10, "a sharded subscription"
+            )
             await setter.set()
             woken = list(await asyncio.gather(*waits))
             indices = list(await asyncio.gather(*(barrier.wait(LONG) for _ in range(3))))
             return woken, indices
 
-    woken, indices = arun_cluster(cluster, body, timeout=LONG)
+    woken, indices = arun(body, async_cluster_client(cluster), timeout=LONG)
     assert woken == [True, True]
     assert sorted(indices) == [0, 1, 2]
     assert owner.exists(flag_keys(run_id, flag).state)
@@ -318,7 +319,7 @@ def test_from_url_with_cluster_true(cluster: Cluster, run_id: str) -> None:
         async with aps.ProcSync.from_url(cluster.url, run_id, 0.05, cluster=True) as sync:
             return await asyncio.gather(*(sync.sync(name, 2, timeout=LONG) for _ in range(2)))
 
-    results = asyncio.run(asyncio.wait_for(body(), LONG))
+    results = arun(body, timeout=LONG)
     assert_one_round(results, 2)
     assert {r.generation for r in results} == {1}
 
@@ -328,7 +329,7 @@ def test_from_url_with_cluster_true(cluster: Cluster, run_id: str) -> None:
 
 @pytest.mark.slow
 def test_slot_migration_while_participants_wait(
-    cluster: Cluster, cluster_client: RedisCluster, cluster_run_nodes: NodeRunner, run_id: str
+    cluster: Cluster, cluster_client: RedisCluster, cluster_participants: Participants, run_id: str
 ) -> None:
     """Two participants wait; the event's slot moves to another master (the server drops
     their shard subscriptions there); they follow it; the third arrives on the new
@@ -338,8 +339,8 @@ def test_slot_migration_while_participants_wait(
     name = event_on(cluster, run_id, source, "moving")
     slot = assert_one_slot(cluster, source, run_id, name)
     keys = event_keys(run_id, name)
-    early = [cluster_run_nodes.start(name, 3, sync_timeout=LONG) for _ in range(2)]
-    wait_for(
+    early = [cluster_participants.start(name, 3, sync_timeout=LONG) for _ in range(2)]
+    wait_until(
         subscribed_waiters(cluster_client, source, run_id, name, 2),
         PROCESS_DEADLINE / 2,
         "two participants waiting",
@@ -349,15 +350,15 @@ def test_slot_migration_while_participants_wait(
     assert target.exists(keys.state)
     assert target.exists(keys.leases)
     assert source.shard_subscribers(keys.channel) == 0
-    wait_for(
+    wait_until(
         lambda: target.shard_subscribers(keys.channel) >= 2,
         10,
         "the waiting participants to subscribe on the slot's new master",
     )
     assert [n.process.poll() for n in early] == [None, None]  # still waiting, none lost
 
-    last = cluster_run_nodes.start(name, 3, sync_timeout=LONG)
-    cluster_run_nodes.wait([*early, last], PROCESS_DEADLINE)
+    last = cluster_participants.start(name, 3, sync_timeout=LONG)
+    cluster_participants.wait([*early, last], PROCESS_DEADLINE)
     check_rounds([*early, last], rounds=1, count=3)
     assert target.exists(keys.state)
 
@@ -408,7 +409,7 @@ def test_stale_slot_map_event_follows_moved(
     ):
         # The waiter goes first: its calls, not the setter's, meet the stale map.
         thread, outcome = start_thread(lambda: waiter.wait(LONG))
-        wait_for(
+        wait_until(
             lambda: target.shard_subscribers(channel) >= 1 or outcome.finished_at is not None,
             10,
             "the waiter to subscribe on the slot's new master",

@@ -20,14 +20,14 @@ import itertools
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
 import fakeredis
 import fakeredis.aioredis
 import pytest
 from primitive_support import async_ready_counter, await_counter, ready_counter, wait_counter
-from support import LONG, PROMPT, in_threads, join, start_thread, wait_for
+from support import LONG, PROMPT, arun, in_threads, join, start_thread, wait_until
 
 import pyprocsync.asyncio
 from pyprocsync import (
@@ -78,15 +78,6 @@ def check_prompt(lateness: list[float], bound: float = LATE_BOUND) -> None:
     """``lateness`` has one figure per round (its latest participant's): at most
     :data:`LATE_ROUNDS` of them may exceed ``bound``."""
     assert sum(late > bound for late in lateness) <= LATE_ROUNDS, lateness
-
-
-def arun(body: Callable[[], Awaitable[T]], timeout: float = LONG) -> T:
-    """Run ``body()`` in a new event loop with a hard deadline."""
-
-    async def main() -> T:
-        return await asyncio.wait_for(body(), timeout)
-
-    return asyncio.run(main())
 
 
 @pytest.fixture
@@ -193,7 +184,7 @@ def test_reset_wakes_a_waiter_and_status_shows_it(pyprocsync_fake: FakeCell) -> 
             ("r", "filling", ("w",))
         ]
 
-    wait_for(filling, PROMPT * 5, "the waiter in read_status")
+    wait_until(filling, PROMPT * 5, "the waiter in read_status")
     assert pyprocsync_fake.procsync("run").reset("r") == 1
     join([thread], PROMPT)
     assert isinstance(outcome.error, BrokenBarrierError)
@@ -229,7 +220,7 @@ def test_server_outage_raises_connection_lost(pyprocsync_fake: FakeCell) -> None
     waiter = pyprocsync_fake.procsync("run", 0.05)
     client = pyprocsync_fake.client()
     thread, outcome = start_thread(lambda: waiter.sync("down", 2, LONG))
-    wait_for(lambda: [s.arrived for s in read_status(client, "run")] == [1], PROMPT * 5)
+    wait_until(lambda: [s.arrived for s in read_status(client, "run")] == [1], PROMPT * 5)
     pyprocsync_fake.server.connected = False
     join([thread], PROMPT * 5)
     assert isinstance(outcome.error, ConnectionLostError), outcome.error

@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 import pytest
 import redis
-from support import NodeRunner, in_threads, run_command, start_thread, wait_for, waiting_members
+from runner import Participants
+from support import in_threads, run_command, start_thread, wait_until, waiting_members
 
 from pyprocsync import ProcSync
 from pyprocsync.core import rounds
@@ -27,15 +28,15 @@ LIVENESS = 0.5
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
-def test_member_killed_before_arrival_breaks_the_round(run_nodes: NodeRunner) -> None:
+def test_member_killed_before_arrival_breaks_the_round(participants: Participants) -> None:
     """Three member processes; one is SIGKILLed after registering, before it arrives.
     The two waiting ones raise BrokenBarrierError(reason="lost", missing=["dead"]) in
     about the lease, long before their 30 s timeout."""
     started = time.monotonic()
     options = {"member": True, "liveness": LIVENESS, "sync_timeout": 30}
-    dead = run_nodes.start("m", 3, node_id="dead", die_before_arrival=True, **options)
-    alive = [run_nodes.start("m", 3, node_id=f"n{i}", **options) for i in range(2)]
-    run_nodes.wait([dead, *alive], timeout=30)
+    dead = participants.start("m", 3, node_id="dead", die_before_arrival=True, **options)
+    alive = [participants.start("m", 3, node_id=f"n{i}", **options) for i in range(2)]
+    participants.wait([dead, *alive], timeout=30)
     elapsed = time.monotonic() - started
     assert dead.records == []  # it died before printing anything
     for node in alive:
@@ -93,7 +94,7 @@ def test_status_lists_live_and_lapsed_members(
     gone.sync("e", 1, 5)
     assert gone._membership is not None
     gone._membership._stopped.set()
-    time.sleep(LIVENESS * 3)
+    time.sleep(LIVENESS * 3)  # the registration of "gone-one" lapses
     done = run_command(
         [sys.executable, "-m", "pyprocsync", "status", "--redis", server.url, "--run", run_id]
     )
@@ -116,9 +117,9 @@ def test_waiting_participant_logs_who_arrived(
     caplog.set_level(logging.WARNING, logger="pyprocsync")
     sync = make_sync(0, node_id="waiter-x", liveness=0.25)
     thread, outcome = start_thread(lambda: sync.sync("slow", 2, 20))
-    wait_for(lambda: len(waiting_members(client, run_id, "slow")) == 1, 10, "the arrival")
+    wait_until(lambda: len(waiting_members(client, run_id, "slow")) == 1, 10, "the arrival")
     waited = time.monotonic()
-    time.sleep(1.2)
+    time.sleep(1.2)  # longer than the report interval (0.3 s)
     make_sync(0).sync("slow", 2, 10)
     waited = time.monotonic() - waited
     thread.join(10)

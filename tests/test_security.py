@@ -36,7 +36,7 @@ from unittest import mock
 import pytest
 import redis
 from cluster_support import Cluster
-from support import ACL_PASSWORD, in_threads, user_url
+from support import ACL_PASSWORD, arun, in_threads, user_url
 
 import pyprocsync.asyncio as aio
 from pyprocsync import Barrier, Event, ProcSync
@@ -129,12 +129,13 @@ def workload(url: str, run_id: str) -> None:
         async with aio.ProcSync.from_url(url, run_id, 0, liveness=0.25) as sync:
             await asyncio.gather(*(sync.sync("async", 2, 5) for _ in range(2)))
             waiting = asyncio.ensure_future(sync.sync("cancelled", 2, 5))
+            # Time for the arrival before the cancel (this user cannot read the leases).
             await asyncio.sleep(0.1)
             waiting.cancel()  # it withdraws its arrival
             with contextlib.suppress(asyncio.CancelledError):
                 await waiting
 
-    asyncio.run(twin())
+    arun(twin)
     with ProcSync.from_url(url, run_id, 0) as sync:
         for number in range(IDLE_LIMIT + 2):  # the listener unsubscribes idle channels
             sync.sync(f"many-{number}", 1, 5)
@@ -204,7 +205,8 @@ def test_rule_is_accepted_by_every_server(
             "ACL", "SETUSER", "app", "on", f">{ACL_PASSWORD}", *acl_rule(cluster=cluster).split()
         )
     with ProcSync.from_url(user_url(any_server, "app"), run_id, 0.005) as sync:
-        sync.sync("e", 1, 5)
+        result = sync.sync("e", 1, 5)
+    assert (result.generation, result.index, result.nodes) == (0, 0, 1)
 
 
 @pytest.mark.timeout(120)

@@ -1,6 +1,6 @@
 """Redis Sentinel (issue 6): participants on ``Sentinel.master_for`` clients, and failovers.
 
-Each test gets a set-up of its own (``cluster_support.start_sentinel_setup``): a master,
+Each test gets a set-up of its own (``sentinel_support.start_sentinel_setup``): a master,
 its replica and three sentinels, all real processes. ``failover()`` asks a sentinel for
 ``SENTINEL FAILOVER`` and returns once the replica is the master everyone names and the
 old master replicates it (the sentinels close the old master's client connections when
@@ -24,9 +24,10 @@ from typing import TypeVar
 
 import pytest
 import redis
-from cluster_support import SentinelSetup, assert_one_round
+from cluster_support import assert_one_round
 from redis.sentinel import Sentinel
-from support import LONG, Outcome, event_keys, in_threads, join, start_thread, wait_for
+from sentinel_support import SentinelSetup
+from support import LONG, Outcome, event_keys, in_threads, join, start_thread, wait_until
 
 import pyprocsync
 from pyprocsync import ProcSync
@@ -77,7 +78,7 @@ def test_harness_master_replica_and_failover(
     master.set(key, "before", ex=60)
     replica = sentinel.slave_for(sentinel_setup.name)  # type: ignore[no-untyped-call]
     try:
-        wait_for(lambda: replica.get(key) == b"before", what="the replica to copy the key")
+        wait_until(lambda: replica.get(key) == b"before", what="the replica to copy the key")
     finally:
         replica.close()
     old = sentinel_setup.master()
@@ -158,7 +159,7 @@ def test_failover_while_participants_wait(
         started = [time.monotonic()] * 2
         early = [start_thread(call) for call in calls[:2]]
         admin = sentinel_setup.admin(sentinel_setup.master())
-        wait_for(lambda: admin.zcard(keys.leases) == 2, 10, "two participants waiting")
+        wait_until(lambda: admin.zcard(keys.leases) == 2, 10, "two participants waiting")
         admin.wait(1, 2000)  # the replica holds their arrivals too
 
         sentinel_setup.failover()

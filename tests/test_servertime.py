@@ -14,7 +14,6 @@ sampling schedule, and whether the reported uncertainty really covers the error.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.exceptions import ConnectionError as RedisConnectionError
-from support import make_client
+from support import arun, make_client
 
 import pyprocsync.asyncio as aio
 from pyprocsync import ConnectionLostError, ProcSync, ProtocolError, clock
@@ -461,7 +460,7 @@ def test_real_estimates_cover_the_true_offset_asyncio(server: EmbeddedServer, ru
             await client.aclose()
         return results
 
-    assert covered_share(asyncio.run(main()), 0.0) >= 0.99
+    assert covered_share(arun(main), 0.0) >= 0.99
 
 
 def test_the_blocking_shell_times_time_round_trips(server: EmbeddedServer) -> None:

@@ -12,15 +12,14 @@ from collections.abc import Callable
 
 import pytest
 import redis
+from runner import Participants, check_rounds
 from support import (
-    NodeRunner,
-    check_rounds,
     event_keys,
     in_threads,
     join,
     make_client,
     start_thread,
-    wait_for,
+    wait_until,
     waiting_members,
 )
 
@@ -65,10 +64,10 @@ def test_threads_sync_and_return_at_the_instant(make_sync: Callable[..., ProcSyn
 
 
 @pytest.mark.timeout(60)
-def test_processes_sync(run_nodes: NodeRunner) -> None:
+def test_processes_sync(participants: Participants) -> None:
     """Three processes: identical release instant and generation, indices 0..2, each
     process returns at (not before) the instant."""
-    nodes = run_nodes.run(3, "start", 3, timeout=40, rounds=1, delay=0.2, sync_timeout=None)
+    nodes = participants.run(3, "start", 3, timeout=40, rounds=1, delay=0.2, sync_timeout=None)
     (group,) = check_rounds(nodes, rounds=1, count=3)
     for record in group:
         assert record["returned_ns"] / 1e9 >= record["release_at"] - 0.001
@@ -86,7 +85,7 @@ def test_first_arrival_really_waits(make_sync: Callable[..., ProcSync]) -> None:
     """A participant does not return before the last one arrives."""
     first, second = make_sync(0.01), make_sync(0.01)
     thread, outcome = start_thread(lambda: first.sync("gate", 2, 20))
-    time.sleep(0.3)
+    time.sleep(0.3)  # a window in which the first may not return
     assert thread.is_alive()
     arrived_last_at = time.time()
     second.sync("gate", 2, 20)
@@ -99,21 +98,21 @@ def test_first_arrival_really_waits(make_sync: Callable[..., ProcSync]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_ten_thousand_rounds_two_processes(run_nodes: NodeRunner) -> None:
+def test_ten_thousand_rounds_two_processes(participants: Participants) -> None:
     """Defect 1: 0.1.0 failed on the second use of a name. Two processes sync one name
     10,000 times back to back (delay 0): every round passes, generations 0..9999 in
     order, identical release instant per round, indices {0, 1}."""
-    nodes = run_nodes.run(2, "step", 2, timeout=90, rounds=10_000, delay=0, sync_timeout=20)
+    nodes = participants.run(2, "step", 2, timeout=90, rounds=10_000, delay=0, sync_timeout=20)
     grouped = check_rounds(nodes, rounds=10_000, count=2)
     releases = [group[0]["release_at"] for group in grouped]
     assert releases == sorted(releases)
 
 
 @pytest.mark.timeout(90)
-def test_four_process_loop_with_delay(run_nodes: NodeRunner) -> None:
+def test_four_process_loop_with_delay(participants: Participants) -> None:
     """Four processes, 40 rounds with a 30 ms lead time (each idles 2 ms after a round):
     per round one instant, one generation, indices 0..3; each returns at the instant."""
-    nodes = run_nodes.run(
+    nodes = participants.run(
         4, "tick", 4, timeout=80, rounds=40, delay=0.03, think=0.002, sync_timeout=20
     )
     grouped = check_rounds(nodes, rounds=40, count=4)
@@ -237,7 +236,7 @@ def test_close_releases_connections_of_from_url(server: EmbeddedServer, run_id: 
         check_round([o.result() for o in results], 4, 0)
         assert client_count(admin) > baseline
         sync.close()
-        wait_for(lambda: client_count(admin) == baseline, 5, "connections to close")
+        wait_until(lambda: client_count(admin) == baseline, 5, "connections to close")
         sync.close()  # closing twice is harmless
     finally:
         admin.close()
@@ -261,7 +260,7 @@ def test_close_releases_pubsub_of_a_borrowed_client(
         other.close()
         assert client_count(admin, "pubsub") == baseline + 1  # still used by ``sync``
         sync.close()
-        wait_for(lambda: client_count(admin, "pubsub") == baseline, 5, "pub/sub to close")
+        wait_until(lambda: client_count(admin, "pubsub") == baseline, 5, "pub/sub to close")
         assert client.ping()
         with pytest.raises(ProcSyncError):
             sync.sync("b", 1, 5)
@@ -297,7 +296,7 @@ def test_close_while_a_call_waits(
     raise ProcSyncError."""
     sync, other = make_sync(0.01), make_sync(0.01)
     thread, outcome = start_thread(lambda: sync.sync("closing", 2, 10))
-    wait_for(lambda: waiting_members(client, run_id, "closing"), 5, "the waiter")
+    wait_until(lambda: waiting_members(client, run_id, "closing"), 5, "the waiter")
     sync.close()
     with pytest.raises(ProcSyncError):
         sync.sync("closing-2", 1, 5)
@@ -393,7 +392,7 @@ def test_reset_breaks_waiters(
     """``reset`` while someone waits breaks their round (reason "reset") and opens the next."""
     waiter, admin = make_sync(0), make_sync(0)
     thread, outcome = start_thread(lambda: waiter.sync("r", 2, 20))
-    wait_for(lambda: waiting_members(client, run_id, "r"), 5, "the waiter")
+    wait_until(lambda: waiting_members(client, run_id, "r"), 5, "the waiter")
     started = time.monotonic()
     assert admin.reset("r") == 1
     join([thread], 10)

@@ -30,12 +30,13 @@ import redis
 from netproxy import Delay, NetProxy
 from support import (
     LONG,
+    arun,
     assert_one_line_error,
     in_threads,
     join,
     run_command,
     start_thread,
-    wait_for,
+    wait_until,
     waiting_members,
 )
 from tls_support import (
@@ -230,7 +231,7 @@ def test_asyncio_two_tasks_sync(tls_server: TlsServer, run_id: str) -> None:
             for node in nodes:
                 await node.aclose()
 
-    per_node = asyncio.run(asyncio.wait_for(main(), LONG))
+    per_node = arun(main, timeout=LONG)
     for generation, results in enumerate(zip(*per_node, strict=True)):
         check_round(list(results), 2, generation)
 
@@ -246,7 +247,7 @@ def test_event_and_barrier(tls_server: TlsServer, run_id: str) -> None:
     parties = [Barrier.from_url(url, "gate", 2, run_id=run_id, timeout=LONG) for _ in range(2)]
     try:
         thread, woken = start_thread(lambda: waiter.wait(LONG))
-        wait_for(lambda: tls_server.tls_clients() and any_subscriber(tls_server), 10, "a waiter")
+        wait_until(lambda: tls_server.tls_clients() and any_subscriber(tls_server), 10, "a waiter")
         setter.set()
         join([thread], LONG)
         assert woken.result() is True
@@ -272,7 +273,7 @@ SLOW_LINK_LEAD = 0.25
 
 
 def wait_subscribed(tls_server: TlsServer) -> None:
-    wait_for(lambda: any_subscriber(tls_server), 10, "a subscriber on the TLS port")
+    wait_until(lambda: any_subscriber(tls_server), 10, "a subscriber on the TLS port")
 
 
 def close_setter_connections(tls_server: TlsServer, link: NetProxy) -> None:
@@ -282,7 +283,7 @@ def close_setter_connections(tls_server: TlsServer, link: NetProxy) -> None:
         for entry in admin.client_list():
             if entry.get("name") == "setter":
                 admin.client_kill_filter(_id=entry["id"])
-    wait_for(lambda: link.connections == 0, 10, "the setter's connections closed")
+    wait_until(lambda: link.connections == 0, 10, "the setter's connections closed")
 
 
 @pytest.mark.timeout(60)
@@ -336,7 +337,7 @@ def test_asyncio_sets_over_a_slow_link_are_on_time(tls_server: TlsServer, run_id
             await setter.aclose()
 
     with NetProxy(tls_server.server.bind, tls_server.port, up=Delay(UP)) as link:
-        asyncio.run(asyncio.wait_for(main(link), LONG))
+        arun(lambda: main(link), timeout=LONG)
 
 
 @pytest.mark.timeout(60)
@@ -379,11 +380,11 @@ def test_shared_listener_over_tls(tls_server: TlsServer, run_id: str) -> None:
     arrives; both are released together."""
     with ProcSync.from_url(tls_server.url(), run_id, 0.05) as node, tls_server.admin() as admin:
         thread, first = start_thread(lambda: node.sync("late", 2, LONG))
-        wait_for(lambda: waiting_members(admin, run_id, "late"), 10, "the first arrival")
-        wait_for(lambda: any_subscriber(tls_server), 10, "a subscriber on the TLS port")
+        wait_until(lambda: waiting_members(admin, run_id, "late"), 10, "the first arrival")
+        wait_until(lambda: any_subscriber(tls_server), 10, "a subscriber on the TLS port")
         assert admin.client_kill_filter(_type="pubsub") >= 1
-        wait_for(lambda: any_subscriber(tls_server), 10, "the listener's new connection")
-        time.sleep(0.2)
+        wait_until(lambda: any_subscriber(tls_server), 10, "the listener's new connection")
+        time.sleep(0.2)  # a window in which the waiter may not return
         assert thread.is_alive()
         second = node.sync("late", 2, LONG)
         join([thread], LONG)
@@ -413,7 +414,7 @@ def sync_once(api: str, url: str, run_id: str) -> None:
         async with aps.ProcSync.from_url(url, run_id, 0.05) as node:
             await node.sync("x", 2, LONG)
 
-    asyncio.run(asyncio.wait_for(main(), LONG))
+    arun(main, timeout=LONG)
 
 
 @pytest.mark.timeout(60)
@@ -458,7 +459,7 @@ def test_cli_sync_status_clock_over_tls(tls_server: TlsServer, run_id: str) -> N
     first = subprocess.Popen(sync_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         with tls_server.admin() as admin:
-            wait_for(lambda: waiting_members(admin, run_id, "go") or first.poll() is not None, 20)
+            wait_until(lambda: waiting_members(admin, run_id, "go") or first.poll() is not None, 20)
         second = run_command(sync_argv)
         _, err = first.communicate(timeout=30)
     finally:

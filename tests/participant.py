@@ -1,7 +1,14 @@
-"""One participant of the Event, Barrier and asyncio tests: ``python tests/primitive_helper.py``.
+"""One participant of a multi-process test: ``python tests/participant.py MODE ...``.
 
-``MODE`` is one of:
+Every kind of participant the tests run as a subprocess is one ``MODE`` of this script:
 
+* ``sync``: call ``ProcSync.sync(--name, --parties, --timeout)`` ``--rounds`` times; each
+  record holds the :class:`~pyprocsync.SyncResult` fields. ``--think`` idles that many
+  seconds after each round. ``--die-after-arrival`` makes the process SIGKILL itself as
+  soon as its arrival is counted in Redis, before it starts waiting (a crashed
+  participant that leaves an arrival behind); ``--die-before-arrival`` just before its
+  arrival is sent (it has subscribed, nothing is counted). ``--say-arrived`` prints
+  ``{"arrived": true}`` once the reply to its arrival came back: from then on it waits.
 * ``event-wait``: call ``Event.wait(--timeout)`` ``--rounds`` times; each record holds
   ``value`` (what ``wait`` returned). With ``--ready-key``, the process INCRs that Redis
   key once its first wait has read the flag (from then on it is "already waiting").
@@ -10,19 +17,17 @@
 * ``barrier``: call ``Barrier.wait(--timeout)`` ``--rounds`` times; each record holds
   ``index``. ``--action`` gives every participant the same action (see :func:`action`).
 * ``barrier-op``: call ``Barrier.<--op>()`` once (``abort`` or ``reset``).
-* ``sync``: call ``ProcSync.sync(--name, --parties, --timeout)`` ``--rounds`` times; each
-  record holds the :class:`~pyprocsync.SyncResult` fields.
 
 ``--flavour asyncio`` uses the classes of :mod:`pyprocsync.asyncio` (with an ``async def``
 action) instead of the blocking ones. Every record is one JSON line on stdout with
 ``round``, ``ok`` and ``returned_ns`` (``time.time_ns()`` right after the call returned);
-a call that raised gives ``ok: false`` with the exception's class and attributes (as
-``node_helper.py`` writes them), and the helper stops with exit status 0, so that the
-test judges the outcome.
+a call that raised gives ``ok: false`` with the exception's class and attributes (see
+:func:`error_record`), and the participant stops with exit status 0, so that the test,
+not the participant, judges the outcome.
 
-``--cluster`` (or ``--cluster True``, as ``HelperRunner.launch`` passes it) connects with
-``RedisCluster.from_url`` of :mod:`redis.cluster` (or of :mod:`redis.asyncio.cluster`);
-``--url`` then names one node of the cluster.
+``--delay`` takes seconds or ``auto`` (left out: the library's default). ``--cluster``
+(or ``--cluster True``) connects with ``RedisCluster.from_url`` of :mod:`redis.cluster`
+(or of :mod:`redis.asyncio.cluster`); ``--url`` then names one node of the cluster.
 """
 
 from __future__ import annotations
@@ -32,14 +37,14 @@ import asyncio
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import redis
 import redis.asyncio as aioredis
-from node_helper import error_record
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
@@ -47,6 +52,23 @@ import pyprocsync
 import pyprocsync.asyncio as aio
 from pyprocsync.core.ops import Call
 from pyprocsync.core.scripts import Script
+
+MODES = ("sync", "event-wait", "event-op", "barrier", "barrier-op")
+
+#: Exception attributes copied into the JSON record when present.
+ATTRS = (
+    "event",
+    "run_id",
+    "generation",
+    "reason",
+    "missing",
+    "arrived",
+    "expected",
+    "given",
+    "timeout",
+    "late_by",
+    "release_at",
+)
 
 
 class ActionFailedError(RuntimeError):
@@ -60,9 +82,14 @@ def flag(text: str) -> bool:
     return text.lower() == "true"
 
 
+def lead_time(value: str) -> float | Literal["auto"]:
+    """``--delay``: seconds, or ``auto``."""
+    return "auto" if value == "auto" else float(value)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=("event-wait", "event-op", "barrier", "barrier-op", "sync"))
+    parser.add_argument("mode", choices=MODES)
     parser.add_argument("--url", required=True)
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--name", required=True)
@@ -70,22 +97,53 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--parties", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=None)
-    parser.add_argument("--delay", type=float, default=None)
+    parser.add_argument("--delay", type=lead_time, default=None)
+    parser.add_argument("--liveness", type=float, default=None)
     parser.add_argument("--on-late", choices=("raise", "proceed"), default="raise")
+    parser.add_argument("--node-id", default=None)
+    parser.add_argument("--member", action="store_true", help="register as a run member")
+    parser.add_argument("--think", type=float, default=0.0, help="seconds idle after a round")
+    parser.add_argument("--die-after-arrival", action="store_true")
+    parser.add_argument("--die-before-arrival", action="store_true")
+    parser.add_argument("--say-arrived", action="store_true")
     parser.add_argument("--op", default=None)
     parser.add_argument("--action", choices=("none", "record", "raise"), default="none")
     parser.add_argument("--action-key", default=None, help="Redis list the action appends to")
     parser.add_argument("--action-sleep", type=float, default=0.0)
     parser.add_argument("--ready-key", default=None)
     parser.add_argument("--cluster", type=flag, nargs="?", const=True, default=False)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    watched = args.die_after_arrival or args.die_before_arrival or args.say_arrived
+    if watched and (args.mode != "sync" or args.flavour != "blocking"):
+        parser.error("--die-* and --say-arrived need mode sync with the blocking flavour")
+    return args
 
 
 def options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword options every mode's object is made with."""
     chosen: dict[str, Any] = {"run_id": args.run_id, "on_late": args.on_late}
-    if args.delay is not None:
-        chosen["delay"] = args.delay
+    for name in ("delay", "liveness", "node_id"):
+        if getattr(args, name) is not None:
+            chosen[name] = getattr(args, name)
+    if args.member:
+        chosen["member"] = True
     return chosen
+
+
+def error_record(exc: BaseException) -> dict[str, Any]:
+    """The record of a call that raised ``exc``: its class, message and attributes."""
+    attrs = {}
+    for name in ATTRS:
+        if hasattr(exc, name):
+            value = getattr(exc, name)
+            attrs[name] = list(value) if isinstance(value, tuple) else value
+    return {
+        "ok": False,
+        "error": type(exc).__name__,
+        "message": str(exc),
+        "attrs": attrs,
+        "is_procsync_error": isinstance(exc, pyprocsync.ProcSyncError),
+    }
 
 
 def action(
@@ -154,6 +212,26 @@ def announce_first_check(shell: Any, client: Any, key: str, *, is_async: bool) -
         shell._execute = execute_blocking
 
 
+def watch_arrival(sync: pyprocsync.ProcSync, args: argparse.Namespace) -> None:
+    """Make ``sync`` act around its ARRIVE script: SIGKILL this process right before
+    (``--die-before-arrival``) or after it (``--die-after-arrival``), or print
+    ``{"arrived": true}`` once its reply is in (``--say-arrived``)."""
+    execute = sync._execute
+
+    def execute_and_act(op: object) -> object:
+        arriving = isinstance(op, Call) and op.script is Script.ARRIVE
+        if arriving and args.die_before_arrival:
+            os.kill(os.getpid(), signal.SIGKILL)
+        reply = execute(op)  # type: ignore[arg-type]
+        if arriving and args.die_after_arrival:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if arriving and args.say_arrived:
+            print(json.dumps({"arrived": True}), flush=True)
+        return reply
+
+    sync._execute = execute_and_act  # type: ignore[method-assign]
+
+
 def emit(record: dict[str, Any], number: int) -> None:
     record.update(round=number, returned_ns=time.time_ns())
     print(json.dumps(record), flush=True)
@@ -186,6 +264,8 @@ def make_call(args: argparse.Namespace, client: Any, module: Any) -> tuple[Any, 
             return barrier, getattr(barrier, args.op)
         return barrier, lambda: barrier.wait(args.timeout)
     sync = module.ProcSync(client, **options(args))
+    if args.die_after_arrival or args.die_before_arrival or args.say_arrived:
+        watch_arrival(sync, args)
     return sync, lambda: sync.sync(args.name, args.parties, args.timeout)
 
 
@@ -201,6 +281,8 @@ def run_blocking(args: argparse.Namespace) -> None:
                     emit(error_record(exc), number)
                     return
                 emit(record, number)
+                if args.think:
+                    time.sleep(args.think)
     finally:
         client.close()
 
@@ -221,6 +303,8 @@ async def run_asyncio(args: argparse.Namespace) -> None:
                     emit(error_record(exc), number)
                     return
                 emit(record, number)
+                if args.think:
+                    await asyncio.sleep(args.think)
     finally:
         await client.aclose()
 
