@@ -240,15 +240,35 @@ def command_line(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
+def _parent(pid: int) -> int | None:
+    fields = _stat(pid)
+    return None if fields is None else int(fields[1])
+
+
+def _started_beside(pid: int) -> bool:
+    """Whether ``pid`` descends from another process started by this test process's
+    parent (another xdist worker, or the controller) rather than from this one."""
+    me, parent = os.getpid(), os.getppid()
+    ancestor = _parent(pid)
+    while ancestor not in (None, 0, 1):
+        if ancestor == me:
+            return False
+        if ancestor == parent:
+            return True
+        ancestor = _parent(ancestor)
+    return False  # an orphan: whoever started it has ended
+
+
 def server_pids() -> set[int]:
-    """PIDs of the live valkey-server and redis-server processes on this machine."""
+    """PIDs of the live valkey-server and redis-server processes on this machine, but
+    for those another test process beside this one (an xdist worker) started."""
     found = set()
     for pid in _pids():
         try:
             name = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             continue
-        if name in ("valkey-server", "redis-server") and alive(pid):
+        if name in ("valkey-server", "redis-server") and alive(pid) and not _started_beside(pid):
             found.add(pid)
     return found
 
