@@ -16,10 +16,6 @@ from pyprocsync import (
     SyncResult,
 )
 
-#: Bound on ``late_by`` with delay > 0: the release is awaited precisely; 50 ms leaves
-#: room for a loaded 2-core machine (this is not a precision test).
-LATE_BOUND = 0.05
-
 
 def check_round(results: list[SyncResult], nodes: int, generation: int) -> None:
     """One round's results: same generation and instant; indices 0..nodes-1."""

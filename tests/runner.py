@@ -119,8 +119,11 @@ class Participants:
 
     def start(self, event: str, nodes: int, *, url: str | None = None, **options: Any) -> Node:
         """Start one ``sync`` participant of ``nodes`` on ``event`` (lead time 0.05 s
-        unless ``delay`` is given); ``sync_timeout`` is the ``timeout`` of each ``sync``."""
+        unless ``delay`` is given; proceeding when it learns of an instant late unless
+        ``on_late`` is given, as ``make_sync`` does); ``sync_timeout`` is the ``timeout``
+        of each ``sync``."""
         options.setdefault("delay", 0.05)
+        options.setdefault("on_late", "proceed")
         if "sync_timeout" in options:
             options["timeout"] = options.pop("sync_timeout")
         return self.launch("sync", event, url=url, parties=nodes, **options)

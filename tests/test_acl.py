@@ -50,11 +50,11 @@ def test_user_with_exactly_the_rule_runs_everything(
     """sync (threads), reset, Event, Barrier, server-clock mode, membership, the asyncio
     twin and ``pyprocsync status`` all work for a user with exactly the rule."""
     url = user_url(server, make_user(acl_rule()))
-    with ProcSync.from_url(url, run_id, 0.02, member=True) as sync:
+    with ProcSync.from_url(url, run_id, 0.02, member=True, on_late="proceed") as sync:
         results = in_threads(*(lambda: sync.sync("s", 3, 10) for _ in range(3)))
         assert len({o.result().release_at for o in results}) == 1
         sync.reset("s")
-    with ProcSync.from_url(url, run_id, 0.02, clock="server") as sync:
+    with ProcSync.from_url(url, run_id, 0.02, clock="server", on_late="proceed") as sync:
         assert sync.sync("server-clock", 1, 10).clock_offset is not None
     with Event.from_url(url, "e", run_id=run_id) as event:
         event.set()
@@ -64,7 +64,7 @@ def test_user_with_exactly_the_rule_runs_everything(
         assert barrier.wait(5) == 0
 
     async def twin() -> None:
-        async with aio.ProcSync.from_url(url, run_id, 0.02) as sync:
+        async with aio.ProcSync.from_url(url, run_id, 0.02, on_late="proceed") as sync:
             await asyncio.gather(*(sync.sync("a", 2, 10) for _ in range(2)))
 
     arun(twin)
@@ -88,7 +88,7 @@ def test_user_lacking_a_grant_gets_a_clear_error(
     its timeout (no hang, no wrong release)."""
     url = user_url(server, make_user(acl_rule().replace(f" +{missing}", "")))
     with (
-        ProcSync.from_url(url, run_id, 0.02) as sync,
+        ProcSync.from_url(url, run_id, 0.02, on_late="proceed") as sync,
         pytest.raises(redis.exceptions.ResponseError) as caught,
     ):
         sync.sync("e", 1, 5)
@@ -104,7 +104,7 @@ def test_refused_lease_counts_no_arrival(
     """Without ``zadd`` (the lease), the first arrival of a round of two is refused, and
     nothing of it is counted: the next arrival does not complete the round with it."""
     url = user_url(server, make_user(acl_rule().replace(" +zadd", "")))
-    with ProcSync.from_url(url, run_id, 0.02) as sync:
+    with ProcSync.from_url(url, run_id, 0.02, on_late="proceed") as sync:
         with pytest.raises(redis.exceptions.ResponseError, match="zadd"):
             sync.sync("e", 2, 5)
         state = client.hgetall(f"pyprocsync:{{{run_id}:e}}")
@@ -117,7 +117,7 @@ def test_user_lacking_the_channel_pattern_gets_a_clear_error(
 ) -> None:
     url = user_url(server, make_user(acl_rule().replace(" &pyprocsync:*", "")))
     with (
-        ProcSync.from_url(url, run_id, 0.02) as sync,
+        ProcSync.from_url(url, run_id, 0.02, on_late="proceed") as sync,
         pytest.raises(redis.exceptions.NoPermissionError) as caught,
     ):
         sync.sync("e", 1, 5)
@@ -131,12 +131,12 @@ def test_prefixes_keep_applications_apart(
     """A user whose rule covers prefix ``app-a`` works there, and is refused with the
     default prefix or another application's; keys stay under their own prefix."""
     url = user_url(server, make_user(acl_rule("app-a")))
-    with ProcSync.from_url(url, run_id, 0.01, prefix="app-a") as sync:
+    with ProcSync.from_url(url, run_id, 0.01, prefix="app-a", on_late="proceed") as sync:
         sync.sync("e", 1, 5)
     assert client.keys(f"app-a:*{run_id}*")
     for other in ("pyprocsync", "app-b"):
         with (
-            ProcSync.from_url(url, run_id, 0.01, prefix=other) as sync,
+            ProcSync.from_url(url, run_id, 0.01, prefix=other, on_late="proceed") as sync,
             pytest.raises(redis.exceptions.NoPermissionError),
         ):
             sync.sync("e", 1, 5)

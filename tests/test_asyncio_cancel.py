@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from asyncio_support import LATE_BOUND, _equals, check_round, closing
+from asyncio_support import _equals, check_round, closing
 from netproxy import Delay, NetProxy
 from primitive_support import flag_keys
-from support import LONG, PROMPT, arun, async_client, await_until, event_keys, spawn
+from support import LATE_BOUND, LONG, PROMPT, arun, async_client, await_until, event_keys, spawn
 
 from pyprocsync import (
     BrokenBarrierError,
@@ -71,7 +71,7 @@ def test_cancelled_sync_withdraws_its_arrival(server: EmbeddedServer, run_id: st
 
     async def body(client: aioredis.Redis) -> None:
         keys = event_keys(run_id, "cx")
-        syncs = [ProcSync(client, run_id, 0.02) for _ in range(4)]
+        syncs = [ProcSync(client, run_id, 0.02, on_late="proceed") for _ in range(4)]
         a, b, c, d = syncs
         try:
             first = spawn(a.sync("cx", 3, LONG))
@@ -112,8 +112,8 @@ def test_cancel_while_the_arrival_reply_is_in_flight_withdraws_it(
         keys = event_keys(run_id, "far")
         with NetProxy(server.bind, server.port, down=Delay(0.15)) as link:
             far_client = aioredis.Redis(host="127.0.0.1", port=link.port)
-            far = ProcSync(far_client, run_id, 0.02)
-            near = [ProcSync(client, run_id, 0.02) for _ in range(3)]
+            far = ProcSync(far_client, run_id, 0.02, on_late="proceed")
+            near = [ProcSync(client, run_id, 0.02, on_late="proceed") for _ in range(3)]
             try:
                 assert await far.reset("far") == 0  # scripts loaded: the next call arrives
                 first = spawn(near[0].sync("far", 3, LONG))
@@ -258,7 +258,10 @@ def test_cancel_during_the_release_wait_leaves_the_round_released(
             assert -0.001 <= result.late_by < LATE_BOUND
             assert (await client.hget(keys.state, "o0")).startswith(b"R 0 ")
             assert await client.hget(keys.state, "g") == b"1"
-            async with ProcSync(client, run_id, 0.01) as c, ProcSync(client, run_id, 0.01) as d:
+            async with (
+                ProcSync(client, run_id, 0.01, on_late="proceed") as c,
+                ProcSync(client, run_id, 0.01, on_late="proceed") as d,
+            ):
                 again = await asyncio.gather(c.sync("rel", 2, LONG), d.sync("rel", 2, LONG))
             check_round(list(again), 2, 1)
         finally:

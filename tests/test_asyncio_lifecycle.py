@@ -45,7 +45,7 @@ def test_from_url_async_with_and_aclose(server: EmbeddedServer, run_id: str) -> 
     baseline = len(admin.client_list())
 
     async def body(_: aioredis.Redis) -> list[Any]:
-        async with ProcSync.from_url(server.url, run_id, 0.01) as sync:
+        async with ProcSync.from_url(server.url, run_id, 0.01, on_late="proceed") as sync:
             assert (await sync.sync("u", 1, 5)).generation == 0
             assert (await sync.sync("u", 1, 5)).generation == 1
         async with Event.from_url(server.url, "u", run_id=run_id) as event:
@@ -97,8 +97,8 @@ def test_aclose_while_a_call_waits(server: EmbeddedServer, run_id: str) -> None:
     partner's instant); new calls raise ProcSyncError."""
 
     async def body(client: aioredis.Redis) -> None:
-        sync = ProcSync(client, run_id, 0.01)
-        async with ProcSync(client, run_id, 0.01) as partner:
+        sync = ProcSync(client, run_id, 0.01, on_late="proceed")
+        async with ProcSync(client, run_id, 0.01, on_late="proceed") as partner:
             waiting = spawn(sync.sync("closing", 2, LONG))
             keys = event_keys(run_id, "closing")
             await await_until(lambda: _equals(client.zcard(keys.leases), 1), 10, "the waiter")

@@ -18,10 +18,10 @@ import time
 import pytest
 import redis
 import redis.asyncio as aioredis
-from asyncio_support import LATE_BOUND, _equals, check_round, closing
+from asyncio_support import _equals, check_round, closing
 from primitive_support import async_ready_counter, await_counter, wait_counter
 from runner import Participants, check_rounds
-from support import LONG, PROMPT, arun, async_client, await_until, spawn
+from support import LATE_BOUND, LONG, PROMPT, arun, async_client, await_until, spawn
 
 from pyprocsync import (
     BrokenBarrierError,
@@ -67,7 +67,7 @@ def test_one_instance_serves_many_tasks(server: EmbeddedServer, run_id: str) -> 
     rounds: every task is one participant; rounds agree per event."""
 
     async def body(client: aioredis.Redis) -> None:
-        async with ProcSync(client, run_id, 0.02) as shared:
+        async with ProcSync(client, run_id, 0.02, on_late="proceed") as shared:
 
             async def loop(event: str) -> list[SyncResult]:
                 return [await shared.sync(event, 2, 10) for _ in range(10)]
@@ -89,7 +89,7 @@ def test_waiting_does_not_block_the_loop(server: EmbeddedServer, run_id: str) ->
 
     async def body(client: aioredis.Redis) -> None:
         async with (
-            ProcSync(client, run_id, 0.01) as sync,
+            ProcSync(client, run_id, 0.01, on_late="proceed") as sync,
             Event(client, "e", run_id=run_id) as event,
             Barrier(client, "b", 2, run_id=run_id) as barrier,
         ):
@@ -276,7 +276,10 @@ def test_barrier_indices_and_action(server: EmbeddedServer, run_id: str, kind: s
             ended.append(time.time())
 
         action = plain if kind == "plain" else coroutine
-        barriers = [Barrier(client, "b", 3, action, run_id=run_id, delay=0.01) for _ in range(3)]
+        barriers = [
+            Barrier(client, "b", 3, action, run_id=run_id, delay=0.01, on_late="proceed")
+            for _ in range(3)
+        ]
 
         async def wait(barrier: Barrier) -> tuple[int, float]:
             index = await barrier.wait(10)
@@ -334,7 +337,9 @@ def test_barrier_abort_reset_and_shared_state(server: EmbeddedServer, run_id: st
     reason "reset"; then a full round passes."""
 
     async def body(client: aioredis.Redis) -> None:
-        barriers = [Barrier(client, "ar", 3, run_id=run_id, delay=0.01) for _ in range(3)]
+        barriers = [
+            Barrier(client, "ar", 3, run_id=run_id, delay=0.01, on_late="proceed") for _ in range(3)
+        ]
         observer = barriers[2]
         try:
             for reason in ("abort", "reset"):

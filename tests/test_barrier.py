@@ -140,7 +140,7 @@ def test_barrier_shares_rounds_with_sync_of_the_same_name(
     """As documented: a Barrier and ``ProcSync.sync`` calls of the same name and run take
     part in the same rounds."""
     barrier = make_barrier("mixed", 2)
-    with ProcSync(client, run_id, 0.01) as sync:
+    with ProcSync(client, run_id, 0.01, on_late="proceed") as sync:
         outcomes = in_threads(lambda: barrier.wait(10), lambda: sync.sync("mixed", 2, 10))
     index, result = (o.result() for o in outcomes)
     assert sorted([index, result.index]) == [0, 1]

@@ -165,11 +165,11 @@ def test_read_status_lists_only_this_run(client: redis.Redis, run_id: str) -> No
     braces, spaces and glob characters come back as they were given."""
     odd_name = "a:b {c}*?[d] é"
     nodes = [
-        ProcSync(client, run_id, 0.01),
-        ProcSync(client, f"{run_id}x", 0.01),
-        ProcSync(client, f"{run_id}-2", 0.01),
-        ProcSync(client, f"{run_id}:x", 0.01),
-        ProcSync(client, run_id, 0.01, prefix="other"),
+        ProcSync(client, run_id, 0.01, on_late="proceed"),
+        ProcSync(client, f"{run_id}x", 0.01, on_late="proceed"),
+        ProcSync(client, f"{run_id}-2", 0.01, on_late="proceed"),
+        ProcSync(client, f"{run_id}:x", 0.01, on_late="proceed"),
+        ProcSync(client, run_id, 0.01, prefix="other", on_late="proceed"),
     ]
     try:
         nodes[0].sync("mine", 1, 10)

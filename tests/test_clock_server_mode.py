@@ -186,7 +186,7 @@ def test_server_mode_time_failure_is_connection_lost(
     every ProcSyncError (``event`` and ``run_id``; no generation: nothing was counted)."""
     instance = fresh_server()
     client = make_client(instance, retry=Retry(NoBackoff(), 0))
-    node = ProcSync(client, run_id, 0.01, clock="server", clock_refresh=0.05)
+    node = ProcSync(client, run_id, 0.01, clock="server", clock_refresh=0.05, on_late="proceed")
     try:
         assert node.sync("solo", 1, 10).clock_offset is not None
         instance.stop()

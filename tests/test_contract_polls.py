@@ -155,10 +155,15 @@ def test_cancellation_stress(server: EmbeddedServer, run_id: str) -> None:
 
     async def main() -> dict[str, int]:
         client = aioredis.Redis(host=server.bind, port=server.port)
-        mine, partner = (pyprocsync.asyncio.ProcSync(client, run_id, 0.003) for _ in range(2))
-        event = pyprocsync.asyncio.Event(client, "e", run_id=run_id, delay=0.003)
+        mine, partner = (
+            pyprocsync.asyncio.ProcSync(client, run_id, 0.003, on_late="proceed") for _ in range(2)
+        )
+        event = pyprocsync.asyncio.Event(client, "e", run_id=run_id, delay=0.003, on_late="proceed")
         barriers = [
-            pyprocsync.asyncio.Barrier(client, "b", 2, run_id=run_id, delay=0.003) for _ in range(2)
+            pyprocsync.asyncio.Barrier(
+                client, "b", 2, run_id=run_id, delay=0.003, on_late="proceed"
+            )
+            for _ in range(2)
         ]
         reader = pyprocsync.asyncio.Barrier(client, "s", 2, run_id=run_id)
         counts = {"cancelled": 0, "finished first": 0}

@@ -192,7 +192,7 @@ def test_connection_cut_while_the_arrival_reply_is_in_flight(
         far_client = redis.Redis(host="127.0.0.1", port=proxy.port)
         # Leases of 5 s: the retry (a new connection, then the command: some round trips
         # of 0.3 s) comes long before one lapses.
-        far = ProcSync(far_client, run_id, 0.02)
+        far = ProcSync(far_client, run_id, 0.02, on_late="proceed")
         near, third = make_sync(0.02), make_sync(0.02)
         try:
             assert far.reset("x") == 0  # the scripts are loaded: the next call arrives

@@ -243,7 +243,15 @@ def test_latency_and_jitter_with_auto_delay(
                 warmer.close()
             warm_client.close()
         nodes = participants.run(
-            3, "j", 3, timeout=60, url=proxy.url, delay="auto", rounds=rounds, sync_timeout=10
+            3,
+            "j",
+            3,
+            timeout=60,
+            url=proxy.url,
+            delay="auto",
+            on_late="raise",
+            rounds=rounds,
+            sync_timeout=10,
         )
     grouped = check_rounds(nodes, rounds, 3, first_generation=warm_up)
     spreads = [

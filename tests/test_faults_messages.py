@@ -360,7 +360,7 @@ def test_too_late_when_the_clock_is_ahead(
     ~0.95 s after it passed by its clock: TooLateError with late_by, release_at; the
     on-time partner returns normally."""
     clocks = SkewedClocks(monkeypatch)
-    ahead, on_time = make_sync(0.05), make_sync(0.05)
+    ahead, on_time = make_sync(0.05, on_late="raise"), make_sync(0.05, on_late="raise")
     thread, waited = start_thread(clocks.call(1_000_000_000, lambda: ahead.sync("late", 2, 10)))
     wait_until(lambda: waiting_members(client, run_id, "late"), 5, "the waiter")
     result = on_time.sync("late", 2, 10)
@@ -380,7 +380,7 @@ def test_on_late_proceed_returns_instead(
 ) -> None:
     """With ``on_late="proceed"`` the late participant returns at once, reporting how late."""
     clocks = SkewedClocks(monkeypatch)
-    ahead, on_time = make_sync(0.05, on_late="proceed"), make_sync(0.05)
+    ahead, on_time = make_sync(0.05, on_late="proceed"), make_sync(0.05, on_late="raise")
     thread, waited = start_thread(clocks.call(1_000_000_000, lambda: ahead.sync("late", 2, 10)))
     wait_until(lambda: waiting_members(client, run_id, "late"), 5, "the waiter")
     result = on_time.sync("late", 2, 10)
@@ -401,10 +401,10 @@ def test_last_arrival_behind_makes_the_others_late(
     instant it fixes is already past for the on-time waiter (TooLateError, with a tiny
     tolerance) — reported explicitly instead of a silent misfire."""
     clocks = SkewedClocks(monkeypatch)
-    waiter = make_sync(0.005, late_tolerance=0.0001)
+    waiter = make_sync(0.005, late_tolerance=0.0001, on_late="raise")
     thread, waited = start_thread(lambda: waiter.sync("behind", 2, 10))
     wait_until(lambda: waiting_members(client, run_id, "behind"), 5, "the waiter")
-    behind = make_sync(0.005, late_tolerance=0.0001)
+    behind = make_sync(0.005, late_tolerance=0.0001, on_late="raise")
     last_thread, last = start_thread(
         clocks.call(-500_000_000, lambda: behind.sync("behind", 2, 10))
     )

@@ -44,7 +44,7 @@ def test_member_killed_before_arrival_breaks_the_round(participants: Participant
         assert record["error"] == "BrokenBarrierError", record
         assert record["attrs"]["reason"] == "lost"
         assert record["attrs"]["missing"] == ["dead"]
-    assert elapsed < 15, f"took {elapsed:.1f} s"
+    assert elapsed < 20, f"took {elapsed:.1f} s"  # far below the 30 s timeout
 
 
 @pytest.mark.timeout(30)

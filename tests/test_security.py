@@ -99,7 +99,7 @@ def workload(url: str, run_id: str) -> None:
 
     Ordered so that a missing grant fails early: most are needed by the first round.
     """
-    with ProcSync.from_url(url, run_id, 0.005, liveness=0.25) as sync:
+    with ProcSync.from_url(url, run_id, 0.005, liveness=0.25, on_late="proceed") as sync:
         sync.sync("one", 1, 5)  # clock check, scripts, a release
         with Event.from_url(url, "flag", run_id=run_id) as event:
             event.set()
@@ -204,7 +204,7 @@ def test_rule_is_accepted_by_every_server(
         admin.execute_command(
             "ACL", "SETUSER", "app", "on", f">{ACL_PASSWORD}", *acl_rule(cluster=cluster).split()
         )
-    with ProcSync.from_url(user_url(any_server, "app"), run_id, 0.005) as sync:
+    with ProcSync.from_url(user_url(any_server, "app"), run_id, 0.005, on_late="proceed") as sync:
         result = sync.sync("e", 1, 5)
     assert (result.generation, result.index, result.nodes) == (0, 0, 1)
 
@@ -221,7 +221,7 @@ def test_cluster_rule_lets_a_cluster_client_synchronize(cluster: Cluster, run_id
         node.command("ACL", "SETUSER", name, "on", f">{ACL_PASSWORD}", *rule)
     url = f"redis://{name}:{ACL_PASSWORD}@{nodes[0].host}:{nodes[0].port}"
     try:
-        with ProcSync.from_url(url, run_id, 0.005, cluster=True) as sync:
+        with ProcSync.from_url(url, run_id, 0.005, cluster=True, on_late="proceed") as sync:
             results = in_threads(*(lambda: sync.sync("c", 2, 10) for _ in range(2)))
             assert len({o.result().release_at for o in results}) == 1
         with Event.from_url(url, "f", run_id=run_id, cluster=True) as event:

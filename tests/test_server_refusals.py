@@ -37,11 +37,11 @@ TIMEOUT = 10.0
 
 def sync_call(url: str, run_id: str, shell: str) -> Any:
     if shell == "blocking":
-        with ProcSync.from_url(url, run_id, 0.02) as node:
+        with ProcSync.from_url(url, run_id, 0.02, on_late="proceed") as node:
             return node.sync("e", 1, TIMEOUT)
 
     async def twin() -> Any:
-        async with aio.ProcSync.from_url(url, run_id, 0.02) as node:
+        async with aio.ProcSync.from_url(url, run_id, 0.02, on_late="proceed") as node:
             return await node.sync("e", 1, TIMEOUT)
 
     return asyncio.run(twin())

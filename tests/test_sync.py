@@ -14,6 +14,7 @@ import pytest
 import redis
 from runner import Participants, check_rounds
 from support import (
+    LATE_BOUND,
     event_keys,
     in_threads,
     join,
@@ -25,10 +26,6 @@ from support import (
 
 from pyprocsync import BrokenBarrierError, ProcSync, ProcSyncError, SyncResult
 from pyprocsync.tools.server import EmbeddedServer
-
-#: Bound on ``late_by`` for delay > 0: the release is awaited precisely; 50 ms leaves
-#: room for a loaded 2-core CI machine (this is not a precision test).
-LATE_BOUND = 0.05
 
 
 def check_round(results: list[SyncResult], nodes: int, generation: int) -> None:
@@ -148,8 +145,8 @@ def test_decode_responses_client(
     decoded_client: redis.Redis, client: redis.Redis, run_id: str
 ) -> None:
     """Defect 7: a ``decode_responses=True`` client works, also next to a bytes client."""
-    decoded = ProcSync(decoded_client, run_id, 0.02)
-    plain = ProcSync(client, run_id, 0.02)
+    decoded = ProcSync(decoded_client, run_id, 0.02, on_late="proceed")
+    plain = ProcSync(client, run_id, 0.02, on_late="proceed")
     try:
         for generation in range(3):
             outcomes = in_threads(
@@ -199,7 +196,7 @@ def test_zero_delay(make_sync: Callable[..., ProcSync]) -> None:
 def test_from_url_and_context_manager(server: EmbeddedServer, run_id: str) -> None:
     """``from_url`` builds an instance that owns its client; leaving the ``with`` block
     closes it, after which ``sync`` raises ProcSyncError."""
-    with ProcSync.from_url(server.url, run_id, 0.01) as sync:
+    with ProcSync.from_url(server.url, run_id, 0.01, on_late="proceed") as sync:
         assert sync.run_id == run_id
         assert sync.delay == 0.01
         assert sync.sync("url", 1, 5).generation == 0
