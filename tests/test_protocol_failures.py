@@ -64,6 +64,20 @@ def test_state_lost_raises_broken(fake_clock: FakeClock) -> None:
     assert info.value.reason == "state-lost"
 
 
+def test_state_lost_with_the_subscription_lost_too_raises_broken(fake_clock: FakeClock) -> None:
+    """The server restarted unnoticed: the CHECK finds the state gone, and what the
+    mailbox holds is the listener's error for the connection the restart closed. That
+    error ends the look at what was received (nothing more was); the caller gets
+    BrokenBarrierError("state-lost"), not redis-py's ConnectionError."""
+    stepper = waiting(fake_clock, generation=3)
+    heartbeat_expires(stepper, fake_clock)
+    stepper.send(b"L")
+    assert stepper.expect_receive().timeout == 0
+    with pytest.raises(BrokenBarrierError) as info:
+        stepper.throw(RedisConnectionError("Redis at 127.0.0.1:1: Connection closed by server."))
+    assert info.value.reason == "state-lost"
+
+
 @pytest.mark.parametrize("script", [Script.CHECK, Script.ABANDON])
 def test_announcement_received_before_the_state_vanished_wins(
     fake_clock: FakeClock, script: Script

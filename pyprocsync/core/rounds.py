@@ -190,7 +190,10 @@ class _Participant(Waiter[Outcome]):
         state vanished (a flush or an expiry right after the release)."""
         if reply in (Verdict.STATE_LOST.value, Verdict.STATE_LOST.value.encode()):
             for _ in range(_DRAIN_LIMIT):
-                message = yield from self.receive(0)
+                try:
+                    message = yield from self.receive(0)
+                except LINK_ERRORS:
+                    break  # the subscription's connection failed: nothing more came
                 if message is None:
                     break
                 announcement = self.classify(message)
