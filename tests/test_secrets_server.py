@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from secrets_support import (
     SECRET,
     assert_no_secret,
@@ -154,7 +156,9 @@ def test_cli_server_takes_the_password_off_the_command_line(
     with redis.Redis(port=port, password=password, socket_timeout=5) as member:
         assert member.ping()
     with (
-        redis.Redis(port=port, socket_timeout=5) as anonymous,
+        # No retries: redis-py retries a refused authentication (a ConnectionError) with
+        # backoff, 4 s in all, by default.
+        redis.Redis(port=port, socket_timeout=5, retry=Retry(NoBackoff(), 0)) as anonymous,
         pytest.raises(redis.AuthenticationError),
     ):
         anonymous.ping()
