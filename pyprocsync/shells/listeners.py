@@ -259,14 +259,13 @@ class Subscriptions:
             waits for it). A channel confirmed already needs neither.
         """
         entry = self._channels.get(channel)
-        if entry is not None and renew and entry.node != node:
-            entry.node, entry.confirmed = node, False
-            entry.waiting = dict.fromkeys(entry.waiting, True)
-            subscribe = True
-        else:
-            subscribe = entry is None
+        subscribe = entry is None or (renew and entry.node != node)
         if entry is None:
             entry = self._channels[channel] = _Channel(node)
+        elif subscribe:  # moves: everyone waiting on it waits for the new confirmation
+            entry = self._channels[channel] = _Channel(
+                node, waiting=dict.fromkeys(entry.waiting, True)
+            )
         self._idle.pop(channel, None)
         entry.waiting[mailbox] = not entry.confirmed
         return subscribe, not entry.confirmed
