@@ -35,12 +35,13 @@ from cli_support import Background
 from clock_support import FakeWorld
 from contract_support import CONNECT_LIMIT, REPLY_LIMIT
 from protocol_support import FakeClock
+from report_guard import pytest_runtest_makereport  # noqa: F401  # a hook of the suite
 from runner import Participants
 from secrets_support import SECRET, SERVER_SECRET
 from support import ACL_PASSWORD, make_client
 
 from pyprocsync import Barrier, Event, ProcSync, clock
-from pyprocsync.shells import listeners
+from pyprocsync.core import limits
 from pyprocsync.tools.server import EmbeddedServer
 
 
@@ -240,5 +241,5 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 def short_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Connection limits short enough for a quick test of calls without a timeout
     (``contract_support.CONNECT_LIMIT`` and ``REPLY_LIMIT``)."""
-    monkeypatch.setattr(listeners, "CONNECT_TIMEOUT", CONNECT_LIMIT)
-    monkeypatch.setattr(listeners, "REPLY_TIMEOUT", REPLY_LIMIT)
+    monkeypatch.setattr(limits, "CONNECT_TIMEOUT", CONNECT_LIMIT)
+    monkeypatch.setattr(limits, "REPLY_TIMEOUT", REPLY_LIMIT)

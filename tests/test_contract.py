@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from contract_support import CONNECT_LIMIT, REPLY_LIMIT, SHELLS, SLACK, client_of, settled
+from netproxy import NetProxy
 from support import arun, make_client, wait_until
 
 import pyprocsync
@@ -323,3 +324,44 @@ def test_connections_dropped_after_the_first_call(
         await close(instance, client)
 
     arun(main, timeout=30)
+
+
+@pytest.mark.parametrize("primitive", WAITS)
+@pytest.mark.parametrize("shell", SHELLS)
+def test_no_timeout_and_a_subscription_never_confirmed(
+    shell: str, primitive: str, server: EmbeddedServer
+) -> None:
+    """``timeout=None``, and the link stalls after the SUBSCRIBE went out on a pub/sub
+    connection that was open and working: its confirmation never comes (the race of
+    issue 21, made deterministic: a server stopped after registering a subscription and
+    before its reply left). The listener gives that connection up after the reply limit,
+    the wait subscribes on a new one, whose handshake does not get through either, and
+    the call raises ConnectionLostError: never an endless wait for the confirmation."""
+    run_id = uuid.uuid4().hex
+    module: Any = pyprocsync if shell == "blocking" else pyprocsync.asyncio
+    with NetProxy(server.bind, server.port) as link:
+
+        async def main() -> tuple[object, float]:
+            client = client_of(shell, "127.0.0.1", link.port)
+            instance = build(shell, primitive, client, run_id)
+            warm = module.Event(client, "warm", run_id=run_id)
+            await settled(warm_up(instance))  # scripts loaded, command connection open
+            # A wait that times out leaves its channel subscribed: the pub/sub
+            # connection is open and has answered.
+            assert await settled(warm.wait(0.2)) is False
+            link.pause()
+            started = time.monotonic()
+            try:
+                result: object = await settled(invoke(instance, primitive, None))
+            except ProcSyncError as exc:
+                result = exc
+            took = time.monotonic() - started
+            link.resume()
+            await settled(warm.close())
+            await close(instance, client)
+            return result, took
+
+        outcome, took = arun(main, timeout=30)
+    assert isinstance(outcome, ConnectionLostError), repr(outcome)
+    assert outcome.event == "ev"
+    assert took <= REPLY_LIMIT + CONNECT_LIMIT + 2 * SLACK, took

@@ -36,9 +36,12 @@ from pyprocsync import (
     ProtocolError,
     TimeOutError,
 )
+from pyprocsync.core import limits
+from pyprocsync.core.flags import wait_flow
 from pyprocsync.core.memory import EventMemory
 from pyprocsync.core.ops import (
     CALL_TIMEOUT_FLOOR,
+    Listen,
     Receive,
     SleepUntil,
 )
@@ -213,6 +216,42 @@ def test_timeout_before_subscription_confirmed(fake_clock: FakeClock) -> None:
     with pytest.raises(TimeOutError) as info:
         stepper.send(None)
     assert info.value.arrived is None
+
+
+@pytest.mark.parametrize("wait", ["sync", "event"])
+def test_a_confirmation_that_never_comes_ends_without_a_timeout(
+    fake_clock: FakeClock, wait: str
+) -> None:
+    """No timeout, and the server never confirms the subscription (it stopped after
+    registering it, before its reply left): the wait for the confirmation is bounded by
+    the link's limits, the subscription is renewed once and, still unconfirmed after the
+    limits again, the link is lost: ConnectionLostError, never an endless wait (issue
+    21: a waiter hung in ``mailbox.get(timeout=None)``)."""
+    limit = limits.CONNECT_TIMEOUT + limits.REPLY_TIMEOUT
+    settings = make_settings()
+    memory = EventMemory()
+    flow = (
+        sync_flow(settings, quiet_clocks(), EVENT, 2, None, memory=memory)
+        if wait == "sync"
+        else wait_flow(settings, quiet_clocks(), EVENT, None, memory=memory)
+    )
+    stepper = Stepper(flow)
+    for renew in (False, True):
+        assert isinstance(stepper.op, Listen)
+        assert stepper.op.renew is renew
+        stepper.send(True)  # a SUBSCRIBE went out; its confirmation is awaited
+        assert stepper.expect_receive().timeout == pytest.approx(limit)
+        fake_clock.advance(limit / 2)
+        stepper.send(None)  # nothing came in the first half
+        assert stepper.expect_receive().timeout == pytest.approx(limit / 2)
+        fake_clock.advance(limit / 2)
+        if renew:
+            with pytest.raises(ConnectionLostError) as info:
+                stepper.send(None)
+        else:
+            stepper.send(None)
+    assert "not confirmed" in str(info.value)
+    assert info.value.event == EVENT
 
 
 def test_heartbeat_and_deadline_interleave(fake_clock: FakeClock) -> None:

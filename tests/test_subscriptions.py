@@ -54,3 +54,37 @@ def test_without_renewal_a_waiter_joins_the_channel_where_it_is_served() -> None
     assert table.join(CHANNEL, a, NEW, renew=True) == (True, True)
     assert table.join(CHANNEL, b, OLD) == (False, True)
     assert names(table.deliver(NEW, confirmation()), {"a": a, "b": b}) == ["a", "b"]
+
+
+def test_a_subscribe_left_unconfirmed_for_the_limit_is_overdue() -> None:
+    """The listener learns when a SUBSCRIBE went out; once its confirmation is ``limit``
+    seconds late, the node serving it is overdue (and is then failed), not before; a
+    confirmed channel, or one not yet sent, is never overdue."""
+    table = Subscriptions()
+    a, b = queue.SimpleQueue[object](), queue.SimpleQueue[object]()
+    table.join(CHANNEL, a, OLD)
+    table.join("other", b, NEW)
+    assert table.next_due(10.0) is None
+    assert table.overdue(1e9, 10.0) == []  # nothing was sent yet
+    table.asked(OLD, CHANNEL, 100.0)
+    table.asked(NEW, "other", 103.0)
+    assert table.next_due(10.0) == 110.0
+    assert table.overdue(109.999, 10.0) == []
+    assert table.overdue(110.0, 10.0) == [OLD]
+    table.deliver(NEW, confirmation("other"))
+    assert table.overdue(200.0, 10.0) == [OLD]
+    assert names(table.fail(OLD, TimeoutError("unconfirmed")), {"a": a, "b": b}) == ["a"]
+    assert table.overdue(200.0, 10.0) == []
+    assert table.next_due(10.0) is None
+
+
+def test_a_subscribe_sent_on_a_node_the_channel_left_is_not_tracked() -> None:
+    """A SUBSCRIBE that went out on a node the channel has moved from (a renewal with a
+    fresh slot map) says nothing about the node serving it now."""
+    table = Subscriptions()
+    a = queue.SimpleQueue[object]()
+    table.join(CHANNEL, a, NEW, renew=True)
+    table.asked(OLD, CHANNEL, 100.0)
+    assert table.next_due(10.0) is None
+    table.asked(NEW, CHANNEL, 100.0)
+    assert table.overdue(110.0, 10.0) == [NEW]

@@ -45,10 +45,12 @@ from tls_support import (
     free_port,
     make_certificates,
     openssl_binary,
+    start_tls_server,
     tls_args,
     tls_unsupported_reason,
     tls_url,
 )
+from tour_support import assert_tour_is_silent
 
 import pyprocsync.asyncio as aps
 from pyprocsync import Barrier, Event, ProcSync, SyncResult
@@ -120,19 +122,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     return make_certificates(tmp_path_factory.mktemp("tls"))
 
 
-def start_tls_server(binary: str, certs: Certificates) -> tuple[EmbeddedServer, int]:
-    """Start ``binary`` with a TLS port; retry if a port picked as free was taken."""
-    for _attempt in range(3):
-        port = free_port()
-        instance = EmbeddedServer(binary=binary, args=tls_args(certs, port))
-        try:
-            return instance.start(), port
-        except ServerError as exc:
-            if "in use" not in str(exc).lower():
-                raise
-    raise ServerError("no free port pair found for the TLS server")
-
-
 def server_kinds() -> list[Any]:
     """The servers to test against: the embedded binary if it has TLS, and Debian's."""
     kinds = [] if EMBEDDED_NO_TLS else [pytest.param("embedded", id="embedded")]
@@ -190,6 +179,13 @@ def test_server_requires_tls_and_client_certificate(tls_server: TlsServer) -> No
 
 
 # -- synchronizing over TLS ------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_public_api_emits_no_warning(tls_server: TlsServer, run_id: str) -> None:
+    """Both shells' public API over ``rediss://`` emits no warning (issue 21: redis-py
+    8.2 warned in every asyncio program, TLS ones included; see ``tour_support``)."""
+    assert_tour_is_silent(tls_server.url(), run_id)
 
 
 @pytest.mark.timeout(60)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+from pyprocsync.tools.server import EmbeddedServer, ServerError
+
 #: Debian's server (``apt-get install redis-server``), built with TLS.
 DEBIAN_SERVER = "/usr/bin/redis-server"
 
@@ -201,3 +203,16 @@ def tls_unsupported_reason(binary: str) -> str | None:
         if "TLS support" in line or "connection type tls" in line
     ]
     return "; ".join(said) or None
+
+
+def start_tls_server(binary: str, certs: Certificates) -> tuple[EmbeddedServer, int]:
+    """Start ``binary`` with a TLS port; retry if a port picked as free was taken."""
+    for _attempt in range(3):
+        port = free_port()
+        instance = EmbeddedServer(binary=binary, args=tls_args(certs, port))
+        try:
+            return instance.start(), port
+        except ServerError as exc:
+            if "in use" not in str(exc).lower():
+                raise
+    raise ServerError("no free port pair found for the TLS server")

@@ -96,7 +96,7 @@ class Call:
 class Prepare:
     """Make sure the scripts are loaded into the server (once per instance: the first
     call connects here), taking at most ``timeout`` seconds (``None``: the connection
-    limits, see :data:`pyprocsync.shells.listeners.CONNECT_TIMEOUT`). Every flow yields it
+    limits, see :data:`pyprocsync.core.limits.CONNECT_TIMEOUT`). Every flow yields it
     first, before it reads a clock for an instant; the result is ``None``.
     """
 

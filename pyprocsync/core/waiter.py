@@ -18,6 +18,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pyprocsync import clock
+from pyprocsync.core import limits
 from pyprocsync.core.memory import EventMemory
 from pyprocsync.core.ops import (
     LINK_ERRORS,
@@ -156,15 +157,29 @@ class Waiter(abc.ABC, Generic[O]):
         """Subscribe to the channel; True once confirmed, False at the deadline.
 
         A failed connection is replaced once; if the new one fails too, the link is lost.
+        The confirmation counts as a reply: one that has not come after the link's
+        limits (:data:`~pyprocsync.core.limits.CONNECT_TIMEOUT` to open a connection for
+        it, :data:`~pyprocsync.core.limits.REPLY_TIMEOUT` for the reply) is a failed
+        connection too, so a call without a timeout never waits for it forever. (The
+        listener fails such a connection itself after the reply limit; this bound holds
+        whatever it does.)
         """
         try:
             if not (yield from self.served(Listen(self.channel, renew, bound(self.deadline)))):
                 return True
+            given_up_at = clock.monotonic() + limits.CONNECT_TIMEOUT + limits.REPLY_TIMEOUT
             while True:
                 remaining = self.remaining()
                 if remaining is not None and remaining <= 0:
                     return False
-                if self.classify((yield from self.receive(remaining))) is SUBSCRIBED:
+                left = given_up_at - clock.monotonic()
+                if left <= 0:
+                    raise RedisTimeoutError(
+                        f"the subscription to {self.channel!r} was not confirmed within "
+                        f"{limits.CONNECT_TIMEOUT + limits.REPLY_TIMEOUT:g} s"
+                    )
+                wait = left if remaining is None else min(remaining, left)
+                if self.classify((yield from self.receive(wait))) is SUBSCRIBED:
                     return True
         except LINK_ERRORS as exc:
             remaining = self.remaining()

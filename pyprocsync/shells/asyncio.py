@@ -11,8 +11,6 @@ import contextlib
 import functools
 import inspect
 import logging
-import math
-import sys
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
@@ -20,7 +18,6 @@ from typing import Any, Literal, TypeVar, cast
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pyprocsync import clock
 from pyprocsync.core import params
@@ -44,16 +41,11 @@ from pyprocsync.core.rounds import reset_flow, sync_flow
 from pyprocsync.core.servertime import TimeRequest
 from pyprocsync.exceptions import TimeOutError
 from pyprocsync.results import SyncResult
-from pyprocsync.shells import listener_task
+from pyprocsync.shells import listener_task, redispy
 from pyprocsync.shells.base import AsyncRun, BarrierBase, EventBase, ProcSyncBase
 from pyprocsync.shells.listener_task import TaskListener, TaskMailbox, cancel_safe, receive
-from pyprocsync.shells.listeners import at_server, connecting_within
+from pyprocsync.shells.listeners import at_server
 from pyprocsync.shells.redirects import REDIRECT_PAUSE_S, REDIRECTS, Budget
-
-if sys.version_info >= (3, 11):
-    from asyncio import timeout as _expires_after
-else:  # redis-py depends on async-timeout there
-    from async_timeout import timeout as _expires_after
 
 __all__ = ["Barrier", "Event", "ProcSync"]
 
@@ -315,91 +307,54 @@ class ProcSync(ProcSyncBase[AsyncRun], _ClosedOnExit):
     async def _command(
         self, command: Callable[[], tuple[Any, ...]], timeout: float | None, script: Any = None
     ) -> object:
-        """:func:`_send_once` on a connection of the command pool, which is ready within
-        ``timeout`` seconds (see :func:`~pyprocsync.shells.listeners.connecting_within`)."""
-        pool = self._listener.command_pool()
-        with connecting_within(timeout):
-            connection = await pool.get_connection()
-        try:
-            return await _send_once(connection, command, timeout, script)
-        finally:
-            await pool.release(connection)
+        """:func:`_send_once` on a connection of the command pool."""
+        return await _send_once(self._listener.command_pool(), command, timeout, script)
 
     async def _call(self, op: Call) -> object:
         """Run a script once, its reply bounded by ``op.timeout`` (see the blocking
         shell)."""
         script = self._scripts[op.script]
         budget = Budget(op.timeout)
+        command = functools.partial(op.command, script.sha)
         client: Any = self._client
         if not isinstance(client, RedisCluster):
-            command = functools.partial(op.command, script.sha)
             return await self._command(command, budget.left(), script)
         while True:
-            node: Any = client.get_node_from_key(op.keys[0])
-            connection = node.acquire_connection()
+            node = client.get_node_from_key(op.keys[0])
             try:
-                command = functools.partial(op.command, script.sha)
-                return await _send_once(connection, command, budget.left(), script)
+                return await _send_once(node, command, budget.left(), script)
             except REDIRECTS as exc:
                 if budget.spent():
                     raise
                 if isinstance(exc, redis.exceptions.MovedError):
-                    await client.nodes_manager.initialize()
+                    await redispy.areload_slots(client)
                 else:
                     await asyncio.sleep(REDIRECT_PAUSE_S)
-            finally:
-                node.release(connection)
 
 
 async def _send_once(
-    connection: Any,
+    source: Any,
     command: Callable[[], tuple[Any, ...]],
     timeout: float | None,
     script: Any = None,
 ) -> object:
-    """Send the command ``command()`` builds once on ``connection`` and read its reply
-    within ``timeout`` s; for an EVALSHA of ``script``, load the script and send it
-    again if the server does not know it (see the blocking shell). A pooled connection
-    the server has closed meanwhile (or that holds unread data) is replaced first, as
-    redis-py's blocking pool does: nothing was sent on it. The connection is open
-    before ``command()`` builds the command (see :class:`~pyprocsync.core.ops.Stamp`)."""
-    await listener_task.drop_if_stale(connection)
-    try:
-        with connecting_within(timeout):  # (re)opened before command() reads the clock
-            await connection.connect()
-        await connection.send_command(*command())
+    """Send the command ``command()`` builds once on a connection of ``source`` (a pool,
+    or a cluster node) and read its reply within ``timeout`` s; for an EVALSHA of
+    ``script``, load the script and send it again if the server does not know it (see
+    the blocking shell). The connection is open and ready (within ``timeout``, see
+    :func:`~pyprocsync.shells.redispy.ataken`) before ``command()`` builds the command
+    (see :class:`~pyprocsync.core.ops.Stamp`)."""
+    async with redispy.ataken(source, timeout) as connection:
+        await redispy.asend(connection, command())
         try:
-            return await _reply(connection, timeout)
+            return await redispy.aread_reply(connection, timeout)
         except redis.exceptions.NoScriptError:  # a restarted or flushed server
             if script is None:
                 raise
-            await connection.send_command("SCRIPT", "LOAD", script.script)
-            await connection.read_response()
-            await connection.send_command(*command())
-            return await _reply(connection, timeout)
-    except redis.ResponseError:
-        raise  # a whole reply was read: the connection is fine
-    except BaseException:
-        await connection.disconnect()  # a reply may still be on its way
-        raise
-
-
-async def _reply(connection: Any, timeout: float | None) -> object:
-    """Read a reply within ``timeout`` s (``None``: the connection's ``socket_timeout``).
-
-    Not with redis-py's own ``read_response(timeout=...)``: when that expires it returns
-    ``None``, which is also what a script that returns nothing replies.
-
-    :raises redis.exceptions.TimeoutError: no reply in time (the connection is closed).
-    """
-    if timeout is None:
-        return await connection.read_response()
-    try:
-        async with _expires_after(timeout):
-            # inf: the deadline alone bounds it, not the connection's socket_timeout
-            return await connection.read_response(timeout=math.inf)
-    except asyncio.TimeoutError as exc:
-        raise RedisTimeoutError(f"no reply within {timeout:.3f} s") from exc
+            await redispy.asend(connection, ("SCRIPT", "LOAD", script.script))
+            await redispy.aread_reply(connection, timeout)
+            await redispy.asend(connection, command())
+            return await redispy.aread_reply(connection, timeout)
 
 
 class _ClosingShell(_ClosedOnExit):

@@ -36,10 +36,10 @@ from pyprocsync.core.params import DEFAULTS
 from pyprocsync.core.rounds import reset_flow, sync_flow
 from pyprocsync.core.servertime import TimeRequest
 from pyprocsync.results import SyncResult
-from pyprocsync.shells import listener_thread
+from pyprocsync.shells import listener_thread, redispy
 from pyprocsync.shells.base import BlockingRun, ProcSyncBase, seam
 from pyprocsync.shells.listener_thread import ThreadListener, receive
-from pyprocsync.shells.listeners import at_server, connecting_within
+from pyprocsync.shells.listeners import at_server
 from pyprocsync.shells.redirects import REDIRECT_PAUSE_S, REDIRECTS, Budget
 
 __all__ = ["ClosingShell", "ProcSync", "drive", "meet", "sync_until_instant"]
@@ -187,7 +187,7 @@ class ProcSync(ProcSyncBase[BlockingRun], _ClosedOnExit):
     One instance may be used by many threads at once; each ``sync`` call is one
     participant. The instance does no I/O until the first call.
 
-    :param redis_client: a :class:`redis.Redis` (redis-py 5 or later; any
+    :param redis_client: a :class:`redis.Redis` (redis-py 8.0 or later; any
         ``decode_responses`` setting). It stays the caller's: :meth:`close` does not
         close it (see :meth:`from_url` for an instance that owns its client).
     :param run_id: names the run; every participant of a run uses the same one. Events
@@ -449,7 +449,7 @@ class ProcSync(ProcSyncBase[BlockingRun], _ClosedOnExit):
                 if not isinstance(self._client, RedisCluster) or budget.spent():
                     raise
                 if isinstance(exc, redis.exceptions.MovedError):
-                    self._client.nodes_manager.initialize()
+                    redispy.reload_slots(self._client)
                 else:
                     time.sleep(REDIRECT_PAUSE_S)
 
@@ -457,8 +457,7 @@ class ProcSync(ProcSyncBase[BlockingRun], _ClosedOnExit):
         """The connection pool of the server that holds ``key``: on a single server,
         the shared listener's command pool."""
         if isinstance(self._client, RedisCluster):
-            node = self._client.get_node_from_key(key)  # type: ignore[no-untyped-call]
-            return self._client.get_redis_connection(node).connection_pool
+            return redispy.node_pool(self._client, key)
         return self._listener.command_pool()
 
 
@@ -468,39 +467,20 @@ def _send_once(
     """Send the command that ``command()`` builds once on a connection of ``pool`` and
     read its reply within ``timeout`` s (``None``: the socket's timeout); a connection
     opened for it is ready within ``timeout`` too (see
-    :func:`~pyprocsync.shells.listeners.connecting_within`). The command is built once the
-    connection is at hand (see :class:`~pyprocsync.core.ops.Stamp`). For an EVALSHA of
-    ``script``, load the script and send it again if the server does not know it."""
-    with connecting_within(timeout):
-        connection = pool.get_connection()
-    try:
-        connection.send_command(*command())
+    :func:`~pyprocsync.shells.redispy.taken`). The command is built once the connection
+    is at hand (see :class:`~pyprocsync.core.ops.Stamp`). For an EVALSHA of ``script``,
+    load the script and send it again if the server does not know it."""
+    with redispy.taken(pool, timeout) as connection:
+        redispy.send(connection, command())
         try:
-            return _reply(connection, timeout)
+            return redispy.read_reply(connection, timeout)
         except redis.exceptions.NoScriptError:  # a restarted or flushed server
             if script is None:
                 raise
-            connection.send_command("SCRIPT", "LOAD", script.script)
-            connection.read_response()
-            connection.send_command(*command())
-            return _reply(connection, timeout)
-    except redis.ResponseError:
-        raise  # a whole reply was read: the connection is fine
-    except BaseException:
-        connection.disconnect()  # a reply may still be on its way
-        raise
-    finally:
-        pool.release(connection)
-
-
-def _reply(connection: Any, timeout: float | None) -> object:
-    """Read a reply, waiting at most ``timeout`` s (``None``: the connection's
-    ``socket_timeout``)."""
-    if timeout is None:
-        timeout = connection.socket_timeout
-    if timeout is None:
-        return connection.read_response()
-    return connection.read_response(timeout=timeout)
+            redispy.send(connection, ("SCRIPT", "LOAD", script.script))
+            redispy.read_reply(connection, timeout)
+            redispy.send(connection, command())
+            return redispy.read_reply(connection, timeout)
 
 
 def sync_until_instant(

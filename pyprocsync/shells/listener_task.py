@@ -4,7 +4,9 @@
 running loop; :func:`release` gives the reference back, and the last one closes it. A
 waiting task sends its channel's SUBSCRIBE itself (writes do not disturb a pending read
 in asyncio); one reader task per connection hands each message to the mailboxes of its
-channel (see :mod:`pyprocsync.shells.listeners`).
+channel (see :mod:`pyprocsync.shells.listeners`). A connection that leaves a SUBSCRIBE
+unconfirmed for :data:`~pyprocsync.core.limits.REPLY_TIMEOUT` seconds is failed, as in
+the blocking listener.
 """
 
 from __future__ import annotations
@@ -13,25 +15,24 @@ import asyncio
 import collections
 import contextlib
 import sys
+import time
 from collections.abc import Awaitable, Hashable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from pyprocsync.core import limits
+from pyprocsync.shells import redispy
 from pyprocsync.shells.listeners import (
     COMMAND_CONNECTIONS,
-    CONNECT_TIMEOUT,
     Mailbox,
     Registry,
     Subscriptions,
-    connecting_within,
-    describe,
     link_error,
-    private_pool,
     server_major,
+    unconfirmed,
 )
 
 __all__ = [
@@ -39,12 +40,15 @@ __all__ = [
     "TaskMailbox",
     "acquire",
     "cancel_safe",
-    "drop_if_stale",
     "receive",
     "release",
 ]
 
 _MAIN = "main"
+
+#: How much later than the reply limit a SUBSCRIBE's confirmation is looked for (the
+#: loop's timers may fire a hair early).
+_CONFIRMATION_GRACE = 0.01
 
 T = TypeVar("T")
 
@@ -92,10 +96,10 @@ class TaskListener:
     def __init__(self, client: Any) -> None:
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
-        self.server = describe(client)
+        self.server = redispy.describe(client)
         self._sharded: bool | None = None
         self._subscriptions = Subscriptions()
-        self._pubsubs: dict[Hashable, PubSub] = {}
+        self._pubsubs: dict[Hashable, Any] = {}  # redis.asyncio.client.PubSub
         self._readers: dict[Hashable, asyncio.Task[None]] = {}
         # One (un)subscribing task at a time: a PubSub connects on its first command,
         # and two first commands at once would open two connections.
@@ -103,20 +107,20 @@ class TaskListener:
         self._clients: dict[Hashable, Any] = {}
         self._owned: list[Any] = []
         self._command_pool: Any = None
+        self._expiring: set[asyncio.Task[None]] = set()  # failing overdue connections
 
     def command_pool(self) -> Any:
         """The pool script calls use (see :meth:`ThreadListener.command_pool
         <pyprocsync.shells.listener_thread.ThreadListener.command_pool>`)."""
         if self._command_pool is None:
-            own = self._client.connection_pool
-            pool = private_pool(
-                own,
+            pool = redispy.own_pool(
+                self._client,
                 aioredis.BlockingConnectionPool,
                 replies=True,
                 max_connections=COMMAND_CONNECTIONS,
-                timeout=CONNECT_TIMEOUT,
+                timeout=limits.CONNECT_TIMEOUT,
             )
-            self._command_pool = own if pool is None else pool
+            self._command_pool = self._client.connection_pool if pool is None else pool
         return self._command_pool
 
     async def sharded(self) -> bool:
@@ -137,14 +141,14 @@ class TaskListener:
         subscription's confirmation. See :meth:`ThreadListener.listen
         <pyprocsync.shells.listener_thread.ThreadListener.listen>`. A connection opened for
         it is ready within ``timeout`` seconds (see
-        :func:`~pyprocsync.shells.listeners.connecting_within`)."""
-        with connecting_within(timeout):
+        :func:`~pyprocsync.shells.redispy.connecting_within`)."""
+        with redispy.connecting_within(timeout):
             return await cancel_safe(self._listen(channel, mailbox, renew))
 
     async def _listen(self, channel: str, mailbox: Mailbox, renew: bool) -> bool:
         sharded = await self.sharded()
         if renew and self._cluster:
-            await self._client.nodes_manager.initialize()
+            await redispy.areload_slots(self._client)
         node, source = _MAIN, self._client
         if self._cluster:
             found = (
@@ -170,8 +174,12 @@ class TaskListener:
             if self._pubsubs.get(node) is not pubsub:
                 # The connection failed meanwhile (this mailbox was told); a SUBSCRIBE
                 # sent after that opened a connection nobody reads: close it.
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
                 return confirming
+            self._subscriptions.asked(node, channel, time.monotonic())
+            asyncio.get_running_loop().call_later(
+                limits.REPLY_TIMEOUT + _CONFIRMATION_GRACE, self._expire_overdue
+            )
             if node not in self._readers:
                 self._readers[node] = asyncio.get_running_loop().create_task(
                     self._read(node, pubsub), name="pyprocsync-listener"
@@ -191,6 +199,15 @@ class TaskListener:
             except Exception as exc:  # noqa: BLE001  # handed to that connection's waiters
                 await self._fail(node, link_error(exc, self.server))
 
+    def _expire_overdue(self) -> None:
+        """Fail the connections that left a SUBSCRIBE unconfirmed for the reply limit
+        (a timer set when one is sent)."""
+        limit = limits.REPLY_TIMEOUT
+        for node in self._subscriptions.overdue(time.monotonic(), limit):
+            task = asyncio.get_running_loop().create_task(self._fail(node, unconfirmed(limit)))
+            self._expiring.add(task)
+            task.add_done_callback(self._expiring.discard)
+
     async def aclose(self) -> None:
         """Stop the readers and close the connections; waiters left get an error."""
         for node in list(self._pubsubs):
@@ -204,14 +221,12 @@ class TaskListener:
         self._owned.clear()
         self._clients.clear()
 
-    def _pubsub(self, node: Hashable, source: Any) -> PubSub:
+    def _pubsub(self, node: Hashable, source: Any) -> Any:
         pubsub = self._pubsubs.get(node)
         if pubsub is None:
             client = self._clients.get(node)
             if client is None:
-                pool = private_pool(
-                    source if self._cluster else source.connection_pool, aioredis.ConnectionPool
-                )
+                pool = redispy.own_pool(source, aioredis.ConnectionPool)
                 client = source
                 if pool is not None:
                     client = aioredis.Redis(connection_pool=pool)
@@ -220,11 +235,10 @@ class TaskListener:
             pubsub = self._pubsubs[node] = client.pubsub()
         return pubsub
 
-    async def _read(self, node: Hashable, pubsub: PubSub) -> None:
+    async def _read(self, node: Hashable, pubsub: Any) -> None:
         try:
             while True:
-                response = await pubsub.parse_response(block=True)
-                message = await pubsub.handle_message(response)  # type: ignore[no-untyped-call]
+                message = await redispy.read_message(pubsub)
                 if isinstance(message, dict):
                     for mailbox, item in self._subscriptions.deliver(node, message):
                         mailbox.put_nowait(item)
@@ -243,7 +257,7 @@ class TaskListener:
         pubsub = self._pubsubs.pop(node, None)
         if pubsub is not None:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
 
 _registry: Registry[tuple[asyncio.AbstractEventLoop, int], TaskListener] = Registry()
@@ -266,22 +280,6 @@ async def release(client: Any) -> None:
     listener = _registry.release(_key(client))
     if listener is not None:
         await listener.aclose()
-
-
-async def drop_if_stale(connection: Any) -> None:
-    """Disconnect a pooled ``connection`` that the server has closed meanwhile (or that
-    holds unread data), so that the next command (or ``connect()``) opens it anew.
-
-    redis-py's asyncio pool hands such a connection out as it is (its check is off
-    while maintenance notifications are on); its blocking pool reopens it itself.
-    """
-    if connection.is_connected:
-        try:
-            stale = await connection.can_read()
-        except (RedisConnectionError, OSError):
-            stale = True
-        if stale:
-            await connection.disconnect()
 
 
 class TaskMailbox:

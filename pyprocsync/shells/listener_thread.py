@@ -10,10 +10,15 @@ mailboxes of its channel (see :mod:`pyprocsync.shells.listeners`).
 The thread sleeps in ``select`` on the connections' sockets, which sees only the bytes
 still in the kernel. Bytes already taken from the kernel (into the TLS layer of a
 ``rediss://`` connection, or into redis-py's read buffer) are invisible to it; the
-drain after each wake-up finds them with ``can_read(timeout=0)``, which looks in both,
-and reads until it reports nothing left. A drain cut short at :data:`_DRAIN_LIMIT`
-(bytes may be left in those buffers) makes the next ``select`` a poll, so the rest is
-read at once, not after :data:`_IDLE_WAIT`.
+drain after each wake-up finds them (:func:`~pyprocsync.shells.redispy.read_ready`
+looks in every buffer) and reads until nothing is left. A drain cut short at
+:data:`_DRAIN_LIMIT` (bytes may be left in those buffers) makes the next ``select`` a
+poll, so the rest is read at once, not after :data:`_IDLE_WAIT`.
+
+A connection that leaves a SUBSCRIBE unconfirmed for
+:data:`~pyprocsync.core.limits.REPLY_TIMEOUT` seconds is failed (its waiters subscribe
+again on a new one): a server that stopped answering, or a link cut without a reset,
+never leaves a waiter waiting for a confirmation that cannot come.
 """
 
 from __future__ import annotations
@@ -21,27 +26,26 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import select
 import socket
 import threading
+import time
 from collections.abc import Hashable
 from typing import Any
 
 import redis
-from redis.client import PubSub
 from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from pyprocsync.core import limits
+from pyprocsync.shells import redispy
 from pyprocsync.shells.listeners import (
     COMMAND_CONNECTIONS,
-    CONNECT_TIMEOUT,
     Mailbox,
     Registry,
     Subscriptions,
-    describe,
     link_error,
-    private_pool,
     server_major,
+    unconfirmed,
 )
 
 __all__ = ["ThreadListener", "acquire", "receive", "release"]
@@ -59,10 +63,6 @@ _REST_OF_MESSAGE = 5.0
 #: request also wakes it).
 _IDLE_WAIT = 1.0
 
-#: Longest the thread waits on a connection that ``select()`` cannot watch before it
-#: looks at its requests (see :func:`_wait`).
-_UNSELECTABLE_SLICE = 0.01
-
 
 class ThreadListener:
     """One shared listener of the blocking classes (see the module docstring)."""
@@ -70,7 +70,7 @@ class ThreadListener:
     def __init__(self, client: Any) -> None:
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
-        self.server = describe(client)
+        self.server = redispy.describe(client)
         self._sharded: bool | None = None
         self._subscriptions = Subscriptions()
         self._lock = threading.Lock()
@@ -83,7 +83,7 @@ class ThreadListener:
         self._wake_in.setblocking(False)
         self._wake_out.setblocking(False)
         # Touched by the thread only:
-        self._pubsubs: dict[Hashable, PubSub] = {}
+        self._pubsubs: dict[Hashable, Any] = {}  # redis.client.PubSub
         self._clients: dict[Hashable, Any] = {}
         self._owned: list[Any] = []  # listener clients made here, closed on close
 
@@ -94,19 +94,18 @@ class ThreadListener:
         caller's own pool where its settings cannot be copied.
 
         Its connections connect and answer within the limits of
-        :func:`~pyprocsync.shells.listeners.private_pool` (``replies``); a call waits at most
-        :data:`~pyprocsync.shells.listeners.CONNECT_TIMEOUT` seconds for a free one."""
+        :func:`~pyprocsync.shells.redispy.own_pool` (``replies``); a call waits at most
+        :data:`~pyprocsync.core.limits.CONNECT_TIMEOUT` seconds for a free one."""
         with self._lock:
             if self._command_pool is None:
-                own = self._client.connection_pool
-                pool = private_pool(
-                    own,
+                pool = redispy.own_pool(
+                    self._client,
                     redis.BlockingConnectionPool,
                     replies=True,
                     max_connections=COMMAND_CONNECTIONS,
-                    timeout=CONNECT_TIMEOUT,
+                    timeout=limits.CONNECT_TIMEOUT,
                 )
-                self._command_pool = own if pool is None else pool
+                self._command_pool = self._client.connection_pool if pool is None else pool
             return self._command_pool
 
     def sharded(self) -> bool:
@@ -114,8 +113,7 @@ class ThreadListener:
         asks the server once."""
         if self._sharded is None:
             if self._cluster:
-                node = self._client.get_default_node()
-                info = self._client.get_redis_connection(node).info("server")
+                info = self._client.info("server", target_nodes=RedisCluster.RANDOM)
                 self._sharded = server_major(info) >= 7
             else:
                 self._sharded = False
@@ -129,7 +127,7 @@ class ThreadListener:
         its slot map, so the channel is subscribed where its slot lives now.
         """
         if renew and self._cluster:
-            self._client.nodes_manager.initialize()
+            redispy.reload_slots(self._client)
         node = self._node(channel)
         with self._lock:
             subscribe, confirming = self._subscriptions.join(channel, mailbox, node, renew=renew)
@@ -208,9 +206,11 @@ class ThreadListener:
                 self._apply(kind, node, channel)
             # Not a generator: every connection gets its turn.
             cut_short = [self._drain(node) for node in list(self._pubsubs)]
-            connections = [p.connection for p in self._pubsubs.values()]
+            sleep = self._expire_overdue()
             try:
-                _wait(self._wake_in, connections, 0.0 if any(cut_short) else _IDLE_WAIT)
+                redispy.wait_readable(
+                    self._wake_in, list(self._pubsubs.values()), 0.0 if any(cut_short) else sleep
+                )
             except Exception as exc:  # noqa: BLE001  # a socket closed or broke under us
                 for node in list(self._pubsubs):
                     self._fail(node, exc)
@@ -228,6 +228,8 @@ class ThreadListener:
                 pubsub = self._pubsubs[node] = self._listener_client(node).pubsub()
             if kind == "subscribe":
                 (pubsub.ssubscribe if sharded else pubsub.subscribe)(channel)
+                with self._lock:
+                    self._subscriptions.asked(node, channel, time.monotonic())
             else:
                 (pubsub.sunsubscribe if sharded else pubsub.unsubscribe)(channel)
         except Exception as exc:  # noqa: BLE001  # handed to the waiters of that connection
@@ -238,16 +240,11 @@ class ThreadListener:
         :data:`_DRAIN_LIMIT`; True when the limit cut the drain short (more may be
         buffered where ``select`` does not look)."""
         pubsub = self._pubsubs[node]
-        connection: Any = pubsub.connection
         try:
             for _ in range(_DRAIN_LIMIT):
-                if connection is None or not connection.can_read(timeout=0):
+                message = redispy.read_ready(pubsub, _REST_OF_MESSAGE)
+                if message is redispy.Ready.NOTHING:
                     return False
-                # A message has begun to arrive: the rest of a long one may take a moment.
-                response = connection.read_response(
-                    disconnect_on_error=False, push_request=True, timeout=_REST_OF_MESSAGE
-                )
-                message = pubsub.handle_message(response)  # type: ignore[no-untyped-call]
                 if isinstance(message, dict):
                     with self._lock:
                         deliveries = self._subscriptions.deliver(node, message)
@@ -257,6 +254,19 @@ class ThreadListener:
             self._fail(node, exc)
             return False
         return True
+
+    def _expire_overdue(self) -> float:
+        """Fail the connections that left a SUBSCRIBE unconfirmed for the reply limit;
+        return how long the thread may sleep before the next one becomes overdue (at
+        most :data:`_IDLE_WAIT`)."""
+        limit = limits.REPLY_TIMEOUT
+        with self._lock:
+            overdue = self._subscriptions.overdue(time.monotonic(), limit)
+        for node in overdue:
+            self._fail(node, unconfirmed(limit))
+        with self._lock:
+            due = self._subscriptions.next_due(limit)
+        return _IDLE_WAIT if due is None else min(_IDLE_WAIT, max(0.0, due - time.monotonic()))
 
     def _fail(self, node: Hashable, exc: BaseException) -> None:
         error = link_error(exc, self.server)
@@ -276,8 +286,8 @@ class ThreadListener:
             source = self._client
             if node != _MAIN:
                 with self._lock:
-                    source = self._client.get_redis_connection(self._nodes[node])
-            pool = private_pool(getattr(source, "connection_pool", None), redis.ConnectionPool)
+                    source = redispy.node_client(self._client, self._nodes[node])
+            pool = redispy.own_pool(source, redis.ConnectionPool)
             client = source
             if pool is not None:
                 client = redis.Redis(connection_pool=pool)
@@ -298,35 +308,6 @@ class ThreadListener:
         self._clients.clear()
         self._wake_in.close()
         self._wake_out.close()
-
-
-def _wait(wake: socket.socket, connections: list[Any], timeout: float) -> None:
-    """Return when one of ``connections`` (pub/sub connections; ``None`` entries and
-    connections without a socket are skipped) may have a message, ``wake`` has bytes,
-    or ``timeout`` seconds passed.
-
-    A connection whose socket is a real :class:`socket.socket` (plain, TLS, Unix) is
-    watched with ``select()`` together with ``wake``. A connection whose socket is
-    some other object (an in-process test double such as fakeredis's, whose
-    ``fileno()`` is a made-up number that may name an unrelated descriptor of this
-    process) is waited on
-    through its own ``can_read()`` for at most :data:`_UNSELECTABLE_SLICE`, and
-    ``wake`` is only glanced at afterwards: its messages are seen at once, requests
-    within that slice. Of several such connections only the first is waited on
-    (fakeredis has no cluster client, so there is one).
-    """
-    sockets: list[socket.socket] = [wake]
-    unselectable: list[Any] = []
-    for connection in connections:
-        sock = getattr(connection, "_sock", None)
-        if isinstance(sock, socket.socket):
-            sockets.append(sock)
-        elif sock is not None:
-            unselectable.append(connection)
-    if unselectable:
-        unselectable[0].can_read(timeout=min(timeout, _UNSELECTABLE_SLICE))
-        timeout = 0
-    select.select(sockets, [], [], timeout)
 
 
 _registry: Registry[tuple[int, int], ThreadListener] = Registry()

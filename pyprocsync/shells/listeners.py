@@ -23,38 +23,26 @@ stored state.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import functools
-import inspect
 import threading
-import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from redis.backoff import NoBackoff
 from redis.exceptions import AskError, MovedError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 __all__ = [
     "COMMAND_CONNECTIONS",
-    "CONNECT_TIMEOUT",
     "IDLE_LIMIT",
-    "REPLY_TIMEOUT",
     "Mailbox",
     "Registry",
     "Subscriptions",
     "at_server",
-    "connecting_within",
-    "describe",
     "link_error",
-    "private_pool",
-    "private_pool_settings",
     "server_major",
+    "unconfirmed",
 ]
 
 #: Connections of a listener's command pool: script calls of all the threads (tasks) of
@@ -65,20 +53,6 @@ COMMAND_CONNECTIONS = 8
 #: used is unsubscribed.
 IDLE_LIMIT = 64
 
-#: Longest a connection of pyprocsync's own (command and listener connections) may take
-#: to connect and to complete its handshake (AUTH, HELLO, CLIENT SETINFO), seconds, when
-#: the call has no earlier deadline and the client's settings allow longer.
-CONNECT_TIMEOUT = 5.0
-
-#: Longest a command connection of pyprocsync's own waits for a reply when the call has
-#: no timeout and the client's ``socket_timeout`` allows longer, seconds.
-REPLY_TIMEOUT = 10.0
-
-#: The deadline (``time.monotonic()``) by which a connection opened now must be ready.
-_connect_by: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "pyprocsync_connect_by", default=None
-)
-
 _KIND = {"ssubscribe": "subscribe", "smessage": "message", "sunsubscribe": "unsubscribe"}
 
 
@@ -87,130 +61,6 @@ class Mailbox(Protocol):
     ``asyncio.Queue``)."""
 
     def put_nowait(self, item: Any) -> None: ...
-
-
-def private_pool_settings(pool: Any) -> dict[str, Any] | None:
-    """Return the settings for a listener connection of its own, copied from ``pool``.
-
-    ``pool`` is a connection pool (or an asyncio cluster node), anything with
-    ``connection_kwargs`` and ``connection_class``. Listener connections never retry: a
-    failure reaches the waiters at once, which subscribe again and read the stored state
-    within their timeout (redis-py's retries would block for the client's whole retry
-    budget). A connection of its own also stays out of the caller's
-    ``max_connections``. (A Sentinel pool's settings name the pool itself, which its
-    connections ask for the current master; the copies do the same.) ``None`` when
-    ``pool`` has no connection settings to copy, or its connection class wants a pool
-    argument of its own: the caller's client is then used as it is.
-    """
-    settings = getattr(pool, "connection_kwargs", None)
-    connection_class = getattr(pool, "connection_class", None)
-    if not isinstance(settings, dict) or connection_class is None:
-        return None
-    if "connection_pool" in connection_class.__init__.__code__.co_varnames:
-        return None
-    copied = {
-        name: value
-        for name, value in settings.items()
-        if not name.startswith("orig_")
-        and name not in ("maint_notifications_pool_handler", "event_dispatcher")
-    }
-    copied["retry"] = Retry(NoBackoff(), 0)
-    copied["connection_class"] = _bounded_class(connection_class)
-    connect_timeout = settings.get("socket_connect_timeout")
-    copied["socket_connect_timeout"] = _within(connect_timeout, CONNECT_TIMEOUT)
-    return copied
-
-
-def private_pool(
-    pool: Any, pool_class: Callable[..., Any], *, replies: bool = False, **limits: Any
-) -> Any:
-    """A new pool of ``pool_class`` (blocking or asyncio, plain or bounded) with the
-    settings :func:`private_pool_settings` copies from ``pool``, and ``limits``
-    (``max_connections=...``); ``None`` when they cannot be copied. With ``replies`` (a
-    command pool), a reply may take at most :data:`REPLY_TIMEOUT` seconds."""
-    settings = private_pool_settings(pool)
-    if settings is None:
-        return None
-    if replies:
-        settings["socket_timeout"] = _within(settings.get("socket_timeout"), REPLY_TIMEOUT)
-    return pool_class(**settings, **limits)
-
-
-def _within(value: float | None, limit: float) -> float:
-    """``value`` (a socket timeout, ``None`` for none) capped at ``limit``."""
-    return limit if value is None else min(value, limit)
-
-
-@contextlib.contextmanager
-def connecting_within(timeout: float | None) -> Iterator[None]:
-    """A connection that pyprocsync's pools open inside this block is ready within
-    ``timeout`` seconds (``None``: :data:`CONNECT_TIMEOUT`) or fails with
-    ``redis.exceptions.TimeoutError``. (A context variable: it holds for the thread or
-    task that enters the block, and for tasks it starts.)"""
-    token = _connect_by.set(None if timeout is None else time.monotonic() + timeout)
-    try:
-        yield
-    finally:
-        _connect_by.reset(token)
-
-
-@contextlib.contextmanager
-def _connect_limits(connection: Any) -> Iterator[None]:
-    """While ``connection`` connects: its connect and handshake timeouts capped at
-    :data:`CONNECT_TIMEOUT` and at the time left before the deadline of
-    :func:`connecting_within`; restored afterwards (replies then have the pool's)."""
-    connect_timeout, reply_timeout = connection.socket_connect_timeout, connection.socket_timeout
-    deadline = _connect_by.get()
-    left = CONNECT_TIMEOUT if deadline is None else max(deadline - time.monotonic(), 0.001)
-    limit = min(left, CONNECT_TIMEOUT)
-    connection.socket_connect_timeout = _within(connect_timeout, limit)
-    connection.socket_timeout = _within(reply_timeout, limit)
-    try:
-        yield
-    finally:
-        connection.socket_connect_timeout, connection.socket_timeout = (
-            connect_timeout,
-            reply_timeout,
-        )
-
-
-class _BoundedConnect:
-    """Mixin of a blocking connection class: see :func:`_connect_limits`."""
-
-    def connect(self) -> None:
-        with _connect_limits(self):
-            super().connect()  # type: ignore[misc]
-
-
-class _BoundedAsyncConnect:
-    """Mixin of an asyncio connection class: see :func:`_connect_limits`."""
-
-    async def connect(self) -> None:
-        with _connect_limits(self):
-            await super().connect()  # type: ignore[misc]
-
-
-@functools.cache
-def _bounded_class(connection_class: Any) -> type:
-    """``connection_class`` whose ``connect`` honours :func:`connecting_within`."""
-    asynchronous = inspect.iscoroutinefunction(connection_class.connect)
-    mixin = _BoundedAsyncConnect if asynchronous else _BoundedConnect
-    return type(connection_class.__name__, (mixin, connection_class), {"__module__": __name__})
-
-
-def describe(client: Any) -> str:
-    """Name the server ``client`` talks to in an error message: its address, never a
-    password."""
-    pool = getattr(client, "connection_pool", None)
-    service = getattr(pool, "service_name", None)
-    if isinstance(service, str):
-        return f"Redis (Sentinel service {service!r})"
-    settings = getattr(pool, "connection_kwargs", None)
-    if not isinstance(settings, dict):
-        return "the Redis cluster" if pool is None else "Redis"
-    if settings.get("path"):
-        return f"Redis at unix://{settings['path']}"
-    return f"Redis at {settings.get('host', 'localhost')}:{settings.get('port', 6379)}"
 
 
 def at_server(exc: BaseException, server: str) -> Exception:
@@ -228,6 +78,8 @@ class _Channel:
     node: Hashable
     #: True once the server confirmed the subscription.
     confirmed: bool = False
+    #: When the SUBSCRIBE went out (``time.monotonic()``); ``None`` until it did.
+    asked_at: float | None = None
     #: Who waits on it; True for those that wait for the confirmation.
     waiting: dict[Mailbox, bool] = field(default_factory=dict)
 
@@ -321,6 +173,34 @@ class Subscriptions:
             del self._unsubscribing[key]  # that connection is gone
         return pairs
 
+    def asked(self, node: Hashable, channel: str, at: float) -> None:
+        """The SUBSCRIBE of ``channel`` went out on ``node``'s connection at ``at``
+        (``time.monotonic()``); its confirmation is due within a reply limit."""
+        entry = self._channels.get(channel)
+        if entry is not None and entry.node == node and not entry.confirmed:
+            entry.asked_at = at
+
+    def overdue(self, now: float, limit: float) -> list[Hashable]:
+        """The nodes whose connection has left a SUBSCRIBE sent ``limit`` seconds or
+        more before ``now`` unconfirmed: the server does not answer on it (stopped, or
+        the link is cut without a reset). The listener fails them (see :meth:`fail`)."""
+        late = (
+            entry.node
+            for entry in self._channels.values()
+            if not entry.confirmed and entry.asked_at is not None and now - entry.asked_at >= limit
+        )
+        return list(dict.fromkeys(late))
+
+    def next_due(self, limit: float) -> float | None:
+        """When the oldest unconfirmed SUBSCRIBE becomes overdue (see :meth:`overdue`);
+        ``None`` while none is awaited."""
+        asked = [
+            entry.asked_at
+            for entry in self._channels.values()
+            if not entry.confirmed and entry.asked_at is not None
+        ]
+        return min(asked) + limit if asked else None
+
     def channels(self, node: Hashable) -> int:
         """How many channels ``node``'s connection serves (subscribed or subscribing)."""
         return sum(1 for entry in self._channels.values() if entry.node == node)
@@ -332,6 +212,12 @@ class Subscriptions:
         self._idle.pop(channel, None)
         if confirmation:
             self._unsubscribing[entry.node, channel] += 1
+
+
+def unconfirmed(limit: float) -> RedisTimeoutError:
+    """The link error a listener hands to the waiters of a connection that left a
+    SUBSCRIBE unconfirmed for ``limit`` seconds (see :meth:`Subscriptions.overdue`)."""
+    return RedisTimeoutError(f"the server did not confirm a subscription within {limit:g} s")
 
 
 def server_major(info: dict[str, Any]) -> int:

@@ -37,6 +37,7 @@ from pyprocsync.exceptions import (
     TimeOutError,
     TooLateError,
 )
+from pyprocsync.shells import redispy
 from pyprocsync.shells.blocking import ProcSync, sync_until_instant
 from pyprocsync.tools import handoff
 from pyprocsync.tools.bench import (
@@ -619,18 +620,16 @@ def _clock(args: argparse.Namespace) -> None:
     url = _require_url(args.redis)
     check_reachable(url)
     samples = ClockFilter(window=args.samples)
-    with redis.Redis.from_url(url) as client:
-        pool = client.connection_pool
-        connection = pool.get_connection()
-        try:
-            for number in range(args.samples):
-                if number and args.every:
-                    time.sleep(args.every)
-                request = TimeRequest()  # timed right around the I/O, as the library does
-                connection.send_command(*request.command())
-                samples.add(request.sample(connection.read_response()))
-        finally:
-            pool.release(connection)
+    with (
+        redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5) as client,
+        redispy.taken(client.connection_pool, None) as connection,
+    ):
+        for number in range(args.samples):
+            if number and args.every:
+                time.sleep(args.every)
+            request = TimeRequest()  # timed right around the I/O, as the library does
+            redispy.send(connection, request.command())
+            samples.add(request.sample(redispy.read_reply(connection, None)))
     estimate = samples.current()
     rtts = summary(rtt / 1e3 for rtt in estimate.rtts_ns)
     taken = samples.samples

@@ -20,9 +20,8 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit, urlunsplit
 
-from redis.connection import parse_url
-
 from pyprocsync.exceptions import ProcSyncError
+from pyprocsync.shells import redispy
 
 __all__ = [
     "PASSWORD_ENV",
@@ -207,7 +206,7 @@ def url_problem(url: str) -> str | None:
     if problem is not None:
         return problem
     try:
-        parse_url(url)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        redispy.check_url(url)
     except ValueError as exc:
         message = str(exc)
         password = password_of(url)
