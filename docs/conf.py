@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# Document the source tree next to this folder, also when it is not installed.
+# Document the source tree next to this folder, also when it is not installed; the
+# project's own Sphinx extensions are in _ext.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "_ext"))
 
 import pyprocsync
 from pyprocsync import exceptions
@@ -21,7 +23,7 @@ copyright = "pyprocsync developers"
 release = pyprocsync.__version__
 version = ".".join(release.split(".")[:2])
 
-extensions = ["sphinx.ext.autodoc"]
+extensions = ["sphinx.ext.autodoc", "results"]
 
 # No intersphinx: the build must not touch the network, so references to the standard
 # library and to redis-py render as plain text.
@@ -32,7 +34,7 @@ autodoc_member_order = "bysource"
 autodoc_type_aliases = {"Flow": "pyprocsync.core.ops.Flow"}
 autodoc_default_options = {"show-inheritance": True}
 
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_ext"]
 html_theme = "alabaster"
 html_theme_options = {
     "description": "One agreed instant for processes on many machines.",

@@ -12,21 +12,15 @@ import contextlib
 import contextvars
 import json
 import math
-import os
-import platform
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 import redis
 
-import pyprocsync
 from pyprocsync import clock
 from pyprocsync.exceptions import ProcSyncError
 from pyprocsync.tools import cli
@@ -34,6 +28,7 @@ from pyprocsync.tools.bench import BenchError, die_with_parent
 from pyprocsync.tools.bench import stop_workers as stop_processes
 from pyprocsync.tools.cli import ExitCode, count_arg, redact, seconds_arg
 from pyprocsync.tools.server import EmbeddedServer, ServerError
+from pyprocsync.tools.stats import machine, source
 
 __all__ = [
     "PERCENTILES",
@@ -130,64 +125,6 @@ def redis_server(url: str | None) -> Iterator[tuple[str, bool]]:
         return
     with EmbeddedServer() as server:
         yield server.url, True
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
-def source() -> str:
-    """The pyprocsync measured: its version, and its git commit when run from a checkout.
-
-    ``"1.0.0.dev0 (git b472452)"``, with ``+ local changes`` when the package's files
-    differ from that commit.
-    """
-    package = Path(pyprocsync.__file__).resolve().parent
-    text = pyprocsync.__version__
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=package,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        changes = subprocess.run(
-            ["git", "status", "--porcelain", "--", "."],
-            cwd=package,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return text
-    return f"{text} (git {head}{' + local changes' if changes else ''})"
-
-
-def machine() -> dict[str, Any]:
-    """Describe this machine: usable cores, CPU model, kernel, Python, the date (UTC), and
-    the pyprocsync measured (see :func:`source`)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 0
-    return {
-        "cores": cores,
-        "cpu": _cpu_model(),
-        "kernel": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "pyprocsync": source(),
-    }
 
 
 def machine_line(info: dict[str, Any]) -> str:

@@ -11,7 +11,8 @@ use the monotonic clock, which wall-clock steps do not move.
 
 Waiting for an instant happens in two stages: a coarse stage that sleeps in steps of at
 most :data:`MAX_SLEEP_NS` and aims each step anew at the wall clock (so a clock step
-during the wait moves the wake-up with it), then, for the last ``spin_ns``, a busy loop
+during the wait moves the wake-up with it; :func:`wall_step_ns` notices it), then, for
+the last ``spin_ns``, a busy loop
 reading the wall clock: an operating-system sleep wakes up late by its timer slack and
 scheduling latency (about 0.1-0.2 ms on a virtual machine), a busy loop does not. The
 busy loop yields the processor after every look at the clock until the last
@@ -21,23 +22,40 @@ busy loop yields the processor after every look at the clock until the last
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import functools
+import logging
 import os
 import select
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "LOOP_TIMER_SLACK_NS",
     "MAX_SLEEP_NS",
+    "MAX_SLEW_PPB",
     "PURE_SPIN_NS",
+    "STEP_FLOOR_NS",
+    "WALL_READS",
+    "KernelClock",
     "async_sleep_until_ns",
+    "kernel_clock",
     "let_waiting_threads_run",
     "monotonic",
     "monotonic_ns",
     "sleep_until_ns",
     "time_ns",
+    "wall_minus_monotonic",
+    "wall_step_ns",
 ]
+
+#: Where clock trouble is logged: a step of this host's wall clock, an unsynchronised
+#: clock, a server clock that contradicts earlier samples.
+log = logging.getLogger("pyprocsync.clock")
 
 _yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 
@@ -71,6 +89,133 @@ monotonic = time.monotonic
 #: The monotonic clock in nanoseconds, for instants in server-clock mode
 #: (:func:`time.monotonic_ns`).
 monotonic_ns = time.monotonic_ns
+
+
+@dataclass(frozen=True, slots=True)
+class KernelClock:
+    """What the operating system says of this host's wall clock: whether a time
+    daemon (chrony, ntpd, ptp4l with phc2sys) keeps it synchronised, and the bound on
+    its error that the daemon maintains.
+
+    .. versionadded:: 1.0
+    """
+
+    #: The kernel's clock is synchronised (no ``STA_UNSYNC``, state not ``TIME_ERROR``).
+    synchronized: bool
+    #: The daemon's bound on the clock's error against true time, ns (``maxerror``).
+    max_error_ns: int
+    #: The daemon's estimate of that error, ns (``esterror``).
+    estimated_error_ns: int
+
+
+class _Timeval(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long))
+
+
+class _Timex(ctypes.Structure):
+    """Linux's ``struct timex`` (``adjtimex(2)``); the padding is the kernel's."""
+
+    _fields_ = (
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("constant", ctypes.c_long),
+        ("precision", ctypes.c_long),
+        ("tolerance", ctypes.c_long),
+        ("time", _Timeval),
+        ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long),
+        ("jitter", ctypes.c_long),
+        ("shift", ctypes.c_int),
+        ("stabil", ctypes.c_long),
+        ("jitcnt", ctypes.c_long),
+        ("calcnt", ctypes.c_long),
+        ("errcnt", ctypes.c_long),
+        ("stbcnt", ctypes.c_long),
+        ("tai", ctypes.c_int),
+        ("_padding", ctypes.c_int * 11),
+    )
+
+
+#: ``adjtimex`` status bit: the clock is not synchronised.
+_STA_UNSYNC = 0x0040
+#: ``adjtimex`` return value: the clock is not synchronised.
+_TIME_ERROR = 5
+
+
+@functools.cache
+def _adjtimex() -> Callable[[Any], int] | None:
+    """The C library's ``adjtimex``, or ``None`` where there is none."""
+    with contextlib.suppress(OSError, AttributeError):
+        function: Callable[[Any], int] = ctypes.CDLL(None).adjtimex
+        return function
+    return None
+
+
+def _read_kernel_clock() -> KernelClock | None:
+    """:func:`kernel_clock`, read from the kernel."""
+    adjtimex = _adjtimex()
+    if adjtimex is None:
+        return None
+    timex = _Timex()  # modes 0: read only
+    state = adjtimex(ctypes.byref(timex))
+    if state < 0:
+        return None
+    return KernelClock(
+        synchronized=state != _TIME_ERROR and not timex.status & _STA_UNSYNC,
+        max_error_ns=timex.maxerror * 1000,
+        estimated_error_ns=timex.esterror * 1000,
+    )
+
+
+#: What the operating system says of this host's wall clock (Linux: ``adjtimex(2)``,
+#: read-only); ``None`` where it says nothing (another system, a sandbox that refuses the
+#: call). Read at each call: a daemon may step or lose the clock at any time. Tests and
+#: the simulated hosts of ``pyprocsync lab`` replace it.
+kernel_clock: Callable[[], KernelClock | None] = _read_kernel_clock
+
+
+#: The fastest a time daemon slews a wall clock, parts per billion (chrony's and ntpd's
+#: 500 ppm): the wall clock minus the monotonic clock changes faster only by a step.
+MAX_SLEW_PPB = 500_000
+
+#: The smallest change of the wall clock against the monotonic clock taken for a step,
+#: ns (below it, two readings of the clocks a little apart may differ by that much).
+STEP_FLOOR_NS = 100_000
+
+
+#: How many times :func:`wall_minus_monotonic` reads the clocks, keeping the closest.
+WALL_READS = 3
+
+
+def wall_minus_monotonic() -> tuple[int, int, int]:
+    """This host's wall clock minus its monotonic clock, the monotonic reading it
+    refers to, and how far the first may be off, ns: half the time between two
+    monotonic readings around a wall-clock reading, the shortest of :data:`WALL_READS`
+    tries (a thread preempted between the readings would make it long)."""
+    best = (0, 0, -1)
+    for _ in range(WALL_READS):
+        before = monotonic_ns()
+        wall = time_ns()
+        after = monotonic_ns()
+        middle = (before + after) // 2
+        if best[2] < 0 or after - before < 2 * best[2]:
+            best = (wall - middle, middle, (after - before + 1) // 2)
+    return best
+
+
+def wall_step_ns(wall_minus_mono_ns: int, since_mono_ns: int) -> int:
+    """How far this host's wall clock was stepped since :func:`wall_minus_monotonic`
+    returned ``(wall_minus_mono_ns, since_mono_ns, _)``, ns; 0 when the change is within
+    a slew (:data:`MAX_SLEW_PPB` of the time since, plus :data:`STEP_FLOOR_NS` and what
+    the readings may be off)."""
+    difference, mono, off = wall_minus_monotonic()
+    change = difference - wall_minus_mono_ns
+    allowance = STEP_FLOOR_NS + off + MAX_SLEW_PPB * max(0, mono - since_mono_ns) // 1_000_000_000
+    return change if abs(change) > allowance else 0
 
 
 def _now(on_monotonic: bool) -> int:
@@ -137,6 +282,7 @@ def sleep_until_ns(
     *,
     on_monotonic: bool = False,
     warm: Callable[[], object] | None = None,
+    between: Callable[[], object] | None = None,
 ) -> int:
     """Block until the wall clock reads ``target_ns``; return that clock at return.
 
@@ -148,12 +294,16 @@ def sleep_until_ns(
         code and data are in the processor's caches when it counts (after a sleep,
         other processes have had them; cold, the few lines between the instant and the
         caller took 3-4 times as long on a 2-core VM).
+    :param between: called after each sleep of the coarse stage (at least ``spin_ns``
+        before the instant), to look at the clocks (see :func:`wall_step_ns`).
     """
     thread = threading.get_ident()
     _waiting.add(thread)
     try:
         while (step := _coarse_sleep_ns(target_ns, spin_ns, on_monotonic)) > 0:
             _sleep(step / 1e9)
+            if between is not None:
+                between()
         return _spin_until_ns(target_ns, on_monotonic, warm)
     finally:
         _waiting.discard(thread)
@@ -183,6 +333,7 @@ async def async_sleep_until_ns(
     *,
     on_monotonic: bool = False,
     warm: Callable[[], object] | None = None,
+    between: Callable[[], object] | None = None,
 ) -> int:
     """Like :func:`sleep_until_ns`, for a coroutine.
 
@@ -193,4 +344,6 @@ async def async_sleep_until_ns(
     """
     while (step := _coarse_sleep_ns(target_ns, spin_ns + LOOP_TIMER_SLACK_NS, on_monotonic)) > 0:
         await asyncio.sleep(step / 1e9)
+        if between is not None:
+            between()
     return _spin_until_ns(target_ns, on_monotonic, warm)

@@ -29,6 +29,7 @@ __all__ = [
     "ArgumentTypeError",
     "BrokenBarrierError",
     "BrokenByTimeoutError",
+    "ClockUncertaintyError",
     "ConnectionLostError",
     "InvalidArgumentError",
     "ParameterMismatchError",
@@ -123,6 +124,9 @@ class TooLateError(ProcSyncError):
     :ivar late_by: seconds between the release instant and the moment this participant
         learned it (by this participant's clock); ``None`` only when raised by hand.
     :ivar release_at: the agreed instant, epoch seconds (``None`` likewise).
+    :ivar clock_uncertainty: how far this host's reading of the instant may be from the
+        reference clock, seconds (see :attr:`pyprocsync.SyncResult.clock_uncertainty`);
+        ``None`` when there is no bound.
     """
 
     def __init__(
@@ -131,11 +135,13 @@ class TooLateError(ProcSyncError):
         *,
         late_by: float | None = None,
         release_at: float | None = None,
+        clock_uncertainty: float | None = None,
         **context: Any,
     ) -> None:
         super().__init__(message, **context)
         self.late_by = late_by
         self.release_at = release_at
+        self.clock_uncertainty = clock_uncertainty
 
 
 class BrokenBarrierError(ProcSyncError, threading.BrokenBarrierError):
@@ -149,8 +155,9 @@ class BrokenBarrierError(ProcSyncError, threading.BrokenBarrierError):
     touched the event for its ``retention`` and its state expires.
 
     :ivar reason: why the round broke: ``"timeout"``, ``"mismatch"``, ``"lost"``,
-        ``"reset"``, ``"abort"``, ``"action"`` or ``"state-lost"`` (the event's state
-        vanished from Redis, e.g. a server restart or flush).
+        ``"reset"``, ``"abort"``, ``"action"``, ``"uncertain"`` (see
+        :class:`ClockUncertaintyError`) or ``"state-lost"`` (the event's state vanished
+        from Redis, e.g. a server restart or flush).
     :ivar missing: node ids of participants known to be absent (may be empty).
     :ivar arrived: how many participants had arrived when it broke, if known.
     :ivar expected: how many were expected, if known.
@@ -210,6 +217,48 @@ class BrokenByTimeoutError(BrokenBarrierError, TimeOutError):
             timeout=timeout,
             **context,
         )
+
+
+class ClockUncertaintyError(BrokenBarrierError):
+    """A participant's clock could not honour the round's ``max_uncertainty``: nobody
+    was released (``reason="uncertain"``).
+
+    Each arrival states how far its reading of the instant may be from the reference
+    clock (see :attr:`pyprocsync.SyncResult.clock_uncertainty`); when the widest of
+    these exceeds the smallest ``max_uncertainty`` of the round's participants, the
+    round breaks for all of them before any instant is agreed. Later arrivals raise it
+    too, until :meth:`~pyprocsync.ProcSync.reset`.
+
+    :ivar node: the participant with the widest bound (also in ``missing``).
+    :ivar bound: its bound, seconds; ``None`` when it had none (its kernel says its
+        clock is not synchronised, or says nothing).
+    :ivar max_uncertainty: the tolerance it exceeded, seconds.
+
+    .. versionadded:: 1.0
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        node: str | None = None,
+        bound: float | None = None,
+        max_uncertainty: float | None = None,
+        arrived: int | None = None,
+        expected: int | None = None,
+        **context: Any,
+    ) -> None:
+        super().__init__(
+            message,
+            reason="uncertain",
+            missing=() if node is None else (node,),
+            arrived=arrived,
+            expected=expected,
+            **context,
+        )
+        self.node = node
+        self.bound = bound
+        self.max_uncertainty = max_uncertainty
 
 
 class ParameterMismatchError(ProcSyncError, ValueError):

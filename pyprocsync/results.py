@@ -44,7 +44,23 @@ class SyncResult:
     #: clock minus this host's wall clock, seconds, as estimated for the release
     #: instant; ``None`` for an instant on the last arriver's clock.
     clock_offset: float | None = None
-    #: How far ``clock_offset`` may be off, seconds: a bound (the samples' intervals
-    #: intersected, plus the drift allowance until the instant), not a standard
-    #: deviation (see :doc:`/clocks`).
+    #: How far this host's reading of the instant may be from the reference clock,
+    #: seconds: a bound, not a standard deviation. This participant was released between
+    #: ``late_by - clock_uncertainty`` and ``late_by + clock_uncertainty`` seconds after
+    #: the agreed instant. With ``clock="server"`` the reference is the server's clock
+    #: and the bound is the clock estimate's (the samples' intervals intersected, plus
+    #: the drift allowance until the instant, see :doc:`/clocks`); with
+    #: ``clock="system"`` the reference is true time and the bound is the one this
+    #: host's time daemon keeps (the kernel's ``maxerror``, see
+    #: :func:`pyprocsync.clock.kernel_clock`). ``None`` when there is none: the kernel
+    #: says this host's clock is not synchronised, or says nothing.
     clock_uncertainty: float | None = None
+    #: With ``clock="system"``: whether this host's kernel says its clock is
+    #: synchronised by a time daemon (``None`` where it says nothing); ``None`` with
+    #: ``clock="server"``, which does not rely on it.
+    clock_synchronized: bool | None = None
+    #: How far this host's wall clock was stepped during the wait, seconds (0.0: not at
+    #: all). With ``clock="server"`` the wait follows the monotonic clock and the
+    #: release is not moved; with ``clock="system"`` the wait follows the wall clock, and
+    #: the release moved with it. A step is also logged (``pyprocsync.clock``, WARNING).
+    clock_step: float = 0.0

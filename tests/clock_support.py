@@ -32,7 +32,7 @@ from pyprocsync import (
 )
 from pyprocsync.core import params
 from pyprocsync.core.keys import EventKeys
-from pyprocsync.core.ops import AtInstant, Call, Listen, Prepare, Receive, ServerTime, SleepUntil
+from pyprocsync.core.ops import AtInstant, Call, Listen, Prepare, Receive, ServerTime
 from pyprocsync.core.scripts import Script
 from pyprocsync.shells.blocking import drive
 
@@ -66,6 +66,7 @@ class FakeWorld:
     Every read advances time by 1 µs (so a busy-wait ends); ``time.sleep`` advances it by
     the duration asked; after the n-th sleep the wall clock (only it) jumps by
     ``steps[n]`` ns. The server's clock runs with the monotonic clock at a fixed offset.
+    The kernel says what ``kernel`` holds (a clock synchronised within 100 µs).
     """
 
     def __init__(self) -> None:
@@ -74,6 +75,10 @@ class FakeWorld:
         self.server_minus_mono = self.wall_minus_mono
         self.steps: dict[int, int] = {}
         self.sleeps: list[float] = []
+        self.kernel: clock.KernelClock | None = clock.KernelClock(True, 100_000, 50_000)
+
+    def kernel_clock(self) -> clock.KernelClock | None:
+        return self.kernel
 
     def server_ahead(self, ns: int) -> None:
         """Make the server's clock ``ns`` ahead of this host's wall clock (µs multiple)."""
@@ -179,10 +184,6 @@ class FakeRedis:
             return self.receive()
         if isinstance(op, Call):
             return self.arrive(op)
-        if isinstance(op, SleepUntil):
-            returned = clock.sleep_until_ns(op.at_ns, op.spin_ns, on_monotonic=op.on_monotonic)
-            self.returned_mono = self.world.mono
-            return returned
         raise AssertionError(f"unexpected operation {op!r}")
 
     def receive(self) -> dict[str, Any]:
@@ -200,7 +201,12 @@ class FakeRedis:
         """Drive ``flow`` as a shell does, its instant included (see ``meet``)."""
         due = drive(flow, self.execute)
         if isinstance(due, AtInstant):
-            self.execute(due.wait)
+            wait = due.wait
+            self.ops.append(wait)
+            clock.sleep_until_ns(
+                wait.at_ns, wait.spin_ns, on_monotonic=wait.on_monotonic, between=due.watch
+            )
+            self.returned_mono = self.world.mono
             return due.finish()
         return due
 

@@ -210,6 +210,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> FakeWorld:
     monkeypatch.setattr(clock, "monotonic_ns", fake.monotonic_ns)
     monkeypatch.setattr(clock, "monotonic", fake.monotonic)
     monkeypatch.setattr(clock, "time_ns", fake.time_ns)
+    monkeypatch.setattr(clock, "kernel_clock", fake.kernel_clock)
     monkeypatch.setattr(time, "sleep", fake.sleep)
     return fake
 
@@ -230,10 +231,12 @@ def own_server() -> Iterator[EmbeddedServer]:
 
 @pytest.fixture
 def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    """A fake clock (``protocol_support.FakeClock``) that pyprocsync's clock readings follow."""
+    """A fake clock (``protocol_support.FakeClock``) that pyprocsync's clock readings
+    follow; the kernel says nothing of it (no clock bound)."""
     fake = FakeClock()
     monkeypatch.setattr(clock, "monotonic", lambda: fake.mono)
     monkeypatch.setattr(clock, "time_ns", lambda: fake.wall_ns)
+    monkeypatch.setattr(clock, "kernel_clock", lambda: None)
     return fake
 
 

@@ -110,6 +110,7 @@ def test_pyprocsync_all() -> None:
         "Barrier",
         "BrokenBarrierError",
         "BrokenByTimeoutError",
+        "ClockUncertaintyError",
         "ConnectionLostError",
         "Event",
         "InvalidArgumentError",

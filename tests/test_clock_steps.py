@@ -7,12 +7,27 @@ something reads or sleeps (``clock_support``).
 
 from __future__ import annotations
 
+import logging
+import threading
+from typing import Any
+
 import pytest
-from clock_support import EVENT, MONO0_NS, MS, T0_NS, FakeRedis, FakeWorld, make_settings
+from clock_support import (
+    CLOCK_LOGGER,
+    EVENT,
+    MONO0_NS,
+    MS,
+    T0_NS,
+    FakeRedis,
+    FakeWorld,
+    clock_records,
+    make_settings,
+)
 
 from pyprocsync import (
     clock,
 )
+from pyprocsync.core import waiter
 from pyprocsync.core.memory import EventMemory
 from pyprocsync.core.ops import SleepUntil
 from pyprocsync.core.rounds import sync_flow
@@ -131,10 +146,12 @@ def test_server_mode_estimate_is_carried_past_the_announcement(world: FakeWorld)
     settings = make_settings(clock="server")
     result = fake.run(sync_flow(settings, state, EVENT, 2, None, memory=memory))
     assert fake.kinds() == ["ServerTimex5", "Listen", "Receive", "Call", "Receive", "SleepUntil"]
-    assert fake.arrive_args[0][8] == 0  # nothing learned before the first round
+    # Nothing learned before the first round: the median of the first TIME round trips
+    # stands for the announcement's latency.
+    assert fake.arrive_args[0][8] == state.typical_round_trip_us() > 0
     assert result.clock_offset == pytest.approx(-1.5, abs=1e-5)
     assert abs(fake.returned_mono - (fake.decided_mono + 300 * MS)) < 50_000
-    latency = memory.latency_us[EVENT]
+    latency = memory.reported_us()
     assert 7000 <= latency <= 7000 + 100 + result.clock_uncertainty * 1e6
 
     fake2 = FakeRedis(world, others=True, generation=1)
@@ -186,3 +203,120 @@ def test_system_instance_follows_a_server_clock_instant(world: FakeWorld) -> Non
     assert sleep.on_monotonic
     assert result.clock_offset == pytest.approx(0.8, abs=1e-5)
     assert abs(fake.returned_mono - (fake.decided_mono + 300 * MS)) < 50_000
+
+
+# == 5. what a release reports of the clocks (issue 22) ==========================================
+
+
+def release(fake: FakeRedis, clocks: ClockState | None = None, **settings: Any) -> Any:
+    """Run one participant to its release with ``fake``; its result."""
+    clocks = clocks or ClockState(check_system_clock=False)
+    flow = sync_flow(make_settings(**settings), clocks, EVENT, 1, None, memory=EventMemory())
+    return fake.run(flow)
+
+
+@pytest.mark.parametrize("mode", ["server", "system"])
+@pytest.mark.parametrize("step_s", [0.02, -0.1])
+def test_a_step_during_the_wait_is_reported_and_logged_once(
+    world: FakeWorld, mode: str, step_s: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A step of the wall clock during the wait (after the second coarse sleep) shows in
+    ``SyncResult.clock_step`` and is logged once at WARNING on ``pyprocsync.clock``,
+    saying whether the release moved with it (system clock) or not (server clock)."""
+    caplog.set_level(logging.WARNING, logger=CLOCK_LOGGER)
+    world.server_ahead(3_000_000_000)
+    world.steps = {2: round(step_s * 1e9)}
+    fake = FakeRedis(world)
+    clocks = ClockState(check_system_clock=False)
+    result = fake.run(
+        sync_flow(make_settings(clock=mode), clocks, EVENT, 1, None, memory=EventMemory())
+    )
+    assert result.clock_step == pytest.approx(step_s, abs=1e-4)
+    (record,) = clock_records(caplog, logging.WARNING)
+    assert "stepped" in record.getMessage()
+    moved = "not moved" if mode == "server" else "moved with it"
+    assert moved in record.getMessage()
+
+
+def test_no_step_no_report(world: FakeWorld, caplog: pytest.LogCaptureFixture) -> None:
+    """Without a step (the wall clock keeps pace with the monotonic one) nothing is
+    reported: ``clock_step`` is 0.0 and nothing is logged."""
+    caplog.set_level(logging.WARNING, logger=CLOCK_LOGGER)
+    fake = FakeRedis(world)
+    result = fake.run(
+        sync_flow(
+            make_settings(),
+            ClockState(check_system_clock=False),
+            EVENT,
+            1,
+            None,
+            memory=EventMemory(),
+        )
+    )
+    assert result.clock_step == 0.0
+    assert clock_records(caplog, logging.WARNING) == []
+
+
+def test_system_mode_reports_the_bound_the_kernel_keeps(world: FakeWorld) -> None:
+    """System-clock mode: the release's bound is the one the host's time daemon keeps
+    (the kernel's ``maxerror``), and it says the clock is synchronised."""
+    world.kernel = clock.KernelClock(True, 250_000, 30_000)
+    fake = FakeRedis(world)
+    result = fake.run(
+        sync_flow(
+            make_settings(),
+            ClockState(check_system_clock=False),
+            EVENT,
+            1,
+            None,
+            memory=EventMemory(),
+        )
+    )
+    assert result.clock_synchronized is True
+    assert result.clock_uncertainty == pytest.approx(250e-6)
+    assert result.clock_offset is None
+
+
+@pytest.mark.parametrize("kernel", [clock.KernelClock(False, 16 * 10**9, 16 * 10**9), None])
+def test_an_unsynchronised_or_silent_kernel_gives_no_bound(
+    world: FakeWorld,
+    kernel: clock.KernelClock | None,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """System-clock mode on a host whose kernel says its clock is not synchronised: no
+    made-up figure (``clock_uncertainty`` None, ``clock_synchronized`` False) and one
+    warning per process, not one per release; a kernel that says nothing (another
+    system): ``clock_synchronized`` None, no warning."""
+    monkeypatch.setattr(waiter, "_told_unsynchronised", threading.Event())
+    caplog.set_level(logging.WARNING, logger=CLOCK_LOGGER)
+    world.kernel = kernel
+    results = []
+    for generation in range(2):
+        fake = FakeRedis(world, generation=generation)
+        flow = sync_flow(
+            make_settings(),
+            ClockState(check_system_clock=False),
+            EVENT,
+            1,
+            None,
+            memory=EventMemory(),
+        )
+        results.append(fake.run(flow))
+    assert [r.clock_uncertainty for r in results] == [None, None]
+    synchronized = None if kernel is None else False
+    assert [r.clock_synchronized for r in results] == [synchronized, synchronized]
+    warned = clock_records(caplog, logging.WARNING)
+    assert len(warned) == (0 if kernel is None else 1)
+    if warned:
+        assert "not synchronised" in warned[0].getMessage()
+
+
+def test_server_mode_needs_no_kernel(world: FakeWorld) -> None:
+    """Server-clock mode does not rely on the kernel's view: its bound is the estimate's
+    and ``clock_synchronized`` is None, even on an unsynchronised host."""
+    world.kernel = clock.KernelClock(False, 16 * 10**9, 16 * 10**9)
+    world.server_ahead(3_000_000_000)
+    result = release(FakeRedis(world), ClockState(), clock="server")
+    assert result.clock_synchronized is None
+    assert 0 < result.clock_uncertainty < 1e-3

@@ -47,6 +47,7 @@ from pyprocsync.core.ops import (
 from pyprocsync.core.rounds import Broken, Released, parse_outcome, reset_flow, sync_flow
 from pyprocsync.core.scripts import Script
 from pyprocsync.core.waiter import now_us_for_scripts
+from pyprocsync.core.wire import NO_BOUND
 
 # -- the regular path -------------------------------------------------------------------
 
@@ -83,8 +84,9 @@ def test_subscribes_before_arriving(fake_clock: FakeClock) -> None:
     args = stepper.expect_call(Script.ARRIVE)
     nodes, member, liveness, retention, arrival_us, lead_us, channel, hold, *rest = args
     assert (nodes, liveness, retention, lead_us, channel, hold) == (2, 5000, 60000, 0, CHANNEL, 0)
-    # nothing learned yet; the default automatic floor; no round seen released yet
-    assert rest == [0, 1000, -1]
+    # nothing learned yet; the default automatic floor; no round seen released yet; no
+    # clock bound (the fake kernel says nothing), no tolerance
+    assert rest == [0, 1000, -1, NO_BOUND, NO_BOUND]
     assert arrival_us == T0_US
     tag, _, node_id = member.partition(":")
     assert len(tag) == 12

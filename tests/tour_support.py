@@ -34,8 +34,7 @@ def _instances(shell: Any, url: str, run_id: str, cluster: bool) -> tuple[list[A
     ]
     events = [shell.Event.from_url(url, "flag", run_id=run_id, **common) for _ in "ab"]
     barriers = [
-        shell.Barrier.from_url(url, "gate", 2, run_id=run_id, delay=0.02, **common)
-        for _ in "ab"
+        shell.Barrier.from_url(url, "gate", 2, run_id=run_id, delay=0.02, **common) for _ in "ab"
     ]
     return nodes, events, barriers
 

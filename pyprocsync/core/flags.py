@@ -114,6 +114,17 @@ class _FlagWaiter(Waiter[FlagSet | None]):
         met = yield from self.meet_instant(
             woken_by.at_us, woken_by.lead_us, woken_by.server_clock, learned_late_is_error=waited
         )
+        tolerance = self.settings.max_uncertainty_us * 1000
+        if tolerance >= 0 and woken_by.lead_us > 0:
+            bound = met.uncertainty_ns
+            if bound is None or bound > tolerance:
+                # Not released; a flag's other waiters are not told: each checks its own.
+                raise self.uncertain(
+                    f"{self.name!r} was set, but this waiter is not released",
+                    self.settings.member_id,
+                    bound,
+                    tolerance,
+                )
         return met.deliver(True)
 
 

@@ -167,9 +167,10 @@ class AtInstant(Generic[T]):
 
     A flow that ends at a release instant returns this instead of its result; the shell
     hands back everything the call held (mailbox, listener reference, connections) and
-    returns it to the public method, which carries out :attr:`wait` and returns
-    :meth:`finish` as its last step (``meet`` in each shell). Between the instant and
-    the caller's next line only :meth:`finish` and two ``return`` statements run.
+    returns it to the public method, which carries out :attr:`wait` (calling
+    :meth:`watch` between its coarse sleeps) and returns :meth:`finish` as its last step
+    (``meet`` in each shell). Between the instant and the caller's next line only
+    :meth:`finish` and two ``return`` statements run.
     """
 
     #: The wait for the instant.
@@ -179,6 +180,41 @@ class AtInstant(Generic[T]):
     #: The attribute of :attr:`result` (a frozen dataclass) that receives how late the
     #: wait returned, in seconds; ``None`` when the result has no such attribute.
     late_field: str | None = None
+    #: The attribute of :attr:`result` that receives how far the wall clock was stepped
+    #: during the wait, in seconds (see :meth:`watch`); ``None`` when it has none.
+    step_field: str | None = None
+    #: This host's wall clock minus its monotonic clock when the wait was planned, and
+    #: the monotonic reading it was taken at, ns.
+    planned: tuple[int, int] = (0, 0)
+    #: How far the wall clock has been stepped since, ns (see :meth:`watch`).
+    stepped_ns: int = 0
+
+    def watch(self) -> None:
+        """Notice a step of this host's wall clock since the wait was planned: called
+        between the wait's coarse sleeps (never in its last :data:`SleepUntil.spin_ns`).
+
+        The wall clock minus the monotonic clock moves only by a step, or by a slew of
+        at most :data:`~pyprocsync.clock.MAX_SLEW_PPB`; a change beyond that (and beyond
+        :data:`~pyprocsync.clock.STEP_FLOOR_NS`) is a step: logged the first time
+        (WARNING, ``pyprocsync.clock``), kept in :attr:`stepped_ns` and in the
+        :attr:`step_field` of the result.
+        """
+        stepped = clock.wall_step_ns(*self.planned)
+        if not stepped or stepped == self.stepped_ns:
+            return
+        first = not self.stepped_ns
+        object.__setattr__(self, "stepped_ns", stepped)
+        if self.step_field is not None:
+            object.__setattr__(self.result, self.step_field, stepped / 1e9)
+        if first:
+            clock.log.warning(
+                "this host's wall clock was stepped by %+.3f ms while waiting for a release "
+                "instant (%s)",
+                stepped / 1e6,
+                "the release follows the monotonic clock and is not moved"
+                if self.wait.on_monotonic
+                else "the release follows the wall clock and moved with it",
+            )
 
     def finish(self) -> T:
         """Return :attr:`result`, its :attr:`late_field` set from one clock reading taken
@@ -212,17 +248,29 @@ class Instant:
     estimate: ClockEstimate | None
     #: The wait, or ``None`` when there is none (lead time 0: return at once).
     wait: SleepUntil | None
+    #: How far this host's reading of the instant may be from the reference clock, ns
+    #: (see :attr:`pyprocsync.SyncResult.clock_uncertainty`); ``None``: no bound.
+    uncertainty_ns: int | None = None
+    #: System-clock instants: whether the kernel says this host's clock is
+    #: synchronised (``None``: it says nothing, or a server-clock instant).
+    synchronized: bool | None = None
+    #: This host's wall clock minus its monotonic clock when the instant was planned,
+    #: and the monotonic reading it was taken at, ns (see :meth:`AtInstant.watch`).
+    planned: tuple[int, int] = (0, 0)
 
-    def deliver(self, result: T, late_field: str | None = None) -> T | AtInstant[T]:
+    def deliver(
+        self, result: T, late_field: str | None = None, step_field: str | None = None
+    ) -> T | AtInstant[T]:
         """``result`` now when there is no wait, else at the instant.
 
         ``late_field`` names the attribute of ``result`` (a frozen dataclass built
         before the wait) that receives how late the caller got control back, in
-        seconds (see :meth:`AtInstant.finish`).
+        seconds (see :meth:`AtInstant.finish`); ``step_field`` the one that receives a
+        step of the wall clock during the wait (see :meth:`AtInstant.watch`).
         """
         if self.wait is None:
             return result
-        return AtInstant(self.wait, result, late_field)
+        return AtInstant(self.wait, result, late_field, step_field, self.planned)
 
 
 Flow = Generator[Operation, Any, T]

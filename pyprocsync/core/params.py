@@ -49,6 +49,7 @@ class OptionDefaults:
     clock_refresh: float = 1.0
     auto_floor: float = 0.001
     member: bool = False
+    max_uncertainty: float | None = None
 
 
 #: The defaults of the options of :class:`~pyprocsync.ProcSync`.
@@ -212,6 +213,8 @@ class Settings:
     clock_refresh_ns: int
     auto_floor_us: int
     member: bool
+    #: The widest clock bound accepted for any participant of a round, µs; -1: any.
+    max_uncertainty_us: int = -1
 
     @property
     def auto_delay(self) -> bool:
@@ -236,6 +239,7 @@ class Settings:
         clock_refresh: object = DEFAULTS.clock_refresh,
         auto_floor: object = DEFAULTS.auto_floor,
         member: object = DEFAULTS.member,
+        max_uncertainty: object = DEFAULTS.max_uncertainty,
     ) -> Settings:
         """Validate the constructor arguments of a ProcSync and build its settings; an
         argument left out takes its default from :data:`DEFAULTS`."""
@@ -267,6 +271,9 @@ class Settings:
             clock_refresh_ns=round(positive("clock_refresh", clock_refresh) * 1e9),
             auto_floor_us=round(lead("auto_floor", auto_floor) * 1e6),
             member=flag("member", member),
+            max_uncertainty_us=-1
+            if max_uncertainty is None
+            else max(1, round(positive("max_uncertainty", max_uncertainty) * 1e6)),
         )
 
     @property

@@ -61,6 +61,7 @@ from pyprocsync.core.wire import (
     MEMBER_TAG_HEX,
     NEVER_RELEASED,
     READ_ONLY,
+    UNCERTAIN,
     Abandon,
     Abort,
     Arrival,
@@ -152,6 +153,15 @@ class _Participant(Waiter[Outcome]):
         counts = {"arrived": outcome.arrived, "expected": outcome.expected, **self.where()}
         if outcome.reason == "timeout":  # 0.1.0's TimeOutError on every node
             return BrokenByTimeoutError(message, missing=outcome.missing, **counts)
+        if outcome.reason == UNCERTAIN:
+            return self.uncertain(
+                f"round {outcome.generation} of {self.name!r} is broken, nobody was released",
+                outcome.missing[0],
+                None if outcome.bound_us is None else outcome.bound_us * 1000,
+                (outcome.tolerance_us or 0) * 1000,
+                arrived=outcome.arrived,
+                expected=outcome.expected,
+            )
         return BrokenBarrierError(message, reason=outcome.reason, missing=outcome.missing, **counts)
 
     def _timed_out(self, arrived: int | None, expected: int | None) -> TimeOutError:
@@ -240,9 +250,11 @@ class _Participant(Waiter[Outcome]):
                     now_us=self.now_us_for_scripts(),
                     lead_us=settings.delay_us,
                     hold=self.has_action,
-                    reported_us=self.memory.latency_us.get(self.name, 0),
+                    reported_us=self.memory.reported_us() or self.clocks.typical_round_trip_us(),
                     floor_us=settings.auto_floor_us,
                     seen=floor,
+                    bound_us=self.arrival_bound_us(),
+                    tolerance_us=settings.max_uncertainty_us,
                 )
             )
             try:
@@ -436,9 +448,10 @@ class _Participant(Waiter[Outcome]):
             late_by=met.late_ns / 1e9,  # how late it learned; replaced after the wait
             delay=outcome.lead_us / 1e6,
             clock_offset=None if estimate is None else estimate.wall_offset_ns / 1e9,
-            clock_uncertainty=None if estimate is None else estimate.uncertainty_ns / 1e9,
+            clock_uncertainty=None if met.uncertainty_ns is None else met.uncertainty_ns / 1e9,
+            clock_synchronized=met.synchronized,
         )
-        return met.deliver(result, "late_by")
+        return met.deliver(result, "late_by", "clock_step")
 
 
 def sync_flow(

@@ -26,6 +26,12 @@ State of one event (names in :mod:`pyprocsync.core.keys`), a hash with fields:
 ``a``
     while the complete round's action runs: the lease member of the participant
     running it (a Barrier's last arrival); the round is released by RELEASE.
+``T``, ``W``, ``w``
+    the current round's tolerance (the smallest ``max_uncertainty`` of its arrivals,
+    µs; absent: none), its widest clock bound so far (µs; a bound not known counts as
+    :data:`~pyprocsync.core.wire.UNBOUNDED_US`) and the lease member that reported it.
+    An arrival that makes the widest bound exceed the tolerance breaks the round with
+    reason ``uncertain`` (its list: ``[[member, "<bound µs>", "<tolerance µs>"]]``).
 ``o0`` .. ``o7``
     the outcomes of the last eight rounds (:data:`~pyprocsync.core.wire.OUTCOME_SLOTS`),
     slot ``generation % 8``:
@@ -228,11 +234,14 @@ _ARRIVE = """
 -- ARGV[8] 1 if the caller, when last, runs an action before the release (else 0),
 -- ARGV[9] how long the caller took to learn of this event's last release, µs (0: none),
 -- ARGV[10] the automatic lead's floor, µs,
--- ARGV[11] the latest generation the caller saw released (negative: none)
+-- ARGV[11] the latest generation the caller saw released (negative: none),
+-- ARGV[12] the caller's clock bound, µs (no_bound: not known),
+-- ARGV[13] the widest bound the caller accepts, µs (no_bound: any)
 -- Returns {status (wire.Arrival), generation, index, outcome}:
 --   {JOINED, g, index, ''}        joined; waiting for the others
 --   {JOINED, g, index, 'R ...'}   joined as the last arrival: the round is released
---   {REFUSED, g, -1, 'B ...'}     refused: the round is broken
+--   {REFUSED, g, -1, 'B ...'}     refused: the round is broken (this arrival may have broken
+--                                 it: a clock bound beyond the tolerance, reason uncertain)
 --   {MISMATCH, g, expected, 'B ...'} refused: nodes differs from the round's; now broken
 --   {ACT, g, index, ''}           joined as the last arrival with an action: run it, then
 --                                 RELEASE (or ABANDON with reason 'action' if it failed)
@@ -247,6 +256,8 @@ local liveness, retention = tonumber(ARGV[3]), tonumber(ARGV[4])
 local arrival_us, lead_us, channel = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local hold = ARGV[8] == '1'
 local reported, floor = tonumber(ARGV[9]), tonumber(ARGV[10])
+local bound, tolerance = tonumber(ARGV[12]), tonumber(ARGV[13])
+if bound == ${no_bound} then bound = ${unbounded_us} end
 event_allowed(channel, 'ZSCORE', 'ZCARD', 'ZRANGEBYSCORE', 'ZADD')
 allowed(nil, 'TIME')
 local g = int_field('g') or 0
@@ -296,6 +307,16 @@ elseif k ~= nodes then
 elseif n >= k then
   corrupt('field n')
 end
+-- The widest clock bound of the round against its smallest tolerance.
+local widest, widest_member = int_field('W') or 0, redis.call('HGET', H, 'w') or member
+if bound >= widest then widest, widest_member = bound, member end
+local limit = int_field('T')
+if tolerance ~= ${no_bound} and (not limit or tolerance < limit) then limit = tolerance end
+if limit and widest > limit then
+  o = break_round(g, ${uncertain}, {{widest_member, fmt(widest), fmt(limit)}}, channel)
+  keep(retention)
+  return {${arrival_refused}, g, -1, o}
+end
 local index, rest = n, nil
 local free = redis.call('HGET', H, 'f')
 if free and free ~= '' then
@@ -310,12 +331,14 @@ if n >= k and not hold then
   local at, basis = now_us(arrival_us)
   o = decide(g, 'R ' .. fmt(g) .. ' ' .. fmt(at + lead_us) .. ' ' .. fmt(lead_us) .. basis, channel)
   redis.call('HSET', H, 'g', fmt(g + 1), 'n', 0)
-  redis.call('HDEL', H, 'k', 'f')
+  redis.call('HDEL', H, 'k', 'f', 'T', 'W', 'w')
   keep(retention)
   return {${arrival_joined}, g, index, o}
 end
 redis.call('ZADD', Z, now + liveness, member)  -- the first write unless L moved
-redis.call('HSET', H, 'g', fmt(g), 'n', n, 'k', k, 'm:' .. member, index)
+redis.call('HSET', H, 'g', fmt(g), 'n', n, 'k', k, 'm:' .. member, index,
+  'W', fmt(widest), 'w', widest_member)
+if limit then redis.call('HSET', H, 'T', fmt(limit)) end
 if rest then redis.call('HSET', H, 'f', rest) end
 if n == 1 then redis.call('HSET', H, 't', fmt(now)) end
 keep(retention)
@@ -389,7 +412,7 @@ redis.call('HDEL', H, field, 'a')
 local n = (int_field('n') or 1) - 1
 if n <= 0 then
   redis.call('HSET', H, 'n', 0)
-  redis.call('HDEL', H, 'k', 'f')
+  redis.call('HDEL', H, 'k', 'f', 'T', 'W', 'w')
 else
   local free = redis.call('HGET', H, 'f')
   if free and free ~= '' then free = free .. ' ' .. index else free = index end
@@ -412,7 +435,7 @@ local o = outcome_of(cur)
 if not o and (int_field('n') or 0) == 0 then return cur end
 if not o then break_round(cur, 'reset', {}, ARGV[2]) end
 redis.call('HSET', H, 'g', fmt(cur + 1), 'n', 0)
-redis.call('HDEL', H, 'k', 'f', 'a')
+redis.call('HDEL', H, 'k', 'f', 'a', 'T', 'W', 'w')
 forget_waiters()
 keep(tonumber(ARGV[1]))
 return cur + 1
@@ -437,7 +460,7 @@ local lead_us = lead(tonumber(ARGV[4]), int_field('L') or 0, tonumber(ARGV[7]))
 local at, basis = now_us(tonumber(ARGV[3]))
 o = decide(g, 'R ' .. fmt(g) .. ' ' .. fmt(at + lead_us) .. ' ' .. fmt(lead_us) .. basis, ARGV[6])
 redis.call('HSET', H, 'g', fmt(g + 1), 'n', 0)
-redis.call('HDEL', H, 'k', 'f', 'a')
+redis.call('HDEL', H, 'k', 'f', 'a', 'T', 'W', 'w')
 keep(tonumber(ARGV[5]))
 return o
 """

@@ -12,15 +12,22 @@ Cristian's estimate, as in NTP.
 :data:`WINDOW`, none older than :data:`MAX_AGE_NS`), in the spirit of NTP and chrony:
 
 * *Drift.* The server's clock and this host's monotonic clock need not run at the same
-  rate. Two samples ``i`` and ``j`` taken ``d`` apart bound the rate difference ``f``:
+  rate (quartz crystals differ by 5-30 ppm, more with temperature). Two samples ``i``
+  and ``j`` taken ``d`` apart bound the rate difference ``f``:
   ``(low_j - high_i) / d <= f <= (high_j - low_i) / d``. Intersected over all pairs and
   with ``±`` :data:`MAX_DRIFT_PPB`, this gives exactly the rates that all samples
-  allow; the longer the window, the narrower the range. While the range includes 0
-  (equal rates, as on one host), the drift estimate is 0: noise is not carried forward
-  as drift. Once the samples exclude equal rates, the drift is estimated by least
-  squares over the samples' midpoints, weighted by the inverse square of their round
-  trips, and kept within the range. The drift bound is the distance from the estimate
-  to the farther end of the range.
+  allow; the longer the window, the narrower the range. The drift is estimated by
+  least squares over the samples' midpoints, weighted by the inverse square of their
+  round trips (the quick samples decide, as in NTP's and chrony's minimum-delay
+  selection). It is carried forward once the samples span :data:`DRIFT_MIN_SPAN_NS`
+  and show it beyond their noise, at least :data:`DRIFT_SIGNIFICANCE` standard errors
+  from 0 (else it is 0: a burst of back-to-back samples, or one host, where the rates
+  are equal, shows none), and kept
+  within the range. The standard error comes from the fit's residuals (from
+  :data:`RESIDUAL_SAMPLES` samples on), never more than the samples' intervals allow:
+  a LAN host drifting 30 ppm is followed after some seconds of samples, long before
+  the hard bounds alone exclude equal rates. The drift bound is the distance from the
+  estimate to the farther end of the range.
 * *Offset.* Each sample's interval is carried forward to the newest sample's time
   along the estimated drift; the estimate is the middle of their intersection (never
   empty: the drift is one that all samples allow). A sample delayed in either direction
@@ -47,7 +54,12 @@ instant: a burst of ``clock_samples`` back-to-back round trips for the first est
 then one round trip per ``clock_refresh`` on average: a back-to-back pair (the first
 wakes up the server and the path to it, so the second is quick and symmetric)
 whenever the newest sample is ``2 * clock_refresh`` old, before an arrival and at a
-waiter's heartbeats, by whichever call of the instance notices first. After an
+waiter's heartbeats, by whichever call of the instance notices first. While the window
+is young, the pairs come sooner: once the newest sample is as old as the window spans,
+but at least ``clock_refresh / 8`` (after the first burst: at 1/8, 1/4, 1/2, 1 and 2
+refresh periods), so the rate between the clocks, and with it the bound carried
+forward, is narrowed within the first seconds of a run; a fresh process pays a few
+round trips more in its first seconds, none later. After an
 announcement, the estimate is carried forward; round trips are made then only when
 there is no estimate or its newest sample is older than :data:`STALE_REFRESHES` times
 ``clock_refresh``.
@@ -79,8 +91,11 @@ from pyprocsync.core.ops import LINK_ERRORS, Flow, ServerTime, bound, refused, t
 from pyprocsync.exceptions import ConnectionLostError, ProcSyncError, ProtocolError
 
 __all__ = [
+    "DRIFT_MIN_SPAN_NS",
+    "DRIFT_SIGNIFICANCE",
     "MAX_AGE_NS",
     "MAX_DRIFT_PPB",
+    "RESIDUAL_SAMPLES",
     "RESOLUTION_NS",
     "STALE_REFRESHES",
     "WINDOW",
@@ -325,7 +340,7 @@ class ClockFilter:
 
         :raises ValueError: no sample was added yet.
         """
-        wall_minus_mono, now, gap = _wall_minus_mono()
+        wall_minus_mono, now, gap = clock.wall_minus_monotonic()
         return self.estimate(now, wall_minus_mono, gap)
 
     def _refit(self) -> _Fit | None:
@@ -345,9 +360,7 @@ class ClockFilter:
             return None
         reference = mids[-1]
         aged = [(lo, hi, reference - m) for (lo, hi), m in zip(bounds, mids, strict=True)]
-        # A drift is estimated only once the samples prove that the rates differ (on one
-        # host they never do): until then the estimate does not follow the noise.
-        drift = 0.0 if slow <= 0 <= fast else min(max(_fitted_drift(samples), slow), fast)
+        drift = min(max(_fitted_drift(samples), slow), fast)
 
         def intersection(low_rate: float, high_rate: float) -> tuple[int, int]:
             """The offsets at the reference that every sample allows if the rate is
@@ -374,11 +387,25 @@ class ClockFilter:
         )
 
 
+#: From this many samples on, the drift's standard error comes from the fit's residuals.
+RESIDUAL_SAMPLES = 5
+
+#: How many standard errors from 0 a fitted drift must be to be carried forward.
+DRIFT_SIGNIFICANCE = 2.0
+
+#: The shortest span of samples over which a drift is estimated, ns: over less, a few
+#: noisy samples in two clusters (the first burst and a pair) can fake a steep rate.
+DRIFT_MIN_SPAN_NS = 1_000_000_000
+
+
 def _fitted_drift(samples: deque[TimeSample]) -> float:
-    """The rate at which the offset changes, by least squares over the samples'
-    midpoints weighted by the inverse square of their round trips (a sample twice as
-    slow counts a quarter as much)."""
+    """The rate at which the offset changes (a fraction), by least squares over the
+    samples' midpoints weighted by the inverse square of their round trips (a sample
+    twice as slow counts a quarter as much); 0 unless it is :data:`DRIFT_SIGNIFICANCE`
+    standard errors from 0 (see the module's description)."""
     base = samples[-1].midpoint_ns
+    if base - samples[0].midpoint_ns < DRIFT_MIN_SPAN_NS:
+        return 0.0
     points = [
         (
             float(s.midpoint_ns - base),
@@ -391,28 +418,19 @@ def _fitted_drift(samples: deque[TimeSample]) -> float:
     mean_t = sum(w * t for t, _, w in points) / total
     mean_y = sum(w * y for _, y, w in points) / total
     spread = sum(w * (t - mean_t) ** 2 for t, _, w in points)
-    return sum(w * (t - mean_t) * (y - mean_y) for t, y, w in points) / spread
-
-
-#: How many times :func:`_wall_minus_mono` reads the clocks, keeping the closest reads.
-WALL_READS = 3
-
-
-def _wall_minus_mono() -> tuple[int, int, int]:
-    """This host's wall clock minus its monotonic clock, the moment it refers to, and
-    how far the first may be off: half the time between two monotonic readings around
-    a wall-clock reading, the shortest of :data:`WALL_READS` tries (a thread preempted
-    between the readings would make it long)."""
-    best: tuple[int, int, int] | None = None
-    for _ in range(WALL_READS):
-        before = clock.monotonic_ns()
-        wall = clock.time_ns()
-        after = clock.monotonic_ns()
-        middle = (before + after) // 2
-        if best is None or after - before < 2 * best[2]:
-            best = (wall - middle, middle, (after - before + 1) // 2)
-    assert best is not None
-    return best
+    if spread <= 0:
+        return 0.0
+    slope = sum(w * (t - mean_t) * (y - mean_y) for t, y, w in points) / spread
+    # A sample's offset is somewhere in an interval as wide as its round trip: at most
+    # the variance of a uniform spread over it, 1/12 of the width squared (weight 1).
+    unit_variance = 1 / 12
+    if len(points) >= RESIDUAL_SAMPLES:
+        residuals = sum(w * (y - mean_y - slope * (t - mean_t)) ** 2 for t, y, w in points) / (
+            len(points) - 2
+        )
+        unit_variance = min(unit_variance, residuals)
+    significant = slope**2 > DRIFT_SIGNIFICANCE**2 * unit_variance / spread
+    return slope if significant else 0.0
 
 
 class ClockState:
@@ -466,7 +484,18 @@ class ClockState:
         :raises ConnectionLostError: the server could not be reached.
         :raises ProtocolError: a reply is not a ``TIME`` reply.
         """
-        return (yield from self._renewed(2 * refresh_ns, samples, where, deadline))
+        return (yield from self._renewed(self._refresh_age(refresh_ns), samples, where, deadline))
+
+    def _refresh_age(self, refresh_ns: int) -> int:
+        """How old the newest sample may grow before :meth:`fresh` renews the estimate:
+        ``2 * refresh_ns``, or while the window spans less, that span (at least
+        ``refresh_ns / 8``; see the module's description)."""
+        with self._lock:
+            samples = self._filter.samples
+        if not samples:
+            return 2 * refresh_ns
+        span = samples[-1].midpoint_ns - samples[0].midpoint_ns
+        return min(2 * refresh_ns, max(refresh_ns // 8, span))
 
     def usable(
         self,
@@ -511,6 +540,15 @@ class ClockState:
         estimate = self.estimate
         assert estimate is not None  # a sample was added above, or before
         return estimate
+
+    def typical_round_trip_us(self) -> int:
+        """The median round trip of the samples in the window, µs (0 before any): what
+        an arrival reports for ``delay="auto"`` before this instance has learned of any
+        release (an announcement travels one way, after the connection is warm: the
+        median leaves out the first, slow round trip of a new connection)."""
+        with self._lock:
+            rtts = sorted(sample.rtt_ns for sample in self._filter.samples)
+        return rtts[len(rtts) // 2] // 1000 if rtts else 0
 
     def keep_fresh(
         self,

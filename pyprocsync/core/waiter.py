@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import threading
 from typing import Any, Generic, TypeVar
 
 from redis.exceptions import ResponseError
@@ -35,10 +36,16 @@ from pyprocsync.core.ops import (
 )
 from pyprocsync.core.params import Settings
 from pyprocsync.core.servertime import ClockState
-from pyprocsync.core.wire import SERVER_CLOCK, Request, Stamp
-from pyprocsync.exceptions import ConnectionLostError, ProcSyncError, TimeOutError, TooLateError
+from pyprocsync.core.wire import NO_BOUND, SERVER_CLOCK, Request, Stamp
+from pyprocsync.exceptions import (
+    ClockUncertaintyError,
+    ConnectionLostError,
+    ProcSyncError,
+    TimeOutError,
+    TooLateError,
+)
 
-__all__ = ["RECHECK", "SUBSCRIBED", "Signal", "Waiter", "now_us_for_scripts"]
+__all__ = ["RECHECK", "SUBSCRIBED", "Signal", "Waiter", "now_us_for_scripts", "system_clock_bound"]
 
 O = TypeVar("O")  # noqa: E741  # what a waiter waits for
 
@@ -46,6 +53,33 @@ O = TypeVar("O")  # noqa: E741  # what a waiter waits for
 def now_us_for_scripts(settings: Settings) -> int | Stamp:
     """See :meth:`Waiter.now_us_for_scripts`."""
     return SERVER_CLOCK if settings.clock == "server" else Stamp.NOW_US
+
+
+_told_unsynchronised = threading.Event()
+
+
+def system_clock_bound() -> tuple[bool | None, int | None]:
+    """What this host's kernel says of its wall clock (see
+    :func:`pyprocsync.clock.kernel_clock`): whether it is synchronised (``None``: it
+    says nothing), and the bound on its error, ns (``None`` unless synchronised).
+
+    An unsynchronised clock is logged once per process (WARNING, ``pyprocsync.clock``):
+    across machines, ``clock="system"`` then rests on clocks nobody keeps in step.
+    """
+    kernel = clock.kernel_clock()
+    if kernel is None:
+        return None, None
+    if kernel.synchronized:
+        return True, kernel.max_error_ns
+    if not _told_unsynchronised.is_set():
+        _told_unsynchronised.set()
+        clock.log.warning(
+            "the kernel says this host's clock is not synchronised (no time daemon keeps "
+            'it): with clock="system", releases on different machines are as far apart '
+            "as their clocks, and none reports a clock bound (SyncResult.clock_uncertainty "
+            'is None); set up chrony or PTP, or use clock="server"'
+        )
+    return False, None
 
 
 class Signal(enum.Enum):
@@ -277,6 +311,44 @@ class Waiter(abc.ABC, Generic[O]):
                     settings.clock_samples, lead_us * 1000, self.deadline
                 )
 
+    def uncertain(
+        self,
+        what: str,
+        node: str,
+        bound_ns: int | None,
+        tolerance_ns: int,
+        **counts: int,
+    ) -> ClockUncertaintyError:
+        """The error for participant ``node`` whose clock bound (``None``: none) exceeds
+        the tolerance ``max_uncertainty``; ``what`` says what happened to the call."""
+        stated = (
+            "no clock bound" if bound_ns is None else f"a clock bound of {bound_ns / 1e6:.3f} ms"
+        )
+        return ClockUncertaintyError(
+            f"{what}: participant {node!r} has {stated}, more than max_uncertainty "
+            f"{tolerance_ns / 1e6:.3f} ms (pyprocsync clock --max-uncertainty checks a host)",
+            node=node,
+            bound=None if bound_ns is None else bound_ns / 1e9,
+            max_uncertainty=tolerance_ns / 1e9,
+            **counts,
+            **self.where(),
+        )
+
+    def arrival_bound_us(self) -> int:
+        """How far this participant's reading of an instant agreed now may be from the
+        reference clock, µs, as an arrival states it (:data:`NO_BOUND`: none): with the
+        server's clock, the estimate's bound carried to the end of the lead; with the
+        system clock, the bound this host's time daemon keeps."""
+        settings = self.settings
+        if settings.clock == "server":
+            estimate = self.clocks.estimate
+            if estimate is None:
+                return NO_BOUND
+            lead_ns = max(settings.delay_us, settings.auto_floor_us) * 1000
+            return -(-estimate.uncertainty_at(clock.monotonic_ns() + lead_ns) // 1000)
+        _synchronized, bound_ns = system_clock_bound()
+        return NO_BOUND if bound_ns is None else -(-bound_ns // 1000)
+
     def now_us_for_scripts(self) -> int | Stamp:
         """The caller's "now" that scripts base instants on: this host's wall clock, read
         as the command is sent (:attr:`Stamp.NOW_US`), or :data:`SERVER_CLOCK` in server-clock mode
@@ -300,6 +372,8 @@ class Waiter(abc.ABC, Generic[O]):
         """
         at_ns, lead_ns = at_us * 1000, lead_us * 1000
         estimate = None
+        synchronized: bool | None = None
+        planned = clock.wall_minus_monotonic()[:2]
         if server_clock:
             settings = self.settings
             estimate = yield from self.clocks.usable(
@@ -308,15 +382,17 @@ class Waiter(abc.ABC, Generic[O]):
             target = estimate.server_to_monotonic(at_ns)
             estimate = estimate.at(target)  # its figures as of the instant
             release_ns = estimate.server_to_wall(at_ns)
+            uncertainty: int | None = estimate.uncertainty_ns
             now = clock.monotonic_ns()
         else:
             target = release_ns = at_ns
+            synchronized, uncertainty = system_clock_bound()
             now = clock.time_ns()
         late_ns = now - target
-        # How long the news took from the decision (instant - lead) to this participant:
-        # reported at the next arrival, it sizes automatic lead times.
-        uncertainty = 0 if estimate is None else estimate.uncertainty_ns
-        self.memory.latency_us[self.name] = max(0, late_ns + lead_ns + uncertainty) // 1000
+        # How long the news took from the decision (instant - lead) to this participant,
+        # with the estimate's uncertainty: reported at arrivals, it sizes automatic leads.
+        carried = 0 if estimate is None else estimate.uncertainty_ns
+        self.memory.note_latency(max(0, late_ns + lead_ns + carried) // 1000)
         if (
             lead_us > 0
             and learned_late_is_error
@@ -328,7 +404,10 @@ class Waiter(abc.ABC, Generic[O]):
                 "participant learned of it; increase the delay or check the clocks",
                 late_by=late_ns / 1e9,
                 release_at=release_ns / 1e9,
+                clock_uncertainty=None if uncertainty is None else uncertainty / 1e9,
                 **self.where(),
             )
         wait = SleepUntil(target, self.settings.spin_ns, server_clock) if lead_us > 0 else None
-        return Instant(release_ns, target, late_ns, estimate, wait)
+        return Instant(
+            release_ns, target, late_ns, estimate, wait, uncertainty, synchronized, planned
+        )

@@ -39,10 +39,13 @@ __all__ = [
     "LUA_NAMES",
     "MEMBER_TAG_HEX",
     "NEVER_RELEASED",
+    "NO_BOUND",
     "OUTCOME_SLOTS",
     "READ_ONLY",
     "REFUSED_MARKER",
     "SERVER_CLOCK",
+    "UNBOUNDED_US",
+    "UNCERTAIN",
     "Abandon",
     "Abort",
     "Arrival",
@@ -99,6 +102,12 @@ CURRENT_ROUND = -1
 READ_ONLY = -1
 #: MEMBER's lease argument that ends the registration.
 LEAVE = 0
+#: ARRIVE's bound and tolerance argument meaning: none (no bound known; no tolerance).
+NO_BOUND = -1
+#: How the scripts store a bound that is not known: larger than any bound, µs.
+UNBOUNDED_US = 10**15 - 1
+#: The reason of a round broken because a clock bound exceeded a tolerance.
+UNCERTAIN = "uncertain"
 
 
 class Arrival(enum.IntEnum):
@@ -152,6 +161,9 @@ def _lua_names() -> dict[str, str]:
         "auto_lead": str(AUTO_LEAD),
         "current_round": str(CURRENT_ROUND),
         "leave": str(LEAVE),
+        "no_bound": str(NO_BOUND),
+        "unbounded_us": str(UNBOUNDED_US),
+        "uncertain": f"'{UNCERTAIN}'",
     }
     names.update({f"arrival_{status.name.lower()}": str(int(status)) for status in Arrival})
     names.update({f"verdict_{v.name.lower()}": f"'{v.value}'" for v in Verdict})
@@ -228,6 +240,12 @@ class Arrive(_EventRequest):
     floor_us: int
     #: The latest generation the caller saw released, or :data:`NEVER_RELEASED`.
     seen: int
+    #: How far the caller's reading of an instant may be from the reference clock, µs,
+    #: or :data:`NO_BOUND` (none known).
+    bound_us: int = NO_BOUND
+    #: The widest bound the caller accepts for any participant of the round, µs, or
+    #: :data:`NO_BOUND` (no tolerance).
+    tolerance_us: int = NO_BOUND
 
     def argv(self) -> tuple[Arg, ...]:
         return (
@@ -242,6 +260,8 @@ class Arrive(_EventRequest):
             self.reported_us,
             self.floor_us,
             self.seen,
+            self.bound_us,
+            self.tolerance_us,
         )
 
 
@@ -454,13 +474,20 @@ class Released:
 
 @dataclass(frozen=True, slots=True)
 class Broken:
-    """A round that broke for ``reason``."""
+    """A round that broke for ``reason``.
+
+    For :data:`UNCERTAIN`, ``missing`` names the participant with the widest clock
+    bound, ``bound_us`` is that bound (``None``: not known) and ``tolerance_us`` the
+    smallest tolerance of the round's participants.
+    """
 
     generation: int
     reason: str
     arrived: int
     expected: int
     missing: tuple[str, ...]
+    bound_us: int | None = None
+    tolerance_us: int | None = None
 
 
 Outcome = Released | Broken
@@ -538,16 +565,24 @@ def parse_outcome(announcement: str) -> Outcome:
             members = json.loads(missing)
             if not reason.isidentifier() or not isinstance(members, list):
                 raise ValueError(announcement)
-            return Broken(
-                _nonneg(gen),
-                reason,
-                _nonneg(arrived),
-                _nonneg(expected),
-                tuple(member_node(text(m)) for m in members),
-            )
+            counts = (_nonneg(gen), reason, _nonneg(arrived), _nonneg(expected))
+            if reason == UNCERTAIN:
+                return _uncertain(counts, members)
+            return Broken(*counts, tuple(member_node(text(m)) for m in members))
     except (ValueError, RecursionError, ProtocolError):  # RecursionError: absurdly nested JSON
         pass
     raise ProtocolError(f"not a pyprocsync outcome: {announcement[:80]!r}")
+
+
+def _uncertain(counts: tuple[int, str, int, int], members: list[Any]) -> Broken:
+    """The :data:`UNCERTAIN` outcome, whose list is ``[[member, "<bound µs>",
+    "<tolerance µs>"]]`` (decimal strings: Lua's JSON would round large numbers)."""
+    ((member, bound, tolerance),) = members
+    bound_us, tolerance_us = _nonneg(text(bound)), _nonneg(text(tolerance))
+    if max(bound_us, tolerance_us) > UNBOUNDED_US:
+        raise ValueError(members)
+    known = None if bound_us == UNBOUNDED_US else bound_us
+    return Broken(*counts, (member_node(text(member)),), known, tolerance_us)
 
 
 def parse_set(announcement: str) -> FlagSet:

@@ -81,7 +81,11 @@ async def _meet(due: Due[T]) -> T:
     if isinstance(due, AtInstant):
         wait = due.wait
         await clock.async_sleep_until_ns(
-            wait.at_ns, wait.spin_ns, on_monotonic=wait.on_monotonic, warm=due.finish
+            wait.at_ns,
+            wait.spin_ns,
+            on_monotonic=wait.on_monotonic,
+            warm=due.finish,
+            between=due.watch,
         )
         return due.finish()
     return due

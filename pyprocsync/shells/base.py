@@ -108,6 +108,7 @@ class ProcSyncBase(Generic[R]):
         clock_refresh: float = DEFAULTS.clock_refresh,
         auto_floor: float = DEFAULTS.auto_floor,
         member: bool = DEFAULTS.member,
+        max_uncertainty: float | None = DEFAULTS.max_uncertainty,
     ) -> None:
         self._settings = Settings.create(
             run_id=run_id,
@@ -124,6 +125,7 @@ class ProcSyncBase(Generic[R]):
             clock_refresh=clock_refresh,
             auto_floor=auto_floor,
             member=member,
+            max_uncertainty=max_uncertainty,
         )
         if not isinstance(redis_client, self._client_types):
             raise ArgumentTypeError(

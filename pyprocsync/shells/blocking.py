@@ -81,7 +81,11 @@ def meet(due: Due[T]) -> T:
     if isinstance(due, AtInstant):
         wait = due.wait
         clock.sleep_until_ns(
-            wait.at_ns, wait.spin_ns, on_monotonic=wait.on_monotonic, warm=due.finish
+            wait.at_ns,
+            wait.spin_ns,
+            on_monotonic=wait.on_monotonic,
+            warm=due.finish,
+            between=due.watch,
         )
         return due.finish()
     return due
@@ -235,6 +239,14 @@ class ProcSync(ProcSyncBase[BlockingRun], _ClosedOnExit):
         ``liveness``, instead of waiting for its timeout. ``pyprocsync status`` lists
         the members. A lapsed member counts as missing until it registers again or
         ``retention`` passes.
+    :param max_uncertainty: the widest clock bound (seconds) this participant accepts
+        for any participant of a round, or ``None`` (any). Each arrival states how far
+        its reading of an instant may be from the reference clock (see
+        :attr:`SyncResult.clock_uncertainty`); when the widest of a round exceeds the
+        smallest ``max_uncertainty`` of its participants, the round breaks for all of
+        them before any instant is agreed, with
+        :class:`~pyprocsync.ClockUncertaintyError` naming the participant and its
+        bound (see :doc:`/precision`). An ``Event`` waiter checks only its own bound.
     :raises InvalidArgumentError: an argument is invalid.
 
     A waiting participant logs who has arrived every 10 s (logger ``pyprocsync``,

@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -60,8 +62,10 @@ from pyprocsync.tools.credentials import (
     resolve_url,
     url_problem,
 )
+from pyprocsync.tools.lab import MODES, SCENARIOS, LabError, run_lab
+from pyprocsync.tools.lab import format_table as format_lab_table
 from pyprocsync.tools.server import EmbeddedServer, ServerError
-from pyprocsync.tools.stats import summary
+from pyprocsync.tools.stats import nan_to_none, summary
 from pyprocsync.tools.status import format_status, read_members, read_status
 
 __all__ = [
@@ -70,6 +74,7 @@ __all__ = [
     "ExitCode",
     "check_reachable",
     "count_arg",
+    "duration_arg",
     "main",
     "redact",
     "seconds_arg",
@@ -94,7 +99,8 @@ class ExitCode(IntEnum):
     BROKEN = 5
     #: The Redis server could not be reached, or the embedded server could not start.
     CONNECTION = 6
-    #: ``clock``: this host's clock is off the server's by more than ``--max-offset``.
+    #: ``clock``: this host's clock is off the server's by more than ``--max-offset``, or
+    #: its bound exceeds ``--max-uncertainty``.
     CLOCK_OFF = 7
     #: ``sync -- COMMAND``: COMMAND was found but cannot be executed (as a shell's 126).
     NOT_EXECUTABLE = handoff.NOT_EXECUTABLE
@@ -152,6 +158,22 @@ def timeout_arg(text: str) -> float:
 
 
 timeout_arg.__name__ = "a number of seconds > 0 or inf"
+
+_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
+
+
+def duration_arg(text: str) -> float:
+    """argparse type: a duration > 0 in seconds, or with a unit: ``200us``, ``0.2ms``,
+    ``1s`` (``µs`` too)."""
+    number, scale = text, 1.0
+    for unit, factor in sorted(_UNITS.items(), key=lambda item: -len(item[0])):
+        if text.endswith(unit):
+            number, scale = text[: -len(unit)], factor
+            break
+    return float(_positive(number.strip())) * scale
+
+
+duration_arg.__name__ = "a duration > 0 (seconds, or with a unit: 200us, 0.2ms)"
 _port = _number(int, 0, "a port number (0-65535)", 65535)
 
 
@@ -177,6 +199,15 @@ def _clock_option(parser: argparse.ArgumentParser) -> None:
         choices=("system", "server"),
         default=DEFAULTS.clock,
         help=f"agree instants on each host's clock or the server's (default {DEFAULTS.clock})",
+    )
+
+
+def _max_uncertainty_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--max-uncertainty",
+        type=duration_arg,
+        metavar="DURATION",
+        help=f"the widest clock bound accepted (200us, 0.5ms, 0.001): {what}",
     )
 
 
@@ -277,6 +308,9 @@ def _parser() -> argparse.ArgumentParser:
         "them close)",
     )
     _clock_option(sync)
+    _max_uncertainty_option(
+        sync, "break the round for all (exit 5) when any participant's clock bound exceeds it"
+    )
     _redis_option(sync, "")
     sync.set_defaults(exec_argv=None)
 
@@ -327,9 +361,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Estimate this host's clock offset to the Redis server from TIME round "
         'trips, with the filter of clock="server" (every round trip bounds the offset; '
         "the estimate is the middle of what all of them allow), and the drift between "
-        "the clocks when the samples are spread out (--every). Exit 7 when the offset "
-        "exceeds --max-offset: check before a run whose delay must cover clock "
-        "disagreement.",
+        "the clocks when the samples are spread out (--every), and what this host's "
+        "kernel says of its clock (synchronised, and within what bound). Exit 7 when the "
+        "offset exceeds --max-offset, or when this host cannot honour --max-uncertainty "
+        "in the --clock mode given: a check before a run (ExecStartPre= of a systemd "
+        "unit, a CI step).",
     )
     _redis_option(clock_cmd, "")
     clock_cmd.add_argument(
@@ -347,7 +383,53 @@ def _parser() -> argparse.ArgumentParser:
         type=seconds_arg,
         help="exit 7 when |offset| exceeds this many seconds (default: never)",
     )
+    _max_uncertainty_option(
+        clock_cmd,
+        "exit 7 unless this host's bound is within it: with --clock system, the kernel's "
+        "(synchronised, maxerror); with --clock server, the estimate's from the samples",
+    )
+    _clock_option(clock_cmd)
+    _add_lab(commands)
     return parser
+
+
+def _add_lab(commands: Any) -> None:
+    """The ``lab`` command's parser."""
+    lab = commands.add_parser(
+        "lab",
+        help="measure a cell of simulated hosts: their links and clocks, the truth on this "
+        "machine's clock",
+        description="Simulate a cell on this machine: each host a process with its own "
+        "wall and monotonic clocks (offset, drift, steps) and its own link to a private "
+        "embedded server (one-way delays per direction, jitter, loss). Per scenario and "
+        "clock mode, print the true spread of the hosts' returns (read on this "
+        "machine's clock on the line after sync returns), the TooLateError count, and "
+        "how often each release's stated clock bound covered its true error.",
+    )
+    lab.add_argument(
+        "--scenarios",
+        nargs="+",
+        choices=tuple(SCENARIOS),
+        default=list(SCENARIOS),
+        metavar="NAME",
+        help=f"cells to simulate (default all: {', '.join(SCENARIOS)})",
+    )
+    lab.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=list(MODES),
+        metavar="MODE",
+        help="clock modes, each where a scenario has it: system, server, server-auto "
+        "(server clock, delay='auto'); default all",
+    )
+    lab.add_argument("--rounds", type=count_arg, default=200, help="rounds per block (200)")
+    lab.add_argument(
+        "--delay", type=seconds_arg, default=0.05, help="lead time in seconds (default 0.05)"
+    )
+    lab.add_argument("--repeat", type=count_arg, default=3, help="repeats (default 3)")
+    lab.add_argument("--json", metavar="FILE", help="write every figure as JSON to FILE")
+    lab.add_argument("--quiet", action="store_true", help="print no progress and no table")
 
 
 def _require_url(url: str | None) -> str:
@@ -426,6 +508,57 @@ def _bench(args: argparse.Namespace) -> None:
             ExitCode.FAILED,
             f"{sync['errors']} sync calls failed; first: {sync['error_messages'][0]}",
         )
+
+
+def _lab_command(args: argparse.Namespace) -> str:
+    """The ``pyprocsync lab`` command line that runs what ``args`` say."""
+    return shlex.join(
+        [
+            "pyprocsync",
+            "lab",
+            "--scenarios",
+            *args.scenarios,
+            "--modes",
+            *args.modes,
+            "--rounds",
+            str(args.rounds),
+            "--delay",
+            f"{args.delay:g}",
+            "--repeat",
+            str(args.repeat),
+        ]
+    )
+
+
+def _lab(args: argparse.Namespace) -> None:
+    def progress(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    with EmbeddedServer() as server:
+        try:
+            run = run_lab(
+                (server.bind, server.port),
+                args.scenarios,
+                rounds=args.rounds,
+                delay=args.delay,
+                repeat=args.repeat,
+                modes=args.modes,
+                progress=progress,
+                command=_lab_command(args),
+            )
+        except LabError as exc:
+            raise CommandError(ExitCode.FAILED, f"the lab failed: {exc}") from None
+    if not args.quiet:
+        print(
+            f"{args.rounds} rounds per block, delay {args.delay:g} s, {args.repeat} repeats "
+            "(percentiles: medians across the repeats; counts: sums)"
+        )
+        print(format_lab_table(run))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(nan_to_none(run.as_dict()), out, indent=1)
+            out.write("\n")
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -509,7 +642,9 @@ def _sync(args: argparse.Namespace) -> NoReturn:
             raise CommandError(ExitCode.USAGE, "nothing after --: name the COMMAND to run")
         executable = _executable(exec_argv[0])  # before arriving: a typo breaks no round
     try:
-        node = ProcSync.from_url(url, args.run, args.delay, clock=args.clock)
+        node = ProcSync.from_url(
+            url, args.run, args.delay, clock=args.clock, max_uncertainty=args.max_uncertainty
+        )
         due = sync_until_instant(node, args.name, args.nodes, args.timeout)
     except (BrokenBarrierError, ParameterMismatchError) as exc:
         # First: another participant's timeout breaks the round with an error that is
@@ -653,6 +788,8 @@ def _clock(args: argparse.Namespace) -> None:
     print(drift)
     if samples.discarded:
         print(f"discarded {samples.discarded} samples contradicting later ones (a clock step?)")
+    kernel = clock.kernel_clock()
+    print(f"kernel: {_kernel_line(kernel)}")
     if args.max_offset is not None and abs(estimate.wall_offset_ns) > args.max_offset * 1e9:
         raise CommandError(
             ExitCode.CLOCK_OFF,
@@ -660,6 +797,49 @@ def _clock(args: argparse.Namespace) -> None:
             f"--max-offset {args.max_offset} s: synchronize the clocks (NTP/PTP) or use "
             'clock="server"',
         )
+    if args.max_uncertainty is not None:
+        problem = _uncertainty_problem(args.clock, kernel, estimate.uncertainty_ns, args)
+        if problem:
+            raise CommandError(ExitCode.CLOCK_OFF, problem)
+        print(f"within --max-uncertainty {args.max_uncertainty * 1e6:.0f} us ({args.clock} clock)")
+
+
+def _kernel_line(kernel: clock.KernelClock | None) -> str:
+    if kernel is None:
+        return "says nothing of this host's clock (not Linux, or refused)"
+    if not kernel.synchronized:
+        return "this host's clock is not synchronised (no time daemon keeps it)"
+    return (
+        f"synchronised, max error {kernel.max_error_ns / 1e6:.3f} ms "
+        f"(estimated {kernel.estimated_error_ns / 1e6:.3f} ms)"
+    )
+
+
+def _uncertainty_problem(
+    mode: str, kernel: clock.KernelClock | None, estimate_ns: int, args: argparse.Namespace
+) -> str | None:
+    """Why this host cannot honour ``--max-uncertainty`` in ``mode``, or None."""
+    limit_ns = args.max_uncertainty * 1e9
+    limit = f"--max-uncertainty {args.max_uncertainty * 1e6:.0f} us"
+    if mode == "server":
+        if estimate_ns > limit_ns:
+            return (
+                f"the clock estimate's bound is {estimate_ns / 1e3:.0f} us, more than {limit}: "
+                "a quicker or steadier link to the server narrows it"
+            )
+        return None
+    if kernel is None or not kernel.synchronized:
+        said = "says nothing of" if kernel is None else "says it does not synchronise"
+        return (
+            f"the kernel {said} this host's clock: no bound to honour {limit} with --clock "
+            "system (set up chrony or PTP, or use --clock server)"
+        )
+    if kernel.max_error_ns > limit_ns:
+        return (
+            f"the kernel's bound on this host's clock is {kernel.max_error_ns / 1e3:.0f} us, "
+            f"more than {limit}"
+        )
+    return None
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
@@ -669,17 +849,36 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "status": _status,
     "reset": _reset,
     "clock": _clock,
+    "lab": _lab,
 }
 
 
 def _dispatch(args: argparse.Namespace) -> None:
     """Run the command of ``args``, its server URL (with the password) resolved first."""
     try:
-        if args.command != "server":
+        if args.command not in ("server", "lab"):
             args.redis = resolve_url(args.redis, args)
         _COMMANDS[args.command](args)
     except CredentialError as exc:
         raise CommandError(ExitCode.USAGE, str(exc)) from None
+
+
+class _WarningLine(logging.Handler):
+    """Prints the library's warnings (an unsynchronised clock, a step of the wall clock,
+    who a round still waits for) as ``pyprocsync: warning: ...`` lines on stderr."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"pyprocsync: warning: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+def _show_warnings() -> None:
+    """Let the command print the library's warnings (once per process)."""
+    logger = logging.getLogger("pyprocsync")
+    if not any(isinstance(handler, _WarningLine) for handler in logger.handlers):
+        logger.addHandler(_WarningLine())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -689,6 +888,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     instant (``os._exit``), or execs its COMMAND then.
     """
     args = _parse(argv)
+    _show_warnings()
     try:
         _dispatch(args)
     except CommandError as failure:
