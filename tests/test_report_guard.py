@@ -40,13 +40,7 @@ def test_a_failure_that_cannot_be_formatted_is_reported_and_the_run_goes_on(
     pytester.makepyfile(UNFORMATTABLE)
     result = pytester.runpytest_subprocess("-p", "report_guard", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1, passed=1)
+    # The guard's own report (without it, pytest 8 on CPython 3.11 ended the run with an
+    # INTERNALERROR; other versions report the failure their own way).
     result.stdout.fnmatch_lines(["*pytest could not format this failure: SystemError*"])
     assert "INTERNALERROR" not in result.stdout.str()
-
-
-@pytest.mark.usefixtures("suite_plugins")
-def test_without_the_guard_the_run_ends_in_an_internal_error(pytester: pytest.Pytester) -> None:
-    """What the guard prevents (so the test above can fail): pytest's own report."""
-    pytester.makepyfile(UNFORMATTABLE)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
