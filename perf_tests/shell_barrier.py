@@ -64,10 +64,8 @@ from _common import (
     write_json,
 )
 
-from pyprocsync.core.keys import EventKeys
-from pyprocsync.core.ops import text
-from pyprocsync.core.rounds import Released, parse_outcome
 from pyprocsync.tools.bench import server_label
+from pyprocsync.tools.exec_bench import ExecBenchError, released_at_ns
 from pyprocsync.tools.stats import summary
 
 PROG = "shell_barrier"
@@ -208,15 +206,6 @@ def children(argvs: Sequence[Sequence[str]]) -> Iterator[list[Child]]:
                 child.stop()
 
 
-def release_ns(client: redis.Redis, run_id: str, name: str) -> int:
-    """The release instant of the first round of ``name`` (epoch ns), as stored."""
-    stored = client.hget(EventKeys.of("pyprocsync", run_id, name).state, "o0")
-    outcome = None if stored is None else parse_outcome(text(stored))
-    if not isinstance(outcome, Released):
-        raise Failure(f"round {name!r} was not released: {stored!r}")
-    return outcome.at_us * 1000
-
-
 def command_lines(form: str, setup: Setup, run_id: str, name: str) -> list[list[str]]:
     """The command lines of a round of ``form``."""
     nodes, delay = str(setup.nodes), str(setup.delay)
@@ -237,7 +226,10 @@ def one_round(form: str, setup: Setup, run_id: str, name: str) -> dict[str, list
         for child, (_out, err) in zip(started, outputs, strict=True):
             if child.ended_ns is None or child.process.returncode != 0:
                 raise Failure(f"a {form} process of {name!r} failed: {err.strip()[-500:]}")
-    at_ns = release_ns(setup.client, run_id, name)
+    try:
+        at_ns = released_at_ns(setup.client, run_id, name)
+    except ExecBenchError as exc:
+        raise Failure(str(exc)) from None
     ended = [child.ended_ns - at_ns for child in started if child.ended_ns is not None]
     if form == "exit":
         return {"exit": ended}

@@ -21,6 +21,7 @@ busy loop yields the processor after every look at the clock until the last
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextlib
 import ctypes
@@ -30,12 +31,14 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "LOOP_LAST_SLEEP_NS",
     "LOOP_TIMER_SLACK_NS",
+    "MAX_LETTING_S",
     "MAX_SLEEP_NS",
     "MAX_SLEW_PPB",
     "PURE_SPIN_NS",
@@ -276,6 +279,29 @@ def _spin_until_ns(
     return now
 
 
+class _Meeting:
+    """The waits of one process for one instant (see :func:`sleep_until_ns`'s
+    ``shared``): the first watches the clock, the others are parked on a lock each
+    (blocking ones, with their thread's identity) or a future each (asyncio), and are
+    let go at the instant."""
+
+    __slots__ = ("abandoned", "between", "parked")
+
+    def __init__(self) -> None:
+        self.parked: list[Any] = []
+        self.between: list[Callable[[], object]] = []
+        self.abandoned = False
+
+    def look(self) -> None:
+        """Every waiter's look at the clocks between coarse sleeps."""
+        for look in self.between:
+            look()
+
+
+_meetings: dict[Hashable, _Meeting] = {}
+_meetings_lock = threading.Lock()
+
+
 def sleep_until_ns(
     target_ns: int,
     spin_ns: int,
@@ -283,6 +309,7 @@ def sleep_until_ns(
     on_monotonic: bool = False,
     warm: Callable[[], object] | None = None,
     between: Callable[[], object] | None = None,
+    shared: Hashable | None = None,
 ) -> int:
     """Block until the wall clock reads ``target_ns``; return that clock at return.
 
@@ -296,7 +323,63 @@ def sleep_until_ns(
         caller took 3-4 times as long on a 2-core VM).
     :param between: called after each sleep of the coarse stage (at least ``spin_ns``
         before the instant), to look at the clocks (see :func:`wall_step_ns`).
+    :param shared: names the instant for every thread of this process that waits for
+        it (the agreed instant); those that wait for it with the same ``target_ns`` and
+        clock meet: the first thread to wait watches the clock, the others are parked
+        on a lock each and let go by it at the instant. One process then spins once,
+        not once per thread, and each parked thread's path from the instant to its
+        caller is a lock's release. (Its ``warm`` is not called; its ``between`` is, by
+        the watching thread.) If the watching thread leaves early (an exception), the
+        parked ones wait on their own.
     """
+    if shared is None:
+        return _watch_until_ns(target_ns, spin_ns, on_monotonic, warm, between)
+    key = (shared, target_ns, on_monotonic)
+    with _meetings_lock:
+        meeting = _meetings.get(key)
+        if meeting is None:
+            meeting = _meetings[key] = _Meeting()
+            parked = None
+        else:
+            parked = _thread.allocate_lock()
+            parked.acquire()
+            meeting.parked.append((parked, threading.get_ident()))
+        if between is not None:
+            meeting.between.append(between)
+    if parked is not None:
+        parked.acquire()  # let go by the watching thread, at the instant
+        _released.discard(threading.get_ident())
+        if not _released:
+            _all_run.set()
+        if meeting.abandoned:
+            return sleep_until_ns(
+                target_ns, spin_ns, on_monotonic=on_monotonic, warm=warm, between=between
+            )
+        return _reader(on_monotonic)()
+    try:
+        reading = _watch_until_ns(target_ns, spin_ns, on_monotonic, warm, meeting.look)
+    except BaseException:
+        meeting.abandoned = True
+        raise
+    finally:
+        with _meetings_lock:
+            del _meetings[key]
+        if meeting.parked:
+            _released.update(ident for _lock, ident in meeting.parked)
+            _all_run.clear()
+        for lock, _ident in meeting.parked:
+            lock.release()
+    return reading
+
+
+def _watch_until_ns(
+    target_ns: int,
+    spin_ns: int,
+    on_monotonic: bool,
+    warm: Callable[[], object] | None,
+    between: Callable[[], object] | None,
+) -> int:
+    """:func:`sleep_until_ns` in this thread: sleep, then spin."""
     thread = threading.get_ident()
     _waiting.add(thread)
     try:
@@ -309,22 +392,46 @@ def sleep_until_ns(
         _waiting.discard(thread)
 
 
+#: Threads let go at an instant (see :func:`sleep_until_ns`'s ``shared``) that have
+#: not run since (their identities), and whether none is left.
+_released: set[int] = set()
+_all_run = threading.Event()
+_all_run.set()
+
+#: Longest :func:`let_waiting_threads_run` waits for the threads let go at an instant, s.
+MAX_LETTING_S = 0.05
+
+
 def let_waiting_threads_run() -> None:
-    """Release the interpreter lock for a moment if another thread of this process is
-    in :func:`sleep_until_ns`.
+    """Wait (for at most :data:`MAX_LETTING_S`) while other threads of this process that
+    were let go at an instant have not run yet, and give the interpreter lock away for
+    a moment if one is in :func:`sleep_until_ns`.
 
     Threads of one process that are released at one instant run one at a time: each
     waits for the lock while the one before it runs. The blocking classes call this
     first thing in every call, so a thread that goes straight from one release into
-    its next call lets the threads released with it reach their callers first, instead
-    of holding the lock through its next arrival.
+    its next call lets the threads released with it reach their callers first, blocked
+    meanwhile (it takes neither the lock nor a processor from them), instead of holding
+    the lock through its next arrival.
     """
+    if _released:
+        _all_run.wait(MAX_LETTING_S)
     if _waiting:
         _yield()
 
 
 #: How late an event loop's timer may fire: selectors wait in whole milliseconds.
 LOOP_TIMER_SLACK_NS = 1_000_000
+
+#: The longest last sleep of :func:`async_sleep_until_ns`'s coarse stage, ns. An
+#: event loop's timer fires up to :data:`LOOP_TIMER_SLACK_NS` late for sleeps this
+#: short, but a millisecond later still for some longer ones: the selector rounds the
+#: timeout up to whole milliseconds, and the interpreter's epoll rounds the result up
+#: again, so a whole number of milliseconds that has no exact binary form (18 ms, 36 ms,
+#: ...) becomes one more (measured on the project's VM: ``asyncio.sleep(0.0175)`` woke
+#: 1.66 ms late at the median, ``asyncio.sleep(0.005)`` 0.12 ms). Longer sleeps end
+#: this much early, and a sleep of at most this long follows.
+LOOP_LAST_SLEEP_NS = 5_000_000
 
 
 async def async_sleep_until_ns(
@@ -334,15 +441,62 @@ async def async_sleep_until_ns(
     on_monotonic: bool = False,
     warm: Callable[[], object] | None = None,
     between: Callable[[], object] | None = None,
+    shared: Hashable | None = None,
 ) -> int:
     """Like :func:`sleep_until_ns`, for a coroutine.
 
     The coarse stage yields to the event loop until ``spin_ns`` plus
     :data:`LOOP_TIMER_SLACK_NS` before the instant (the loop's timer fires up to a
-    millisecond late, since selectors wait in whole milliseconds); the rest is a busy
-    wait that holds the loop, about 1.5 ms with the default spin.
+    millisecond late, since selectors wait in whole milliseconds), ending with a sleep
+    of at most :data:`LOOP_LAST_SLEEP_NS` (longer ones can fire later); the rest is a busy
+    wait that holds the loop, about 1.5 ms with the default spin. With ``shared``, the
+    tasks of one event loop that wait for one instant meet as threads do: the first
+    watches the clock, the others await a future each, resolved at the instant (the
+    loop then resumes them one after the other, right after the first).
     """
+    if shared is None:
+        return await _async_watch_until_ns(target_ns, spin_ns, on_monotonic, warm, between)
+    loop = asyncio.get_running_loop()
+    key = (id(loop), shared, target_ns, on_monotonic)
+    meeting = _meetings.get(key)
+    if meeting is not None:
+        parked: asyncio.Future[None] = loop.create_future()
+        meeting.parked.append(parked)
+        if between is not None:
+            meeting.between.append(between)
+        await parked
+        if meeting.abandoned:
+            return await async_sleep_until_ns(
+                target_ns, spin_ns, on_monotonic=on_monotonic, warm=warm, between=between
+            )
+        return _reader(on_monotonic)()
+    meeting = _meetings[key] = _Meeting()
+    if between is not None:
+        meeting.between.append(between)
+    try:
+        reading = await _async_watch_until_ns(target_ns, spin_ns, on_monotonic, warm, meeting.look)
+    except BaseException:
+        meeting.abandoned = True
+        raise
+    finally:
+        del _meetings[key]
+        for future in meeting.parked:
+            if not future.done():
+                future.set_result(None)
+    return reading
+
+
+async def _async_watch_until_ns(
+    target_ns: int,
+    spin_ns: int,
+    on_monotonic: bool,
+    warm: Callable[[], object] | None,
+    between: Callable[[], object] | None,
+) -> int:
+    """:func:`async_sleep_until_ns` in this task: sleep, then spin."""
     while (step := _coarse_sleep_ns(target_ns, spin_ns + LOOP_TIMER_SLACK_NS, on_monotonic)) > 0:
+        if step > LOOP_LAST_SLEEP_NS:  # end early: a short sleep follows
+            step = max(step - LOOP_LAST_SLEEP_NS, LOOP_LAST_SLEEP_NS)
         await asyncio.sleep(step / 1e9)
         if between is not None:
             between()

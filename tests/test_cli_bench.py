@@ -88,12 +88,18 @@ def test_bench_json_and_quiet(server: EmbeddedServer, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "pattern"),
     [
-        ([], {"names": "distinct", "threads": 1, "asyncio": False, "fresh": 0}),
-        (["--names", "same"], {"names": "same", "threads": 1, "asyncio": False, "fresh": 0}),
-        (["--threads", "3"], {"names": "distinct", "threads": 3, "asyncio": False, "fresh": 0}),
+        ([], {"names": "distinct", "threads": 1, "asyncio": False, "fresh": 0, "exec": False}),
+        (
+            ["--names", "same"],
+            {"names": "same", "threads": 1, "asyncio": False, "fresh": 0, "exec": False},
+        ),
+        (
+            ["--threads", "3"],
+            {"names": "distinct", "threads": 3, "asyncio": False, "fresh": 0, "exec": False},
+        ),
         (
             ["--asyncio", "--threads", "2"],
-            {"names": "distinct", "threads": 2, "asyncio": True, "fresh": 0},
+            {"names": "distinct", "threads": 2, "asyncio": True, "fresh": 0, "exec": False},
         ),
     ],
     ids=["distinct", "same", "threads", "asyncio"],
@@ -138,6 +144,34 @@ def test_bench_fresh_processes(server: EmbeddedServer, tmp_path: Path) -> None:
     refused = run("bench", "--redis", server.url, "--fresh", "2", "--threads", "2")
     assert refused.returncode == ExitCode.USAGE
     assert_one_line_error(refused.stderr, "--fresh")
+
+
+@pytest.mark.timeout(120)
+def test_bench_exec(server: EmbeddedServer, tmp_path: Path) -> None:
+    """``--exec``: rounds of new ``pyprocsync sync ... -- date +%s%N`` processes; every
+    round completes, each ``date`` starts after the agreed instant (sync and limit
+    alike), the table says what was read; ``--exec`` with threads is a usage error."""
+    out = tmp_path / "bench.json"
+    done = run(
+        "bench", "--redis", server.url, "--nodes", "2", "--rounds", "3", "--exec",
+        "--delay", "0.3", "--json", str(out), timeout=100,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "every figure is the command's own first reading" in done.stdout
+    assert "late_by" not in done.stdout
+    figures = json.loads(out.read_text())
+    assert figures["pattern"]["exec"] is True
+    assert figures["sync"]["completed_rounds"] == 3
+    assert figures["sync"]["errors"] == 0
+    for phase in ("sync", "limit"):
+        late = figures[phase]["late_us"]
+        assert 0 < late["p50"] <= late["max"] < 1_000_000, figures
+        assert 0 <= figures[phase]["spread_us"]["p50"] <= late["max"], figures
+    refused = run("bench", "--redis", server.url, "--exec", "--asyncio")
+    assert refused.returncode == ExitCode.USAGE
+    assert_one_line_error(refused.stderr, "--exec")
+    refused = run("bench", "--redis", server.url, "--exec", "--fresh", "2")
+    assert refused.returncode == ExitCode.USAGE
 
 
 @pytest.mark.timeout(90)

@@ -225,3 +225,32 @@ def test_warm_runs_once_in_the_last_stretch_before_the_instant(
     returned = clock._spin_until_ns(target, warm=lambda: calls.append(now[0]))
     assert len(calls) == 1
     assert target - clock.PURE_SPIN_NS <= calls[0] < target <= returned
+
+
+def test_async_coarse_stage_ends_with_a_short_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event loop's long sleeps can fire 2 ms late (the selector and epoll each round
+    up to whole milliseconds), so the coarse stage never ends with a sleep longer than
+    LOOP_LAST_SLEEP_NS: a long wait is cut, its last sleep short."""
+    now = [10**18]
+    slept: list[int] = []
+
+    def time_ns() -> int:
+        now[0] += 1_000
+        return now[0]
+
+    async def sleep(seconds: float) -> None:
+        slept.append(round(seconds * 1e9))
+        now[0] += round(seconds * 1e9)
+
+    monkeypatch.setattr(clock, "time_ns", time_ns)
+    monkeypatch.setattr(clock.asyncio, "sleep", sleep)
+    monkeypatch.setattr(clock, "_yield", lambda: None)
+    spin = 500_000
+    for lead_ms in (3, 6, 17.5, 48, 400):
+        slept.clear()
+        target = now[0] + round(lead_ms * 1e6)
+        arun(lambda t=target: clock.async_sleep_until_ns(t, spin))
+        assert slept, lead_ms
+        assert slept[-1] <= clock.LOOP_LAST_SLEEP_NS, (lead_ms, slept)
+        assert all(step <= clock.MAX_SLEEP_NS for step in slept)
+        assert now[0] >= target  # then the spin reached the instant

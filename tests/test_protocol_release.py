@@ -123,7 +123,7 @@ def test_last_arrival_sleeps_until_the_instant(fake_clock: FakeClock) -> None:
     stepper = start(make_settings(delay=0.1))
     at_us = T0_US + 100_000
     stepper.send([0, 0, 1, released(0, at_us, 100_000).encode()])
-    assert stepper.op == SleepUntil(at_us * 1000, 500_000)
+    assert stepper.op == SleepUntil(at_us * 1000, 500_000, shared=(at_us, False))
     fake_clock.wall_ns = at_us * 1000 + 123_000  # the wait returns 123 µs late
     stepper.send(fake_clock.wall_ns)
     assert stepper.result.late_by == pytest.approx(123e-6)

@@ -5,6 +5,9 @@ records the command and when and where it ran). Pages quote them through:
 
 * ``.. lab-table:: results/lab.json``: the table of ``pyprocsync lab`` (one row per
   scenario and clock mode), with a caption naming the command, the date and machine;
+* ``.. pattern-table:: results/patterns.json``: the table of
+  ``perf_tests/patterns.py`` (one row per participant pattern, each a ``pyprocsync
+  bench`` command, beside its limit reference);
 * ``:result:`results/FILE.json:a.b.c``` (optionally ``|format``, a Python format spec,
   default ``.1f``): one value of a results file, looked up along the dotted path.
 
@@ -71,6 +74,35 @@ def lab_rows(data: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def pattern_rows(data: dict[str, Any]) -> list[list[str]]:
+    """Rows of the pattern table: medians across the runs, counts summed."""
+    rows = []
+    for result in data["results"].values():
+        runs = result["runs"]
+
+        def med(phase: str, figure: str, percentile: str, runs: list[Any] = runs) -> float | None:
+            return _median([r[phase][figure][percentile] for r in runs])
+
+        spread, limit = med("sync", "spread_us", "p50"), med("limit", "spread_us", "p50")
+        ratio = _cell(None) if spread is None or not limit else f"{spread / limit:.2g}"
+        participations = sum(
+            r["pattern"]["participants"] * r["sync"]["completed_rounds"] for r in runs
+        )
+        rate = _median([r["sync"]["barriers_per_s"] or None for r in runs])
+        rows.append(
+            [
+                f"``{result['command']}``",
+                f"{_cell(spread)} / {_cell(limit)}",
+                ratio,
+                f"{_cell(med('sync', 'late_us', 'p50'))} / {_cell(med('limit', 'late_us', 'p50'))}",
+                f"{_cell(med('sync', 'late_us', 'p99'))} / {_cell(med('limit', 'late_us', 'p99'))}",
+                f"{sum(r['sync']['too_late'] for r in runs)} / {participations}",
+                _cell(rate),
+            ]
+        )
+    return rows
+
+
 def _median(values: list[float | None]) -> float | None:
     known = sorted(v for v in values if v is not None)
     if not known:
@@ -100,13 +132,41 @@ class LabTable(SphinxDirective):
             f"``{data['command']}``, {data['measured']} on {data['machine']}: "
             f"{data['rounds']} rounds per block, {data['repeat']} repeats"
         )
-        lines = [f".. list-table:: {caption}", "   :header-rows: 1", ""]
-        for row in [header, *lab_rows(data)]:
-            lines.append(f"   * - {row[0]}")
-            lines.extend(f"     - {cell}" for cell in row[1:])
-        container = nodes.container()
-        self.state.nested_parse(StringList(lines, source=self.arguments[0]), 0, container)
-        return list(container.children)
+        return _table(self, caption, [header, *lab_rows(data)])
+
+
+class PatternTable(SphinxDirective):
+    """``.. pattern-table:: results/patterns.json``"""
+
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        data = load(self.env, self.arguments[0])
+        header = [
+            "pattern (the bench command)",
+            "spread p50 (µs): sync / limit",
+            "ratio",
+            "late p50 (µs): sync / limit",
+            "late p99 (µs): sync / limit",
+            "too late / participations",
+            "rounds/s",
+        ]
+        caption = (
+            f"``{data['command']}``, {data['measured']} on {data['machine']}: "
+            f"medians of {data['repeat']} runs"
+        )
+        return _table(self, caption, [header, *pattern_rows(data)])
+
+
+def _table(directive: SphinxDirective, caption: str, rows: list[list[str]]) -> list[nodes.Node]:
+    """A list-table of ``rows`` (the first is the header) under ``caption``."""
+    lines = [f".. list-table:: {caption}", "   :header-rows: 1", ""]
+    for row in rows:
+        lines.append(f"   * - {row[0]}")
+        lines.extend(f"     - {cell}" for cell in row[1:])
+    container = nodes.container()
+    directive.state.nested_parse(StringList(lines, source=directive.arguments[0]), 0, container)
+    return list(container.children)
 
 
 class ResultRole(SphinxRole):
@@ -128,5 +188,6 @@ class ResultRole(SphinxRole):
 
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("lab-table", LabTable)
+    app.add_directive("pattern-table", PatternTable)
     app.add_role("result", ResultRole())
     return {"parallel_read_safe": True}

@@ -141,6 +141,11 @@ class SleepUntil:
     at_ns: int
     spin_ns: int
     on_monotonic: bool = False
+    #: The agreed instant (epoch µs on its clock, and whether that is the server's),
+    #: which every thread (or task of one loop) of this process that waits for it
+    #: shares: one of them watches the clock for all (see
+    #: :func:`pyprocsync.clock.sleep_until_ns`).
+    shared: tuple[int, bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -407,7 +407,11 @@ class Waiter(abc.ABC, Generic[O]):
                 clock_uncertainty=None if uncertainty is None else uncertainty / 1e9,
                 **self.where(),
             )
-        wait = SleepUntil(target, self.settings.spin_ns, server_clock) if lead_us > 0 else None
+        wait = (
+            SleepUntil(target, self.settings.spin_ns, server_clock, (at_us, server_clock))
+            if lead_us > 0
+            else None
+        )
         return Instant(
             release_ns, target, late_ns, estimate, wait, uncertainty, synchronized, planned
         )

@@ -86,6 +86,7 @@ async def _meet(due: Due[T]) -> T:
             on_monotonic=wait.on_monotonic,
             warm=due.finish,
             between=due.watch,
+            shared=wait.shared,
         )
         return due.finish()
     return due

@@ -9,12 +9,15 @@ that share one :class:`ProcSync` (threads; with ``asyncio``: tasks of one event 
 sharing one :class:`pyprocsync.asyncio.ProcSync`). After a warm-up round they run two
 phases:
 
-* **limit**: every participant waits for the instants ``t0 + i * period``, agreed in
+* **limit**: the participants wait for the instants ``t0 + i * period``, agreed in
   advance (``t0`` derives from the warm-up round's release instant, so no Redis is
-  involved), with the same wait code the library uses
-  (:func:`pyprocsync.clock.sleep_until_ns`, or its asyncio twin) and reads the clock on
-  the line after it returns. This is the precision the machine itself allows for
-  waking that many participants at once.
+  involved), and read the clock on the line after their wait returns. In each process
+  the first participant waits with the wait code the library uses
+  (:func:`pyprocsync.clock.sleep_until_ns`, or its asyncio twin) and then sets a
+  standard-library event (:class:`threading.Event`, :class:`asyncio.Event`) that the
+  process's other participants wait on: the best a process can do to wake several of
+  its threads (tasks) at once, without Redis and without pyprocsync's own hand-over.
+  This is the precision the machine itself allows for waking that many participants.
 * **sync**: every participant calls ``sync`` ``rounds`` times, on a new name each time
   (``names="distinct"``, as the seed's examples do: ``"step0"``, ``"step1"``, ...) or on
   one name (``names="same"``), idling ``think`` seconds after each release (on a machine
@@ -59,6 +62,7 @@ from pyprocsync.core.params import DEFAULTS
 from pyprocsync.exceptions import ProcSyncError, TooLateError
 from pyprocsync.results import SyncResult
 from pyprocsync.shells.blocking import ProcSync
+from pyprocsync.tools.exec_bench import STAMP, ExecBenchError, run_exec_bench
 from pyprocsync.tools.stats import summary
 
 __all__ = [
@@ -113,6 +117,9 @@ class BenchConfig:
     #: When > 0: that many starts of fresh processes, one first sync each (``rounds``
     #: is then unused).
     fresh: int = 0
+    #: Instead of rounds of the library: rounds of ``pyprocsync sync ... -- COMMAND``
+    #: in new processes (see :mod:`pyprocsync.tools.exec_bench`).
+    execs: bool = False
     run_id: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex}")
 
     @property
@@ -142,6 +149,7 @@ class BenchConfig:
             "threads": self.threads,
             "asyncio": self.use_asyncio,
             "fresh": self.fresh,
+            "exec": self.execs,
             "participants": self.participants,
         }
 
@@ -217,8 +225,9 @@ def _blocking_node(config: BenchConfig, ranks: range, out: Any) -> list[_NodeRec
     client = redis.Redis.from_url(config.url)
     node = config.instance(ProcSync, client)
     records = [_NodeRecord(rank, [], [], [], []) for rank in ranks]
+    gates = [threading.Event() for _ in range(config.rounds)]  # the limit phase's
     threads = [
-        threading.Thread(target=_participate, args=(node, config, record, out))
+        threading.Thread(target=_participate, args=(node, config, record, out, gates))
         for record in records
     ]
     try:
@@ -232,15 +241,28 @@ def _blocking_node(config: BenchConfig, ranks: range, out: Any) -> list[_NodeRec
     return records
 
 
-def _participate(node: ProcSync, config: BenchConfig, record: _NodeRecord, out: Any) -> None:
-    """One participant: warm up, run the limit phase, then the sync phase."""
+def _participate(
+    node: ProcSync,
+    config: BenchConfig,
+    record: _NodeRecord,
+    out: Any,
+    gates: list[threading.Event],
+) -> None:
+    """One participant: warm up, run the limit phase, then the sync phase. In the limit
+    phase the process's first participant waits for each instant and sets its gate;
+    the others wait on the gate."""
+    watches = record.rank % config.threads == 0
     try:
         t0_ns = round((_warm_up(node, config) + 0.5) * 1e9)
         spin_ns = round(config.spin * 1e9)
         period_ns = round(config.period * 1e9)
         for i in range(config.rounds):
             target = t0_ns + i * period_ns
-            clock.sleep_until_ns(target, spin_ns)
+            if watches:
+                clock.sleep_until_ns(target, spin_ns)
+                gates[i].set()
+            else:
+                gates[i].wait()
             returned_ns = time.time_ns()  # the caller's next line
             time.sleep(config.think)  # first give the processor to those still waking
             record.limit_late_us.append((returned_ns - target) / 1e3)
@@ -263,8 +285,11 @@ async def _async_node(config: BenchConfig, ranks: range, out: Any) -> list[_Node
     client = aioredis.Redis.from_url(config.url)
     node = config.instance(AsyncProcSync, client)
     records = [_NodeRecord(rank, [], [], [], []) for rank in ranks]
+    gates = [asyncio.Event() for _ in range(config.rounds)]
     try:
-        await asyncio.gather(*(_aparticipate(node, config, record, out) for record in records))
+        await asyncio.gather(
+            *(_aparticipate(node, config, record, out, gates) for record in records)
+        )
     finally:
         await node.aclose()
         await client.aclose()
@@ -272,16 +297,25 @@ async def _async_node(config: BenchConfig, ranks: range, out: Any) -> list[_Node
 
 
 async def _aparticipate(
-    node: AsyncProcSync, config: BenchConfig, record: _NodeRecord, out: Any
+    node: AsyncProcSync,
+    config: BenchConfig,
+    record: _NodeRecord,
+    out: Any,
+    gates: list[asyncio.Event],
 ) -> None:
     """:func:`_participate` for a task."""
+    watches = record.rank % config.threads == 0
     try:
         t0_ns = round((await _async_warm_up(node, config) + 0.5) * 1e9)
         spin_ns = round(config.spin * 1e9)
         period_ns = round(config.period * 1e9)
         for i in range(config.rounds):
             target = t0_ns + i * period_ns
-            await clock.async_sleep_until_ns(target, spin_ns)
+            if watches:
+                await clock.async_sleep_until_ns(target, spin_ns)
+                gates[i].set()
+            else:
+                await gates[i].wait()
             returned_ns = time.time_ns()  # the caller's next line
             await asyncio.sleep(config.think)
             record.limit_late_us.append((returned_ns - target) / 1e3)
@@ -409,7 +443,29 @@ def run_bench(
     """
     if config.fresh:
         return _figures(config, _fresh_starts(config, progress))
+    if config.execs:
+        return _figures(config, _exec_rounds(config))
     return _figures(config, _launch(config, progress, _worker, ()))
+
+
+def _exec_rounds(config: BenchConfig) -> list[_NodeRecord]:
+    """:func:`~pyprocsync.tools.exec_bench.run_exec_bench`'s readings as one record
+    per process slot of a round."""
+    try:
+        sync, limit, instants = run_exec_bench(
+            config.url,
+            nodes=config.nodes,
+            rounds=config.rounds,
+            delay=config.delay,
+            spin=config.spin,
+            run_id=config.run_id,
+        )
+    except ExecBenchError as exc:
+        raise BenchError(str(exc)) from None
+    return [
+        _NodeRecord(rank, [r[rank] for r in limit], [r[rank] for r in sync], instants, [])
+        for rank in range(config.nodes)
+    ]
 
 
 def _launch(
@@ -470,7 +526,8 @@ def _figures(config: BenchConfig, records: list[_NodeRecord]) -> dict[str, Any]:
     limit_late, limit_spread = _in_common([record.limit_late_us for record in records])
     complete = len(sync_spread)
     releases = records[0].release_us[:complete]
-    span_s = (releases[-1] - releases[0]) / 1e6 if len(releases) > 1 and not config.fresh else 0
+    one_off = config.fresh or config.execs  # rounds of new processes: no rate
+    span_s = (releases[-1] - releases[0]) / 1e6 if len(releases) > 1 and not one_off else 0
     return {
         "nodes": config.nodes,
         "rounds": config.fresh or config.rounds,
@@ -534,8 +591,12 @@ def format_table(figures: dict[str, Any]) -> str:
     lines = [
         f"pyprocsync bench: {figures['nodes']} nodes x {unit}, "
         f"delay {_lead(figures)}, think {figures['think']} s, server {figures['server']}",
-        f"pattern: {_describe(pattern)}; every figure read in the caller, on the line "
-        "after the call returns",
+        f"pattern: {_describe(pattern)}; "
+        + (
+            "every figure is the command's own first reading"
+            if pattern.get("exec")
+            else "every figure read in the caller, on the line after the call returns"
+        ),
         "",
         "spread of return instants per round (us)",
         header,
@@ -549,7 +610,7 @@ def format_table(figures: dict[str, Any]) -> str:
         row("limit (no Redis)", limit["late_us"]),
         ratio(sync["late_us"], limit["late_us"]),
     ]
-    if "reported_late_us" in sync:
+    if "reported_late_us" in sync and not pattern.get("exec"):
         lines += [
             row("late_by (reported)", sync["reported_late_us"]),
             row("caller - late_by", sync["gap_us"]),
@@ -559,9 +620,10 @@ def format_table(figures: dict[str, Any]) -> str:
             f"starts with spread <= {FRESH_SPREAD_US:.0f} us: sync "
             f"{sync['spread_within_200us']}/{fresh}, limit {limit['spread_within_200us']}/{fresh}"
         )
+    rate = "-" if fresh or pattern.get("exec") else f"{sync['barriers_per_s']:.0f}"
     lines += [
         "",
-        f"barriers/s: {sync['barriers_per_s']:.0f}   too late (TooLateError): "
+        f"barriers/s: {rate}   too late (TooLateError): "
         f"{sync['too_late']}   returned > 1 ms late: {sync['late_over_1ms']}   "
         f"errors: {sync['errors']}   "
         f"rounds completed: {sync['completed_rounds']}/{figures['rounds']}",
@@ -578,6 +640,13 @@ def format_table(figures: dict[str, Any]) -> str:
 
 def _describe(pattern: dict[str, Any]) -> str:
     """The pattern as one phrase, for the table."""
+    if pattern.get("exec"):
+        command = " ".join(STAMP)
+        return (
+            f"pyprocsync sync -- {command}, {pattern['participants']} new processes per round, "
+            f"each reading the start of {command}; limit: they exec it at an instant agreed "
+            "in advance"
+        )
     each = "task" if pattern["asyncio"] else "thread"
     names = "a new name per point" if pattern["names"] == "distinct" else "one name"
     sharing = (

@@ -276,6 +276,13 @@ def _parser() -> argparse.ArgumentParser:
         help="instead of rounds: STARTS times, start NODES new processes and measure "
         "their first sync (one participant per process)",
     )
+    bench.add_argument(
+        "--exec",
+        action="store_true",
+        dest="execs",
+        help="instead of rounds of the library: rounds of NODES new processes running "
+        "`pyprocsync sync ... -- date +%%s%%N`, the start of date read (the shell barrier)",
+    )
     bench.add_argument("--json", metavar="FILE", help="write the figures as JSON to FILE")
     bench.add_argument(
         "--plot", metavar="FILE.png", help="draw histograms and a timeline (needs matplotlib)"
@@ -455,12 +462,14 @@ def check_reachable(url: str) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    if args.fresh and (args.threads > 1 or args.asyncio):
+    if (args.fresh or args.execs) and (args.threads > 1 or args.asyncio):
         raise CommandError(
             ExitCode.USAGE,
-            "--fresh measures one blocking participant per new process: "
+            "--fresh and --exec measure one participant per new process: "
             "leave out --threads and --asyncio",
         )
+    if args.fresh and args.execs:
+        raise CommandError(ExitCode.USAGE, "--fresh and --exec are two benchmarks: give one")
     if args.plot:
         try:
             import matplotlib  # noqa: F401, PLC0415
@@ -488,6 +497,7 @@ def _bench(args: argparse.Namespace) -> None:
             threads=args.threads,
             use_asyncio=args.asyncio,
             fresh=args.fresh or 0,
+            execs=args.execs,
         )
         figures = run_bench(config, progress=progress_bar(args.fresh or args.rounds))
         figures["server"] = server_label(url, embedded is not None)
