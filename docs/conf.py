@@ -35,6 +35,8 @@ autodoc_type_aliases = {"Flow": "pyprocsync.core.ops.Flow"}
 autodoc_default_options = {"show-inheritance": True}
 
 exclude_patterns = ["_build", "_ext"]
+# The page ``pyprocsync lab --report`` wrote, shown by the record page as it is.
+html_extra_path = ["results/lab-report/wifi-server.html"]
 html_theme = "alabaster"
 html_theme_options = {
     "description": "One agreed instant for processes on many machines.",

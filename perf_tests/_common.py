@@ -14,9 +14,12 @@ import json
 import math
 import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 import redis
@@ -35,6 +38,7 @@ __all__ = [
     "ExitCode",
     "Failure",
     "WaitNote",
+    "bench_json",
     "check_reachable",
     "count_arg",
     "die_with_parent",
@@ -103,6 +107,23 @@ def run(prog: str, body: Callable[[], int]) -> NoReturn:
         print(f"{prog}: interrupted", file=sys.stderr)
         code = ExitCode.INTERRUPTED
     sys.exit(code)
+
+
+def bench_json(url: str, options: list[str]) -> dict[str, Any]:
+    """Run ``pyprocsync bench --redis URL --quiet OPTIONS``; its ``--json`` figures.
+
+    :raises Failure: the command failed (its standard error in the message).
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "bench.json"
+        argv = [sys.executable, "-m", "pyprocsync", "bench", "--redis", url, "--quiet"]
+        done = subprocess.run(
+            [*argv, *options, "--json", str(out)], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise Failure(f"bench {' '.join(options)} exited {done.returncode}: {done.stderr}")
+        figures: dict[str, Any] = json.loads(out.read_text())
+        return figures
 
 
 def check_reachable(url: str) -> None:

@@ -33,15 +33,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from _common import (
-    Failure,
+    bench_json,
     count_arg,
     machine,
     machine_line,
@@ -74,20 +69,6 @@ PATTERNS: dict[str, list[str]] = {
 }  # fmt: skip
 
 
-def _bench(url: str, options: list[str]) -> dict[str, Any]:
-    """One ``pyprocsync bench`` run; its ``--json`` figures."""
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch) / "bench.json"
-        argv = [sys.executable, "-m", "pyprocsync", "bench", "--redis", url, "--quiet"]
-        done = subprocess.run(
-            [*argv, *options, "--json", str(out)], capture_output=True, text=True, check=False
-        )
-        if done.returncode != 0:
-            raise Failure(f"bench {' '.join(options)} exited {done.returncode}: {done.stderr}")
-        figures: dict[str, Any] = json.loads(out.read_text())
-        return figures
-
-
 def _main() -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--redis", metavar="URL", help="server to use (default: embedded)")
@@ -102,7 +83,7 @@ def _main() -> int:
     results: dict[str, Any] = {}
     with redis_server(args.redis) as (url, _embedded):
         for name in args.patterns:
-            runs = [_bench(url, PATTERNS[name]) for _ in range(args.repeat)]
+            runs = [bench_json(url, PATTERNS[name]) for _ in range(args.repeat)]
             results[name] = {"command": "pyprocsync bench " + " ".join(PATTERNS[name])}
             results[name]["runs"] = runs
             spread = [

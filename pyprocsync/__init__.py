@@ -6,6 +6,7 @@ API reference. The asyncio twins live in :mod:`pyprocsync.asyncio`.
 
 from __future__ import annotations
 
+from pyprocsync.core.record import Outcome
 from pyprocsync.exceptions import (
     ArgumentTypeError,
     BrokenBarrierError,
@@ -35,6 +36,7 @@ __all__ = [
     "ConnectionLostError",
     "Event",
     "InvalidArgumentError",
+    "Outcome",
     "ParameterMismatchError",
     "PermissionRefusedError",
     "ProcSync",

@@ -114,6 +114,7 @@ def test_pyprocsync_all() -> None:
         "ConnectionLostError",
         "Event",
         "InvalidArgumentError",
+        "Outcome",
         "ParameterMismatchError",
         "PermissionRefusedError",
         "ProcSync",

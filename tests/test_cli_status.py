@@ -70,7 +70,8 @@ def test_status_lists_events_with_generation_counts_and_state(
 ) -> None:
     """``status`` lists every event of the run: generation, arrived/expected, state
     (``released`` after completed rounds, ``broken`` after a timeout, ``filling`` while a
-    ``pyprocsync sync`` process waits, with that process in the waiting column), age."""
+    ``pyprocsync sync`` process waits, with that process in the waiting column), age;
+    then the last released round of the run's record."""
     node = make_sync(0.01)
     for _ in range(3):
         node.sync("released", 1, 10)
@@ -93,8 +94,12 @@ def test_status_lists_events_with_generation_counts_and_state(
     last = run(*sync_args("filling", 2, run_id, "--redis", server.url, "--delay", "0.05"))
     assert last.returncode == 0, last.stderr
     assert waiter.wait(15) == 0, waiter.stderr
-    after = status_rows(run("status", "--run", run_id, "--redis", server.url).stdout)
-    assert after["filling"][:3] == ["1", "0/?", "released"]
+    shown = run("status", "--run", run_id, "--redis", server.url).stdout
+    assert status_rows(shown)["filling"][:3] == ["1", "0/?", "released"]
+    # Both processes wrote their outcome before they exited: that round is the last.
+    last = next(line for line in shown.splitlines() if line.startswith("last released"))
+    assert last.startswith("last released round: 'filling' round 0 (first arrival "), last
+    assert ", 2 participants, cell bound " in last, last
 
 
 @pytest.mark.timeout(60)

@@ -19,6 +19,7 @@ import pytest
 
 from pyprocsync import clock
 from pyprocsync.tools import lab
+from pyprocsync.tools.cli import main
 from pyprocsync.tools.lab import Delay, Host, HostClock, Link, LinkEmulator, Scenario
 from pyprocsync.tools.server import EmbeddedServer
 
@@ -171,3 +172,23 @@ def test_a_quick_cell_in_system_clock_mode(server: EmbeddedServer) -> None:
     figures = lab.run_block((server.bind, server.port), QUICK, "system", 10, 0.1)
     assert figures["failed"] == 0
     assert figures["too_late"] >= 5
+
+
+@pytest.mark.slow
+def test_the_lab_writes_the_report_of_each_block(tmp_path: Any) -> None:
+    """``pyprocsync lab --report DIR`` writes, per scenario and mode, the report of its
+    first block (read from the record before it expires) as text and page: every host
+    recorded every round, the first ("start") included."""
+    hosts = len(lab.SCENARIOS["lan-synced"].hosts)
+    block = ["--scenarios", "lan-synced", "--modes", "server", "--rounds", "5", "--repeat", "1"]
+    code = main(["lab", *block, "--quiet", "--report", str(tmp_path / "out")])
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "lan-synced-server.html",
+        "lan-synced-server.txt",
+    ]
+    text = (tmp_path / "out" / "lan-synced-server.txt").read_text()
+    assert text.splitlines()[0].endswith(f": {6 * hosts} record entries, 6 events")
+    assert "\nall events: 6 rounds, 6 released, 0 failed (" in text
+    page = (tmp_path / "out" / "lan-synced-server.html").read_text()
+    assert page.count("<svg ") == 2

@@ -238,11 +238,13 @@ def test_option_defaults_come_from_one_definition() -> None:
     ``delay`` included) to its field of ``params.DEFAULTS``, which has no other field,
     and ``Settings.create()`` without arguments builds the settings of those defaults."""
     expected = dataclasses.asdict(params.DEFAULTS)
+    not_settings = ("redis_client", "on_outcome")  # the client, and a callback (default None)
     for cls in (ProcSync, AsyncProcSync):
         parameters = inspect.signature(cls).parameters
-        assert {name: p.default for name, p in parameters.items() if name != "redis_client"} == (
-            expected
-        )
+        assert parameters["on_outcome"].default is None
+        assert {
+            name: p.default for name, p in parameters.items() if name not in not_settings
+        } == expected
     assert params.Settings.create() == params.Settings.create(**expected)
 
 

@@ -42,7 +42,7 @@ import pyprocsync.asyncio as aio
 from pyprocsync import Barrier, Event, ProcSync
 from pyprocsync.core.ops import text
 from pyprocsync.shells.listeners import IDLE_LIMIT
-from pyprocsync.tools.acl import acl_rule
+from pyprocsync.tools.acl import RECORD_COMMANDS, acl_rule
 from pyprocsync.tools.cli import URL_ENV, main
 from pyprocsync.tools.server import EmbeddedServer, find_server_binary
 
@@ -63,7 +63,10 @@ NOT_NEEDED_ON_ONE_SERVER = {
 #: Grants whose only use is a best-effort step: refused, it is logged in ACL LOG, and
 #: nothing fails (documented: an interrupted arrival that cannot be withdrawn stays
 #: counted until its lease lapses; a member that cannot leave lapses).
-BEST_EFFORT = {"zrem": "WITHDRAW (an interrupted arrival) and leaving the member set"}
+BEST_EFFORT = {
+    "zrem": "WITHDRAW (an interrupted arrival) and leaving the member set",
+    "xadd": "the run's record, written after the instant (refused: logged once)",
+}
 
 
 def without(rule: str, command: str) -> str:
@@ -95,8 +98,10 @@ def command_line(*argv: str, url: str) -> str:
     return out.getvalue()
 
 
-def workload(url: str, run_id: str) -> None:
-    """Every part of pyprocsync once, for a user; raises at the first failure.
+def workload(url: str, run_id: str, *, recorded: bool = True) -> None:
+    """Every part of pyprocsync once, for a user; raises at the first failure. With
+    ``recorded`` false (a user who cannot write the record), ``pyprocsync report`` is
+    left out: it would find no record.
 
     Ordered so that a missing grant fails early: most are needed by the first round.
     """
@@ -119,7 +124,6 @@ def workload(url: str, run_id: str) -> None:
             assert not bar.broken
             bar.abort()
             bar.reset()
-        command_line("status", "--run", run_id, url=url)
         command_line("clock", "--samples", "2", url=url)
     with ProcSync.from_url(url, run_id, 0, member=True, node_id="member", liveness=0.25) as me:
         me.sync("member", 1, 5)
@@ -140,6 +144,10 @@ def workload(url: str, run_id: str) -> None:
     with ProcSync.from_url(url, run_id, 0) as sync:
         for number in range(IDLE_LIMIT + 2):  # the listener unsubscribes idle channels
             sync.sync(f"many-{number}", 1, 5)
+    # Closed, every instance has written its record: the tools read it.
+    command_line("status", "--run", run_id, url=url)
+    if recorded:
+        command_line("report", "--run", run_id, url=url)
 
 
 def test_workload_passes_with_exactly_the_rule(
@@ -165,7 +173,7 @@ def test_every_grant_is_needed_and_named_when_missing(
     name = make_user(without(acl_rule(), command))
     url = user_url(server, name)
     if command in NOT_NEEDED_ON_ONE_SERVER or command in BEST_EFFORT:
-        workload(url, run_id)
+        workload(url, run_id, recorded=command not in RECORD_COMMANDS)
         if command in BEST_EFFORT:
             # redis-py 8.0 hands the entries of a bytes client out as bytes, 8.2 as str
             refused = {(text(e["username"]), text(e["object"])) for e in client.acl_log(128)}

@@ -18,6 +18,7 @@ The members of a run (``member=True``) are registered in one key of the run, in 
 of its own::
 
     <prefix>:{<run id>}:members           sorted set: node id -> registration expiry
+    <prefix>:{<run id>}:record            stream: every participant's outcome per round
 
 An :class:`~pyprocsync.Event` (a *flag*) of the same name has names of its own::
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
-__all__ = ["EventKeys", "FlagKeys", "encode", "members_key"]
+__all__ = ["EventKeys", "FlagKeys", "encode", "members_key", "record_key"]
 
 
 def _base(prefix: str, run_id: str, name: str) -> str:
@@ -45,6 +46,12 @@ def encode(text: str) -> str:
 def members_key(prefix: str, run_id: str) -> str:
     """The name of the member set of ``run_id`` under ``prefix``."""
     return f"{prefix}:{{{encode(run_id)}}}:members"
+
+
+def record_key(prefix: str, run_id: str) -> str:
+    """The name of the record stream of ``run_id`` under ``prefix`` (see
+    :mod:`pyprocsync.core.record`)."""
+    return f"{prefix}:{{{encode(run_id)}}}:record"
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,8 @@ class OptionDefaults:
     auto_floor: float = 0.001
     member: bool = False
     max_uncertainty: float | None = None
+    record: bool = True
+    record_limit: int = 10_000
 
 
 #: The defaults of the options of :class:`~pyprocsync.ProcSync`.
@@ -97,6 +99,9 @@ def flag(name: str, value: object) -> bool:
 
 #: The largest ``nodes`` or ``parties`` accepted.
 MAX_COUNT = 1_000_000
+
+#: The largest ``record_limit`` accepted (entries of a run's record).
+MAX_RECORD_LIMIT = 10_000_000
 
 #: The largest ``clock_samples`` accepted (each sample is one round trip).
 MAX_CLOCK_SAMPLES = 1000
@@ -215,6 +220,10 @@ class Settings:
     member: bool
     #: The widest clock bound accepted for any participant of a round, µs; -1: any.
     max_uncertainty_us: int = -1
+    #: Whether this instance adds its outcomes to the run's record.
+    record: bool = True
+    #: The most entries the run's record keeps (the oldest go first).
+    record_limit: int = DEFAULTS.record_limit
 
     @property
     def auto_delay(self) -> bool:
@@ -240,6 +249,8 @@ class Settings:
         auto_floor: object = DEFAULTS.auto_floor,
         member: object = DEFAULTS.member,
         max_uncertainty: object = DEFAULTS.max_uncertainty,
+        record: object = DEFAULTS.record,
+        record_limit: object = DEFAULTS.record_limit,
     ) -> Settings:
         """Validate the constructor arguments of a ProcSync and build its settings; an
         argument left out takes its default from :data:`DEFAULTS`."""
@@ -274,6 +285,8 @@ class Settings:
             max_uncertainty_us=-1
             if max_uncertainty is None
             else max(1, round(positive("max_uncertainty", max_uncertainty) * 1e6)),
+            record=flag("record", record),
+            record_limit=count("record_limit", record_limit, most=MAX_RECORD_LIMIT),
         )
 
     @property

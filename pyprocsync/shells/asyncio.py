@@ -45,6 +45,7 @@ from pyprocsync.shells import listener_task, redispy
 from pyprocsync.shells.base import AsyncRun, BarrierBase, EventBase, ProcSyncBase
 from pyprocsync.shells.listener_task import TaskListener, TaskMailbox, cancel_safe, receive
 from pyprocsync.shells.listeners import at_server
+from pyprocsync.shells.recorder import TaskRecorder
 from pyprocsync.shells.redirects import REDIRECT_PAUSE_S, REDIRECTS, Budget
 
 __all__ = ["Barrier", "Event", "ProcSync"]
@@ -192,6 +193,8 @@ class ProcSync(ProcSyncBase[AsyncRun], _ClosedOnExit):
     _client: aioredis.Redis | RedisCluster
     _cluster_type = RedisCluster
     _client_types = (aioredis.Redis, RedisCluster)
+    _recorder_type = TaskRecorder
+    _recorder: TaskRecorder
     _client_kinds = (
         "redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster (for blocking clients, "
         "use pyprocsync.ProcSync)"
@@ -222,13 +225,14 @@ class ProcSync(ProcSyncBase[AsyncRun], _ClosedOnExit):
         """
         # The flow is not kept in a local: it is freed when _run returns, before the
         # instant, not on the way out after it.
-        return await _meet(
-            await self._run(
+        with self._recorder.noting(event_name, nodes) as note:
+            due = await self._run(
                 sync_flow(
                     self._settings, self._clocks, event_name, nodes, timeout, memory=self._memory
                 )
             )
-        )
+        self._recorder.due(note, due)
+        return await _meet(due)
 
     async def reset(self, event_name: str) -> int:
         """Exactly :meth:`pyprocsync.ProcSync.reset`, awaited."""
@@ -242,6 +246,7 @@ class ProcSync(ProcSyncBase[AsyncRun], _ClosedOnExit):
         :class:`~pyprocsync.ProcSyncError`. Closing twice is harmless.
         """
         holds_listener = self._mark_closed()
+        await self._recorder.aclose()
         if self._membership is not None:
             await self._membership.stop()
         if holds_listener:
@@ -443,10 +448,14 @@ class Barrier(BarrierBase[AsyncRun], _ClosingShell):
 
     async def wait(self, timeout: float | None = None) -> int:
         """See :meth:`pyprocsync.Barrier.wait`."""
+        recorder = self._seam.recorder
         try:
-            return (await _meet(await self._seam.run(self._wait_flow(timeout), self._action))).index
+            with recorder.noting(self._name, self._parties) as note:
+                due = await self._seam.run(self._wait_flow(timeout), self._action)
         except TimeOutError as exc:
             raise self._timeout_error(exc) from exc
+        recorder.due(note, due)
+        return (await _meet(due)).index
 
     async def reset(self) -> None:
         """See :meth:`pyprocsync.Barrier.reset`."""

@@ -91,10 +91,14 @@ class Barrier(BarrierBase[BlockingRun], ClosingShell):
         :raises TooLateError: the release instant had passed when this one learned it.
         :raises Exception: whatever ``action`` raised, in the participant that ran it.
         """
+        recorder = self._seam.recorder
         try:
-            return meet(self._seam.run(self._wait_flow(timeout), self._action)).index
+            with recorder.noting(self._name, self._parties) as note:
+                due = self._seam.run(self._wait_flow(timeout), self._action)
         except TimeOutError as exc:
             raise self._timeout_error(exc) from exc
+        recorder.due(note, due)
+        return meet(due).index
 
     def reset(self) -> None:
         """Wake the current waiters with ``BrokenBarrierError`` and open a fresh round."""

@@ -29,6 +29,7 @@ from pyprocsync.exceptions import (
     TimeOutError,
 )
 from pyprocsync.results import SyncResult
+from pyprocsync.shells.recorder import OnOutcome, Recorder
 
 __all__ = ["AsyncRun", "BarrierBase", "BlockingRun", "EventBase", "ProcSyncBase", "Seam", "seam"]
 
@@ -75,6 +76,8 @@ class Seam(Generic[R]):
     #: Runs a flow through the instance: returns a result due at an instant as it is,
     #: for the caller to meet (``meet``, or ``_meet`` in the asyncio shell).
     run: R
+    #: Takes the outcomes of its rounds (see :mod:`pyprocsync.shells.recorder`).
+    recorder: Recorder
 
 
 class ProcSyncBase(Generic[R]):
@@ -89,6 +92,8 @@ class ProcSyncBase(Generic[R]):
     #: The client classes a shell accepts, and what to name in an error.
     _client_types: tuple[type, ...]
     _client_kinds: str
+    #: How the shell's outcomes reach the run's record and ``on_outcome``.
+    _recorder_type: Callable[[Settings, OnOutcome | None, Any], Recorder]
 
     def __init__(
         self,
@@ -109,6 +114,9 @@ class ProcSyncBase(Generic[R]):
         auto_floor: float = DEFAULTS.auto_floor,
         member: bool = DEFAULTS.member,
         max_uncertainty: float | None = DEFAULTS.max_uncertainty,
+        record: bool = DEFAULTS.record,
+        record_limit: int = DEFAULTS.record_limit,
+        on_outcome: OnOutcome | None = None,
     ) -> None:
         self._settings = Settings.create(
             run_id=run_id,
@@ -126,6 +134,8 @@ class ProcSyncBase(Generic[R]):
             auto_floor=auto_floor,
             member=member,
             max_uncertainty=max_uncertainty,
+            record=record,
+            record_limit=record_limit,
         )
         if not isinstance(redis_client, self._client_types):
             raise ArgumentTypeError(
@@ -142,6 +152,7 @@ class ProcSyncBase(Generic[R]):
         self._closed = False
         self._holds_listener = False  # one reference to the shared listener, until closed
         self._listener: Any = None  # that listener (its command pool serves script calls)
+        self._recorder = self._recorder_type(self._settings, on_outcome, redis_client)
 
     def _open_call(self, acquire: Callable[[], L]) -> L:
         """Start a call: check the instance is open and take a reference to the shared
@@ -197,7 +208,7 @@ def seam(shell: ProcSyncBase[R]) -> Seam[R]:
     Built here, beside :class:`ProcSyncBase`, so that the Event and Barrier classes read
     nothing of their ProcSync but the seam and its public methods.
     """
-    return Seam(shell._settings, shell._clocks, shell._memory, shell._runner())
+    return Seam(shell._settings, shell._clocks, shell._memory, shell._runner(), shell._recorder)
 
 
 class EventBase(Generic[R]):

@@ -40,6 +40,7 @@ from pyprocsync.shells import listener_thread, redispy
 from pyprocsync.shells.base import BlockingRun, ProcSyncBase, seam
 from pyprocsync.shells.listener_thread import ThreadListener, receive
 from pyprocsync.shells.listeners import at_server
+from pyprocsync.shells.recorder import ThreadRecorder
 from pyprocsync.shells.redirects import REDIRECT_PAUSE_S, REDIRECTS, Budget
 
 __all__ = ["ClosingShell", "ProcSync", "drive", "meet", "sync_until_instant"]
@@ -248,6 +249,16 @@ class ProcSync(ProcSyncBase[BlockingRun], _ClosedOnExit):
         them before any instant is agreed, with
         :class:`~pyprocsync.ClockUncertaintyError` naming the participant and its
         bound (see :doc:`/precision`). An ``Event`` waiter checks only its own bound.
+    :param record: add this instance's outcome of every round (of ``sync`` and of a
+        :class:`~pyprocsync.Barrier`'s ``wait``) to the run's record in Redis, read by
+        ``pyprocsync report`` (see :doc:`/record`). Written from a background thread
+        (task) 50 ms after the instant, never on the way to it; a write the server
+        refuses is logged once and ends the recording, never the call.
+    :param record_limit: the most entries the run's record keeps, about (the oldest
+        go first); it expires with ``retention`` after its last entry.
+    :param on_outcome: called with an :class:`~pyprocsync.Outcome` for every round this
+        instance took part in, released or failed, in that background thread (task),
+        after the instant; what it raises is logged. With ``record=False`` too.
     :raises InvalidArgumentError: an argument is invalid.
 
     A waiting participant logs who has arrived every 10 s (logger ``pyprocsync``,
@@ -267,6 +278,8 @@ class ProcSync(ProcSyncBase[BlockingRun], _ClosedOnExit):
     _client: redis.Redis | RedisCluster
     _cluster_type = RedisCluster
     _client_types = (redis.Redis, RedisCluster)
+    _recorder_type = ThreadRecorder
+    _recorder: ThreadRecorder
     _client_kinds = (
         "redis.Redis or redis.cluster.RedisCluster (for redis.asyncio clients, use "
         "pyprocsync.asyncio)"
@@ -335,13 +348,14 @@ class ProcSync(ProcSyncBase[BlockingRun], _ClosedOnExit):
         """
         # The flow is not kept in a local: it is freed when _run returns, before the
         # instant, not on the way out after it.
-        return meet(
-            self._run(
+        with self._recorder.noting(event_name, nodes) as note:
+            due = self._run(
                 sync_flow(
                     self._settings, self._clocks, event_name, nodes, timeout, memory=self._memory
                 )
             )
-        )
+        self._recorder.due(note, due)
+        return meet(due)
 
     def reset(self, event_name: str) -> int:
         """Break the current round of ``event_name`` if anyone waits in it, and open the next.
@@ -365,6 +379,7 @@ class ProcSync(ProcSyncBase[BlockingRun], _ClosedOnExit):
         listener's connections close when the last instance using them is closed.
         """
         holds_listener = self._mark_closed()
+        self._recorder.close()
         if self._membership is not None:
             self._membership.stop()
         if holds_listener:
@@ -503,8 +518,10 @@ def sync_until_instant(
     last step, the wait for the release instant, to the caller: for a process that is
     to end (or exec) at the instant, ``pyprocsync sync``.
 
-    Before it returns, ``node`` is closed (its client too, if it owns it) and, when
-    that gave back the last reference to the shared listener, the listener's thread
+    Before it returns, the outcome is added to the run's record (its ``late_by``
+    unknown: nothing of pyprocsync runs after the instant), ``node`` is closed (its
+    client too, if it owns it) and, when that gave back the last reference to the
+    shared listener, the listener's thread
     has been given until the instant to close its connections and end. So nothing of
     pyprocsync runs any more in the process.
 
@@ -516,11 +533,14 @@ def sync_until_instant(
     """
     shell = seam(node)
     try:
-        flow = sync_flow(
-            shell.settings, shell.clocks, event_name, nodes, timeout, memory=shell.memory
-        )
-        due = shell.run(flow)
+        with shell.recorder.noting(event_name, nodes) as note:
+            flow = sync_flow(
+                shell.settings, shell.clocks, event_name, nodes, timeout, memory=shell.memory
+            )
+            due = shell.run(flow)
+        shell.recorder.due(note, due)
     finally:
+        node._recorder.close(settle=False)  # its write goes out now, before the instant
         node.close()
     if isinstance(due, AtInstant):
         wait = due.wait

@@ -23,6 +23,7 @@ from pyprocsync.exceptions import InvalidArgumentError
 __all__ = [
     "CLIENT_COMMANDS",
     "CLUSTER_COMMANDS",
+    "RECORD_COMMANDS",
     "SCRIPT_COMMANDS",
     "STATUS_COMMANDS",
     "acl_rule",
@@ -34,6 +35,10 @@ __all__ = [
 #: command line's reachability check). ``AUTH`` and ``HELLO`` need no grant; redis-py
 #: ignores a refused ``CLIENT SETINFO``.
 CLIENT_COMMANDS = ("evalsha", "script|load", "subscribe", "unsubscribe", "time", "ping")
+
+#: Commands that add outcomes to the run's record, after the instant (``record=True``;
+#: ``PEXPIRE`` is among :data:`SCRIPT_COMMANDS`).
+RECORD_COMMANDS = ("xadd",)
 
 #: Commands the Lua scripts run (ACLs apply inside scripts too).
 SCRIPT_COMMANDS = (
@@ -53,8 +58,9 @@ SCRIPT_COMMANDS = (
     "publish",
 )
 
-#: What ``pyprocsync status`` adds: finding a run's events and reading them.
-STATUS_COMMANDS = ("scan", "hgetall", "pttl")
+#: What ``pyprocsync status`` and ``pyprocsync report`` add: finding a run's events
+#: and reading them and the run's record.
+STATUS_COMMANDS = ("scan", "hgetall", "pttl", "type", "xrange", "xrevrange", "xinfo|stream")
 
 #: What a cluster client adds: sharded pub/sub (servers >= 7), the server's version
 #: (read once per process, to choose it), and what redis-py's cluster client reads at
@@ -75,8 +81,9 @@ def acl_rule(prefix: str = "pyprocsync", *, status: bool = True, cluster: bool =
     password) that lets a user run pyprocsync under ``prefix`` and nothing else.
 
     The rule resets the user's commands, keys and channels, then grants
-    :data:`CLIENT_COMMANDS` and :data:`SCRIPT_COMMANDS`, with :data:`STATUS_COMMANDS`
-    when ``status`` (for ``pyprocsync status``) and :data:`CLUSTER_COMMANDS` when
+    :data:`CLIENT_COMMANDS`, :data:`RECORD_COMMANDS` and :data:`SCRIPT_COMMANDS`, with
+    :data:`STATUS_COMMANDS` when ``status`` (for ``pyprocsync status`` and
+    ``pyprocsync report``) and :data:`CLUSTER_COMMANDS` when
     ``cluster``, on the keys ``<prefix>:*`` and the channels ``<prefix>:*``. It does not
     switch the user on nor set a password: ``ACL SETUSER name on >password <rule>``.
     On a cluster, set it on every node (or in an ACL file they all load).
@@ -92,7 +99,7 @@ def acl_rule(prefix: str = "pyprocsync", *, status: bool = True, cluster: bool =
             f"prefix {checked!r} holds glob characters, braces or white space: the rule's "
             "patterns would cover more than its keys"
         )
-    commands = [*CLIENT_COMMANDS, *SCRIPT_COMMANDS]
+    commands = [*CLIENT_COMMANDS, *RECORD_COMMANDS, *SCRIPT_COMMANDS]
     if status:
         commands += STATUS_COMMANDS
     if cluster:

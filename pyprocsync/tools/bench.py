@@ -120,6 +120,8 @@ class BenchConfig:
     #: Instead of rounds of the library: rounds of ``pyprocsync sync ... -- COMMAND``
     #: in new processes (see :mod:`pyprocsync.tools.exec_bench`).
     execs: bool = False
+    #: Whether the participants add their outcomes to the run's record (``record``).
+    record: bool = True
     run_id: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex}")
 
     @property
@@ -136,7 +138,9 @@ class BenchConfig:
     def instance(self, cls: Callable[..., P], client: Any) -> P:
         """``cls(client, ...)`` (a ProcSync, blocking or asyncio) as this run configures it:
         the instance a worker process's participants share."""
-        return cls(client, self.run_id, self.delay, spin=self.spin, clock=self.clock)
+        return cls(
+            client, self.run_id, self.delay, spin=self.spin, clock=self.clock, record=self.record
+        )
 
     def event(self, round_: int) -> str:
         """The name of round ``round_``'s sync point."""

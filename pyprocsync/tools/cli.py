@@ -1,5 +1,5 @@
-"""The ``pyprocsync`` command: ``bench``, ``sync``, ``server``, ``status``, ``reset`` and
-``clock``.
+"""The ``pyprocsync`` command: ``bench``, ``sync``, ``server``, ``status``, ``report``,
+``reset``, ``clock`` and ``lab``.
 
 Every command but ``server`` takes ``--redis URL``, defaulting to
 ``$PYPROCSYNC_REDIS_URL``; ``bench`` starts a private embedded server when neither is
@@ -36,6 +36,7 @@ from pyprocsync.exceptions import (
     InvalidArgumentError,
     ParameterMismatchError,
     ProcSyncError,
+    ProtocolError,
     TimeOutError,
     TooLateError,
 )
@@ -64,6 +65,15 @@ from pyprocsync.tools.credentials import (
 )
 from pyprocsync.tools.lab import MODES, SCENARIOS, LabError, run_lab
 from pyprocsync.tools.lab import format_table as format_lab_table
+from pyprocsync.tools.report import (
+    format_report,
+    read_last_release,
+    read_record,
+    render_html,
+    report_json,
+    skipped_warning,
+    summarize,
+)
 from pyprocsync.tools.server import EmbeddedServer, ServerError
 from pyprocsync.tools.stats import nan_to_none, summary
 from pyprocsync.tools.status import format_status, read_members, read_status
@@ -283,6 +293,12 @@ def _parser() -> argparse.ArgumentParser:
         help="instead of rounds of the library: rounds of NODES new processes running "
         "`pyprocsync sync ... -- date +%%s%%N`, the start of date read (the shell barrier)",
     )
+    bench.add_argument(
+        "--no-record",
+        action="store_false",
+        dest="record",
+        help="the participants add nothing to the run's record (record=False)",
+    )
     bench.add_argument("--json", metavar="FILE", help="write the figures as JSON to FILE")
     bench.add_argument(
         "--plot", metavar="FILE.png", help="draw histograms and a timeline (needs matplotlib)"
@@ -362,6 +378,14 @@ def _parser() -> argparse.ArgumentParser:
     _run_option(reset)
     _redis_option(reset, "")
 
+    _add_clock(commands)
+    _add_report(commands)
+    _add_lab(commands)
+    return parser
+
+
+def _add_clock(commands: Any) -> None:
+    """The ``clock`` command's parser."""
     clock_cmd = commands.add_parser(
         "clock",
         help="this host's clock against the server's: offset, round trips, uncertainty",
@@ -396,8 +420,44 @@ def _parser() -> argparse.ArgumentParser:
         "(synchronised, maxerror); with --clock server, the estimate's from the samples",
     )
     _clock_option(clock_cmd)
-    _add_lab(commands)
-    return parser
+
+
+def _add_report(commands: Any) -> None:
+    """The ``report`` command's parser."""
+    report = commands.add_parser(
+        "report",
+        help="what a run's record says of its rounds: who was late, missing or failed, "
+        "how far apart the participants continued",
+        description="Read the record of a run (one entry per participant and round, "
+        "written by the participants) and show per event: its rounds, released and "
+        "failed ones with their causes, the participants missing from a round, the "
+        "arrival window and who came last, and the cell bound (how far apart the "
+        "participants may have continued, from their own clock bounds). Exit codes: 2 "
+        "no record of the run (or of --event), 1 the key holds data pyprocsync did not "
+        "write, 6 connection failure.",
+    )
+    _run_option(report)
+    report.add_argument(
+        "--event",
+        action="append",
+        metavar="NAME",
+        help="only this event (repeat for several; default: every event)",
+    )
+    report.add_argument(
+        "--rounds",
+        type=count_arg,
+        default=20,
+        metavar="N",
+        help="the most recent rounds (and failed rounds) per event the table shows "
+        "(default 20; --json and --html hold all)",
+    )
+    report.add_argument(
+        "--json", metavar="FILE", help="write every round as JSON to FILE ('-': stdout, no table)"
+    )
+    report.add_argument(
+        "--html", metavar="FILE", help="write one self-contained HTML page with timelines to FILE"
+    )
+    _redis_option(report, "")
 
 
 def _add_lab(commands: Any) -> None:
@@ -436,6 +496,12 @@ def _add_lab(commands: Any) -> None:
     )
     lab.add_argument("--repeat", type=count_arg, default=3, help="repeats (default 3)")
     lab.add_argument("--json", metavar="FILE", help="write every figure as JSON to FILE")
+    lab.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write the pyprocsync report of each scenario and mode's first block to DIR "
+        "(SCENARIO-MODE.txt and .html)",
+    )
     lab.add_argument("--quiet", action="store_true", help="print no progress and no table")
 
 
@@ -498,6 +564,7 @@ def _bench(args: argparse.Namespace) -> None:
             use_asyncio=args.asyncio,
             fresh=args.fresh or 0,
             execs=args.execs,
+            record=args.record,
         )
         figures = run_bench(config, progress=progress_bar(args.fresh or args.rounds))
         figures["server"] = server_label(url, embedded is not None)
@@ -540,12 +607,40 @@ def _lab_command(args: argparse.Namespace) -> str:
     )
 
 
+def _lab_reporter(
+    server: EmbeddedServer, directory: str | None
+) -> Callable[[str, str, int, dict[str, Any]], None]:
+    """What ``lab --report DIR`` does after each block: the report of the first
+    repeat's blocks, as text and page, into ``DIR``."""
+
+    def after_block(scenario: str, mode: str, number: int, block: dict[str, Any]) -> None:
+        if directory is None or number:
+            return
+        run_id = block["run_id"]
+        with redis.Redis(server.bind, server.port) as client:
+            record = read_record(client, run_id)
+        report = summarize(record.outcomes)
+        stem = os.path.join(directory, f"{scenario}-{mode}")
+        _write(stem + ".txt", "--report", "\n".join(format_report(run_id, record, report)) + "\n")
+        _write(stem + ".html", "--report", render_html(run_id, record, report))
+
+    if directory is not None:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise CommandError(
+                ExitCode.FAILED, f"cannot write --report {directory}: {exc}"
+            ) from None
+    return after_block
+
+
 def _lab(args: argparse.Namespace) -> None:
     def progress(line: str) -> None:
         if not args.quiet:
             print(line, file=sys.stderr, flush=True)
 
     with EmbeddedServer() as server:
+        after_block = _lab_reporter(server, args.report)
         try:
             run = run_lab(
                 (server.bind, server.port),
@@ -556,6 +651,7 @@ def _lab(args: argparse.Namespace) -> None:
                 modes=args.modes,
                 progress=progress,
                 command=_lab_command(args),
+                after_block=after_block,
             )
         except LabError as exc:
             raise CommandError(ExitCode.FAILED, f"the lab failed: {exc}") from None
@@ -724,7 +820,15 @@ CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
 
 def _status_lines(client: redis.Redis, run_id: str) -> list[str]:
-    return format_status(run_id, read_status(client, run_id), read_members(client, run_id))
+    """The status of ``run_id`` with its last released round (a warning on stderr when
+    its record cannot be read)."""
+    try:
+        last = read_last_release(client, run_id)
+    except ProtocolError as exc:
+        print(f"pyprocsync: warning: {exc}", file=sys.stderr, flush=True)
+        last = None
+    statuses = read_status(client, run_id)
+    return format_status(run_id, statuses, read_members(client, run_id), last)
 
 
 def _status(args: argparse.Namespace) -> None:
@@ -745,6 +849,61 @@ def _status(args: argparse.Namespace) -> None:
             head = f"run {args.run!r} on {redact(url)} at {stamp}, every {args.interval:g} s"
             print(f"{clear}{head} (Ctrl-C stops)", *lines, "", sep="\n", flush=True)
             time.sleep(args.interval)
+
+
+def _write(path: str, option: str, text: str) -> None:
+    """Write ``text`` to ``path`` (``-``: stdout) for ``option``."""
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(text)
+    except OSError as exc:
+        raise CommandError(ExitCode.FAILED, f"cannot write {option} {path}: {exc}") from None
+
+
+def _report(args: argparse.Namespace) -> None:
+    """Print (and write) what the record of ``args.run`` says; a one-line warning for
+    the entries skipped, an error for no record (``USAGE``: the run, or the events
+    asked for, have none)."""
+    url = _require_url(args.redis)
+    check_reachable(url)
+    with redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5) as client:
+        record = read_record(client, args.run, events=args.event)
+    warning = skipped_warning(record)
+    if warning:
+        print(f"pyprocsync: warning: {warning}", file=sys.stderr, flush=True)
+    if not record.entries:
+        raise CommandError(
+            ExitCode.USAGE,
+            f"no record of run {args.run!r} on {redact(url)}: the run may be unknown, "
+            "recording switched off (record=False), or its record expired after the "
+            "run's retention",
+        )
+    if not record.events:
+        raise CommandError(
+            ExitCode.FAILED,
+            f"the record of run {args.run!r} holds no entry pyprocsync wrote "
+            f"({record.skipped} skipped)",
+        )
+    if not record.outcomes:
+        asked = ", ".join(repr(name) for name in args.event)
+        held = ", ".join(repr(name) for name in record.events[:10])
+        more = ", ..." if len(record.events) > 10 else ""
+        raise CommandError(
+            ExitCode.USAGE,
+            f"the record of run {args.run!r} holds no entry of --event {asked} "
+            f"(it holds {held}{more})",
+        )
+    report = summarize(record.outcomes)
+    if args.json:
+        document = report_json(args.run, record, report)
+        _write(args.json, "--json", json.dumps(document, indent=1, allow_nan=False) + "\n")
+    if args.html:
+        _write(args.html, "--html", render_html(args.run, record, report))
+    if args.json != "-":
+        print("\n".join(format_report(args.run, record, report, rounds=args.rounds)))
 
 
 def _reset(args: argparse.Namespace) -> None:
@@ -857,6 +1016,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "sync": _sync,
     "server": _server,
     "status": _status,
+    "report": _report,
     "reset": _reset,
     "clock": _clock,
     "lab": _lab,

@@ -560,7 +560,8 @@ def run_block(
     server: tuple[str, int], scenario: Scenario, mode: Mode, rounds: int, delay: float
 ) -> dict[str, Any]:
     """Run ``scenario`` in ``mode`` for ``rounds`` rounds against the server at
-    ``server`` (host, port); return its figures (see :func:`figures`).
+    ``server`` (host, port); return its figures (see :func:`figures`) and, as
+    ``run_id``, the run the hosts used (its record is on the server).
 
     :raises LabError: a host failed or stopped answering.
     """
@@ -584,7 +585,9 @@ def run_block(
     failed = [f"host {scenario.hosts[r].name}: {e}" for r, _, e in reports if e]
     if failed:
         raise LabError("; ".join(failed))
-    return figures([records for _, records, _ in sorted(reports)], mode)
+    block = figures([records for _, records, _ in sorted(reports)], mode)
+    block["run_id"] = config.run_id
+    return block
 
 
 def _collect(out: Any, hosts: list[Any], within: float) -> list[tuple[int, Any, str | None]]:
@@ -708,16 +711,20 @@ def run_lab(
     modes: Sequence[Mode] = MODES,
     progress: Callable[[str], None] = lambda _line: None,
     command: str = "pyprocsync lab",
+    after_block: Callable[[str, Mode, int, dict[str, Any]], None] = lambda *_: None,
 ) -> LabRun:
     """Run each scenario in each of its modes (among ``modes``) ``repeat`` times, the
     modes of one scenario one right after the other; ``progress`` gets a line per
-    block, ``command`` is recorded as what ran it."""
+    block, ``command`` is recorded as what ran it. ``after_block`` gets the scenario,
+    mode, repeat (from 0) and figures of each block right after it, while the run's
+    record is still on the server."""
     run = LabRun(rounds, delay, repeat, command=command)
     for number in range(repeat):
         for name in scenarios:
             scenario = SCENARIOS[name]
             for mode in (m for m in scenario.modes if m in modes):
                 block = run_block(server, scenario, mode, rounds, delay)
+                after_block(name, mode, number, block)
                 run.results.setdefault(name, {}).setdefault(mode, []).append(block)
                 progress(
                     f"repeat {number + 1}/{repeat} {name} {mode}: true spread p50 "

@@ -12,6 +12,7 @@ import redis
 from pyprocsync.core.keys import EventKeys, encode, members_key
 from pyprocsync.core.wire import Broken, Released, decode_state, member_node
 from pyprocsync.exceptions import ProtocolError
+from pyprocsync.tools.report import Round, format_last_release
 
 __all__ = [
     "EventStatus",
@@ -173,7 +174,10 @@ def _seconds(value: float | None) -> str:
 
 
 def format_status(
-    run_id: str, statuses: Sequence[EventStatus], members: Sequence[MemberStatus]
+    run_id: str,
+    statuses: Sequence[EventStatus],
+    members: Sequence[MemberStatus],
+    last_release: Round | None = None,
 ) -> list[str]:
     """The lines ``pyprocsync status`` prints for ``run_id``.
 
@@ -181,7 +185,9 @@ def format_status(
     last change, ``waited s`` since the first arrival of a filling round, the node ids
     waiting); under each filling round a ``missing:`` line: the registered members not
     waiting in it (lapsed ones marked), or, without registered members, how many are
-    missing. Then the registered members, live or lapsed, with the seconds left on
+    missing. Then, given ``last_release`` (see
+    :func:`~pyprocsync.tools.report.read_last_release`), a line with that round and its
+    cell bound. Then the registered members, live or lapsed, with the seconds left on
     their registration (negative: since it lapsed).
     """
     if not statuses:
@@ -208,6 +214,8 @@ def format_status(
             lines.append(
                 f"  missing: {st.expected - st.arrived} (not named: no member=True registrations)"
             )
+    if last_release is not None:
+        lines.append(format_last_release(last_release))
     if members:
         lines += ["", f"{'member':<40}{'state':<8}{'lease s':>8}"]
     for member in members:
