@@ -33,7 +33,8 @@ class SyncResult:
     release_at: float
     #: Seconds after ``release_at`` that this participant's clock read as the call's
     #: last step, after the wait: what is left before the caller's next line is two
-    #: ``return`` statements (``pyprocsync bench`` measures the difference, a few µs).
+    #: ``return`` statements. It is the library's report; ``pyprocsync bench`` shows
+    #: it beside the caller's own reading.
     #: In server-clock mode it is read on the monotonic clock the wait used. With
     #: ``delay == 0`` it is the time it took to learn of the release.
     late_by: float

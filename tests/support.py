@@ -253,30 +253,34 @@ def _parent(pid: int) -> int | None:
     return None if fields is None else int(fields[1])
 
 
-def _started_beside(pid: int) -> bool:
-    """Whether ``pid`` descends from another process started by this test process's
-    parent (another xdist worker, or the controller) rather than from this one."""
-    me, parent = os.getpid(), os.getppid()
-    ancestor = _parent(pid)
+def _ours(pid: int) -> bool:
+    """Whether ``pid`` descends from this test process, or is an orphan (its parent has
+    ended: a server a command of this test may have left behind). A process that
+    descends from any other live process (another xdist worker, another program on a
+    busy machine) is not ours."""
+    me = os.getpid()
+    parent = _parent(pid)
+    if parent in (None, 0, 1):
+        return True
+    ancestor = parent
     while ancestor not in (None, 0, 1):
         if ancestor == me:
-            return False
-        if ancestor == parent:
             return True
         ancestor = _parent(ancestor)
-    return False  # an orphan: whoever started it has ended
+    return False
 
 
 def server_pids() -> set[int]:
-    """PIDs of the live valkey-server and redis-server processes on this machine, but
-    for those another test process beside this one (an xdist worker) started."""
+    """PIDs of the live valkey-server and redis-server processes that are this test
+    process's (see :func:`_ours`); those of other processes, also started while the
+    test runs, are left out."""
     found = set()
     for pid in _pids():
         try:
             name = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             continue
-        if name in ("valkey-server", "redis-server") and alive(pid) and not _started_beside(pid):
+        if name in ("valkey-server", "redis-server") and alive(pid) and _ours(pid):
             found.add(pid)
     return found
 

@@ -247,7 +247,7 @@ def test_bench_plot(server: EmbeddedServer, tmp_path: Path) -> None:
     done = run(*args, "--quiet", timeout=60)
     if importlib.util.find_spec("matplotlib") is None:
         assert done.returncode == ExitCode.USAGE, done.stderr
-        assert_one_line_error(done.stderr, "matplotlib", "pyprocsync[plot]")
+        assert_one_line_error(done.stderr, "matplotlib", "pip install -e '.[plot]'")
         assert not png.exists()
     else:
         assert done.returncode == 0, done.stderr

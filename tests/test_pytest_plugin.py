@@ -65,7 +65,7 @@ def test_missing_fakeredis_fails_only_its_tests(
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(passed=1, errors=1)
     assert message in result.stdout.str()
-    assert "pip install 'pyprocsync[testing]'" in result.stdout.str()
+    assert "pip install -e '.[testing]'" in result.stdout.str()
 
 
 def test_missing_server_fails_only_its_tests(

@@ -78,6 +78,7 @@ def test_cli_wrong_password(
     argv, env = with_password_from(via, cli(*command_args(command)), locked_server.port, tmp_path)
     line = check_command_error(run_command(argv, env=env), ExitCode.CONNECTION)
     assert f":***@127.0.0.1:{locked_server.port}" in line
+    assert "refused the credentials" in line, line
 
 
 @pytest.mark.timeout(60)

@@ -248,10 +248,12 @@ def test_wrong_password(
     locked_server: EmbeddedServer, run_id: str, observer: Observer, api: str, kind: str
 ) -> None:
     """A URL with a wrong password: ConnectionLostError caused by redis-py's
-    AuthenticationError, neither naming a password, and nothing else shows one."""
+    AuthenticationError, saying the credentials were refused, neither naming a
+    password, and nothing else shows one."""
     url = url_of(locked_server.port)
     error = check_failure(observer, attempt(api, kind, url, run_id))
     assert isinstance(error, ConnectionLostError), repr(error)
+    assert "refused the credentials" in str(error), str(error)
     causes = []
     while error is not None:
         causes.append(error)

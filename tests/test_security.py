@@ -31,12 +31,20 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from unittest import mock
 
 import pytest
 import redis
 from cluster_support import Cluster
-from support import ACL_PASSWORD, arun, in_threads, user_url
+from support import (
+    ACL_PASSWORD,
+    arun,
+    in_threads,
+    user_url,
+    wait_until,
+    waiting_members,
+)
 
 import pyprocsync.asyncio as aio
 from pyprocsync import Barrier, Event, ProcSync
@@ -98,10 +106,11 @@ def command_line(*argv: str, url: str) -> str:
     return out.getvalue()
 
 
-def workload(url: str, run_id: str, *, recorded: bool = True) -> None:
+def workload(url: str, run_id: str, admin: redis.Redis, *, recorded: bool = True) -> None:
     """Every part of pyprocsync once, for a user; raises at the first failure. With
     ``recorded`` false (a user who cannot write the record), ``pyprocsync report`` is
-    left out: it would find no record.
+    left out: it would find no record. ``admin`` (a client with every grant) only
+    watches.
 
     Ordered so that a missing grant fails early: most are needed by the first round.
     """
@@ -141,20 +150,35 @@ def workload(url: str, run_id: str, *, recorded: bool = True) -> None:
                 await waiting
 
     arun(twin)
-    with ProcSync.from_url(url, run_id, 0) as sync:
-        for number in range(IDLE_LIMIT + 2):  # the listener unsubscribes idle channels
-            sync.sync(f"many-{number}", 1, 5)
+    idle_channels(url, run_id, admin)
     # Closed, every instance has written its record: the tools read it.
     command_line("status", "--run", run_id, url=url)
     if recorded:
         command_line("report", "--run", run_id, url=url)
 
 
+def idle_channels(url: str, run_id: str, admin: redis.Redis) -> None:
+    """Enough points on new names that the listener unsubscribes idle channels, while a
+    participant waits on its connection throughout: a refused UNSUBSCRIBE (the thread
+    sends it when it next wakes) reaches that waiter whenever it comes."""
+    with ThreadPoolExecutor(1) as pool, ProcSync.from_url(url, run_id, 0) as sync:
+        held = pool.submit(sync.sync, "held", 2, 30)
+        wait_until(lambda: waiting_members(admin, run_id, "held") or held.done(), 15, "held")
+        for number in range(IDLE_LIMIT + 2):
+            if held.done():
+                break
+            sync.sync(f"many-{number}", 1, 5)
+        if held.done():
+            held.result()  # raises what the waiter got
+        sync.sync("held", 2, 30)
+        held.result()
+
+
 def test_workload_passes_with_exactly_the_rule(
-    server: EmbeddedServer, make_user: Callable[[str], str], run_id: str
+    server: EmbeddedServer, client: redis.Redis, make_user: Callable[[str], str], run_id: str
 ) -> None:
     """Control for the sweep below: the workload passes with every grant."""
-    workload(user_url(server, make_user(acl_rule())), run_id)
+    workload(user_url(server, make_user(acl_rule())), run_id, client)
 
 
 @pytest.mark.timeout(60)
@@ -173,14 +197,14 @@ def test_every_grant_is_needed_and_named_when_missing(
     name = make_user(without(acl_rule(), command))
     url = user_url(server, name)
     if command in NOT_NEEDED_ON_ONE_SERVER or command in BEST_EFFORT:
-        workload(url, run_id, recorded=command not in RECORD_COMMANDS)
+        workload(url, run_id, client, recorded=command not in RECORD_COMMANDS)
         if command in BEST_EFFORT:
             # redis-py 8.0 hands the entries of a bytes client out as bytes, 8.2 as str
             refused = {(text(e["username"]), text(e["object"])) for e in client.acl_log(128)}
             assert (name, command) in refused
         return
     with pytest.raises((redis.exceptions.ResponseError, CommandLineError)) as caught:
-        workload(url, run_id)
+        workload(url, run_id, client)
     message = str(caught.value)
     assert "permission" in message.lower(), message
     assert f"'{command}'" in message, message

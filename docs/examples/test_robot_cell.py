@@ -1,6 +1,7 @@
 """Tests of robot_cell.py, with the fixtures of pyprocsync's pytest plugin.
 
-Needs ``pip install 'pyprocsync[testing]'``; run with ``pytest test_robot_cell.py``.
+Needs pyprocsync's ``testing`` extra (``pip install -e '.[testing]'`` in its repository); run with
+``pytest test_robot_cell.py``.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 Every (prefix, run id, event name) triple maps to its own names, and no two triples share
 one: the run id and the event name are percent-encoded (everything but ASCII letters,
 digits and ``_.-~`` becomes ``%XX`` of its UTF-8 bytes) before they are joined with ``:``,
-so ``run_id="a", event="b:c"`` and ``run_id="a:b", event="c"`` stay apart (0.1.0 mixed
-them up). The encoded form holds no glob characters, so it can also stand in a
-``SCAN MATCH`` pattern as it is.
+so ``run_id="a", event="b:c"`` and ``run_id="a:b", event="c"`` stay apart. The encoded
+form holds no glob characters, so it can also stand in a ``SCAN MATCH`` pattern as it
+is.
 
 All names of one event carry the same Redis Cluster hash tag (the part between ``{`` and
 ``}``), so they live in one slot, while different events of one run spread over slots::

@@ -23,8 +23,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pyprocsync import clock
@@ -352,8 +352,14 @@ def refused(exc: ResponseError, where: dict[str, Any]) -> ProcSyncError:
 
 def link_lost(exc: Exception, where: dict[str, Any]) -> ConnectionLostError:
     """The error for a link error ``exc`` (whose message names the server) of a call
-    about ``where``."""
+    about ``where``; a refused password or user name says so."""
     about = f" ({where['event']!r})" if where.get("event") is not None else ""
+    if isinstance(exc, AuthenticationError):
+        return ConnectionLostError(
+            f"Redis refused the credentials{about} (check the user name and password of "
+            f"the URL): {exc}",
+            **where,
+        )
     return ConnectionLostError(f"lost the connection to Redis{about}: {exc}", **where)
 
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from redis.exceptions import AskError, MovedError, ResponseError
+from redis.exceptions import AskError, AuthenticationError, MovedError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -65,8 +65,13 @@ class Mailbox(Protocol):
 
 def at_server(exc: BaseException, server: str) -> Exception:
     """A link error ``exc`` as raised to the flows: of the same kind (a timeout stays a
-    timeout), its message naming ``server``."""
-    kind = RedisTimeoutError if isinstance(exc, RedisTimeoutError) else RedisConnectionError
+    timeout, refused credentials stay an ``AuthenticationError``), its message naming
+    ``server``."""
+    kind: type[Exception] = RedisConnectionError
+    if isinstance(exc, RedisTimeoutError):
+        kind = RedisTimeoutError
+    elif isinstance(exc, AuthenticationError):
+        kind = AuthenticationError
     return kind(f"{server}: {exc}")
 
 

@@ -516,6 +516,12 @@ def check_reachable(url: str) -> None:
     try:
         with redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5) as client:
             client.ping()
+    except redis.AuthenticationError as exc:
+        raise CommandError(
+            ExitCode.CONNECTION,
+            f"Redis at {redact(url)} refused the credentials: {exc} (check the password: "
+            "--password-file, $PYPROCSYNC_PASSWORD, or the user name of the URL)",
+        ) from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise CommandError(
             ExitCode.CONNECTION, f"cannot reach Redis at {redact(url)}: {exc} (check --redis)"
@@ -541,7 +547,9 @@ def _bench(args: argparse.Namespace) -> None:
             import matplotlib  # noqa: F401, PLC0415
         except ImportError:
             raise CommandError(
-                ExitCode.USAGE, "--plot needs matplotlib: pip install 'pyprocsync[plot]'"
+                ExitCode.USAGE,
+                "--plot needs matplotlib: install pyprocsync's 'plot' extra "
+                "(in its repository: pip install -e '.[plot]')",
             ) from None
     embedded = None
     url = args.redis
@@ -1041,7 +1049,10 @@ class _WarningLine(logging.Handler):
         super().__init__(logging.WARNING)
 
     def emit(self, record: logging.LogRecord) -> None:
-        print(f"pyprocsync: warning: {record.getMessage()}", file=sys.stderr, flush=True)
+        # Never raise into the code that logged (a background writer of the library):
+        # stderr may be closed by then, e.g. when main() ran inside another program.
+        with contextlib.suppress(OSError, ValueError):
+            print(f"pyprocsync: warning: {record.getMessage()}", file=sys.stderr, flush=True)
 
 
 def _show_warnings() -> None:

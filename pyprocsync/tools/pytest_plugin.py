@@ -18,7 +18,8 @@ package to install, and no other test.
   this test with factories of clients and pyprocsync objects on it, all closed at
   teardown. Needs ``fakeredis`` with Lua (``lupa``).
 
-``pip install 'pyprocsync[testing]'`` installs all of them.
+The ``testing`` extra (``pip install -e '.[testing]'`` in the repository) installs
+all of them.
 
 .. versionadded:: 1.0
 """
@@ -54,7 +55,9 @@ __all__ = [
 Made = TypeVar("Made", ProcSync, Event, Barrier)
 
 #: What to install for the fixtures' optional dependencies.
-INSTALL_HINT = "pip install 'pyprocsync[testing]'"
+INSTALL_HINT = (
+    "install pyprocsync's 'testing' extra (in its repository: pip install -e '.[testing]')"
+)
 
 
 def _import_fakeredis() -> ModuleType:

