@@ -226,11 +226,7 @@ def test_a_step_during_the_wait_is_reported_and_logged_once(
     caplog.set_level(logging.WARNING, logger=CLOCK_LOGGER)
     world.server_ahead(3_000_000_000)
     world.steps = {2: round(step_s * 1e9)}
-    fake = FakeRedis(world)
-    clocks = ClockState(check_system_clock=False)
-    result = fake.run(
-        sync_flow(make_settings(clock=mode), clocks, EVENT, 1, None, memory=EventMemory())
-    )
+    result = release(FakeRedis(world), clock=mode)
     assert result.clock_step == pytest.approx(step_s, abs=1e-4)
     (record,) = clock_records(caplog, logging.WARNING)
     assert "stepped" in record.getMessage()
@@ -242,17 +238,7 @@ def test_no_step_no_report(world: FakeWorld, caplog: pytest.LogCaptureFixture) -
     """Without a step (the wall clock keeps pace with the monotonic one) nothing is
     reported: ``clock_step`` is 0.0 and nothing is logged."""
     caplog.set_level(logging.WARNING, logger=CLOCK_LOGGER)
-    fake = FakeRedis(world)
-    result = fake.run(
-        sync_flow(
-            make_settings(),
-            ClockState(check_system_clock=False),
-            EVENT,
-            1,
-            None,
-            memory=EventMemory(),
-        )
-    )
+    result = release(FakeRedis(world))
     assert result.clock_step == 0.0
     assert clock_records(caplog, logging.WARNING) == []
 
@@ -261,17 +247,7 @@ def test_system_mode_reports_the_bound_the_kernel_keeps(world: FakeWorld) -> Non
     """System-clock mode: the release's bound is the one the host's time daemon keeps
     (the kernel's ``maxerror``), and it says the clock is synchronised."""
     world.kernel = clock.KernelClock(True, 250_000, 30_000)
-    fake = FakeRedis(world)
-    result = fake.run(
-        sync_flow(
-            make_settings(),
-            ClockState(check_system_clock=False),
-            EVENT,
-            1,
-            None,
-            memory=EventMemory(),
-        )
-    )
+    result = release(FakeRedis(world))
     assert result.clock_synchronized is True
     assert result.clock_uncertainty == pytest.approx(250e-6)
     assert result.clock_offset is None
@@ -291,18 +267,7 @@ def test_an_unsynchronised_or_silent_kernel_gives_no_bound(
     monkeypatch.setattr(waiter, "_told_unsynchronised", threading.Event())
     caplog.set_level(logging.WARNING, logger=CLOCK_LOGGER)
     world.kernel = kernel
-    results = []
-    for generation in range(2):
-        fake = FakeRedis(world, generation=generation)
-        flow = sync_flow(
-            make_settings(),
-            ClockState(check_system_clock=False),
-            EVENT,
-            1,
-            None,
-            memory=EventMemory(),
-        )
-        results.append(fake.run(flow))
+    results = [release(FakeRedis(world, generation=generation)) for generation in range(2)]
     assert [r.clock_uncertainty for r in results] == [None, None]
     synchronized = None if kernel is None else False
     assert [r.clock_synchronized for r in results] == [synchronized, synchronized]

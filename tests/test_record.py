@@ -282,7 +282,8 @@ def test_the_writer_waits_for_a_quiet_moment(book: recorder.Recorder) -> None:
     with book.noting("next", 1) as note:  # a call waits for the others: a quiet moment
         assert [o.late_by for o in book._take(after, closing=False)[0]] == [5e-6, 3e-6]
     assert note is not None
-    book._settle(note)  # the call learned its instant (or ended)
+    with book._lock:
+        book._settle(note)  # the call learned its instant (or ended)
     book._add(release(ripe, 4e-6))
     idle = ripe + recorder.WRITE_AFTER_NS
     assert book._take(idle, closing=False)[0] == []  # no call: wait for one a while

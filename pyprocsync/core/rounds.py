@@ -132,8 +132,7 @@ class _Participant(Waiter[Outcome]):
         super().__init__(settings, clocks, event, self.keys.channel, timeout, memory=memory)
         self.nodes = nodes
         self.has_action = has_action
-        node_id = settings.node_id or params.default_node_id()
-        self.member = f"{secrets.token_hex(MEMBER_TAG_HEX // 2)}:{node_id}"
+        self.member = f"{secrets.token_hex(MEMBER_TAG_HEX // 2)}:{settings.member_id}"
         self.generation = CURRENT_ROUND
         self.index = -1
         self._next_report = clock.monotonic() + REPORT_INTERVAL_S

@@ -33,7 +33,7 @@ from pyprocsync import clock
 from pyprocsync.core import record
 from pyprocsync.core.keys import record_key
 from pyprocsync.core.ops import AtInstant, Due
-from pyprocsync.core.params import Settings, default_node_id
+from pyprocsync.core.params import Settings
 from pyprocsync.exceptions import InvalidArgumentError, ProcSyncError
 from pyprocsync.results import SyncResult
 
@@ -126,7 +126,7 @@ class Recorder:
         if not self._active:
             yield None
             return
-        note = Note(event, nodes, self._settings.node_id or default_node_id(), clock.time_ns())
+        note = Note(event, nodes, self._settings.member_id, clock.time_ns())
         note.open = True
         with self._lock:
             self._calling += 1
@@ -135,11 +135,11 @@ class Recorder:
             self._wake()  # a quiet moment for a batch that is due
         try:
             yield note
-        except InvalidArgumentError:
-            self._settle(note)
-            raise
-        except ProcSyncError as exc:
-            self._settle(note)
+        except BaseException as exc:
+            if not isinstance(exc, ProcSyncError) or isinstance(exc, InvalidArgumentError):
+                with self._lock:
+                    self._settle(note)
+                raise
             note.result = record.failed(
                 exc,
                 run_id=self._settings.run_id,
@@ -153,16 +153,13 @@ class Recorder:
             )
             self._add(note)
             raise
-        except BaseException:
-            self._settle(note)
-            raise
 
     def _settle(self, note: Note) -> None:
-        """The call knows its instant, or has ended."""
-        with self._lock:
-            if note.open:
-                note.open = False
-                self._calling -= 1
+        """The call knows its instant, or has ended: it no longer counts in
+        ``_calling``. Called with the lock held."""
+        if note.open:
+            note.open = False
+            self._calling -= 1
 
     def due(self, note: Note | None, due: Due[SyncResult]) -> None:
         """Hand over a call's result (before its instant: nothing is read of it until
@@ -183,9 +180,7 @@ class Recorder:
         if not note.instant_ns:  # a failure, or a result due at once
             note.instant_ns = clock.monotonic_ns()
         with self._lock:
-            if note.open:
-                note.open = False
-                self._calling -= 1
+            self._settle(note)
             if self._closing:
                 return
             first = not self._pending

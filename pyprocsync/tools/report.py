@@ -419,13 +419,24 @@ def _bound(
     return highest - lowest, None
 
 
-def _round(event: str, generation: int, group: list[Outcome], nodes: Sequence[str]) -> Round:
+def _absent(present: set[str], missing: int, *candidates: Sequence[str]) -> tuple[str, ...]:
+    """The ``missing`` nodes not ``present``: the first of the ``candidates`` (node sets)
+    of which exactly ``missing`` are absent; else none named."""
+    for nodes in candidates:
+        absent = tuple(node for node in nodes if node not in present)
+        if len(absent) == missing:
+            return absent
+    return ()
+
+
+def _round(event: str, generation: int, group: list[Outcome], *candidates: Sequence[str]) -> Round:
+    """One round of ``group``'s outcomes; its missing nodes are named from the first of
+    the ``candidates`` that tells who they are (see :func:`_absent`)."""
     ordered = sorted(group, key=lambda o: (o.called_at, o.node))
     first = ordered[0].called_at
     present = {o.node for o in ordered}
     expected = max(o.nodes for o in ordered)
     missing = max(0, expected - len(present))
-    absent = tuple(node for node in nodes if node not in present)
     released = [o for o in ordered if o.kind == "released"]
     causes = tuple(_cause(o) for o in ordered if o.kind != "released")
     lates = [o.late_by for o in released]
@@ -441,7 +452,7 @@ def _round(event: str, generation: int, group: list[Outcome], nodes: Sequence[st
         expected=expected,
         recorded=len(ordered),
         missing=missing,
-        missing_nodes=absent if missing and len(absent) == missing else (),
+        missing_nodes=_absent(present, missing, *candidates) if missing else (),
         participants=tuple(
             Participation(
                 o.node,
@@ -485,13 +496,7 @@ def _event_rounds(
     other rounds, else from the whole run's nodes."""
     known = sorted((g, group) for g, group in groups.items() if g is not None)
     own = tuple(sorted({o.node for _, group in known for o in group}))
-    rounds = []
-    for g, group in known:
-        r = _round(event, g, group, own)
-        if r.missing and not r.missing_nodes:
-            r = _round(event, g, group, run_nodes)
-        rounds.append(r)
-    return tuple(rounds)
+    return tuple(_round(event, g, group, own, run_nodes) for g, group in known)
 
 
 def _summary(event: str, rounds: tuple[Round, ...], unknown: Sequence[Outcome]) -> EventReport:
